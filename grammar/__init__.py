@@ -1,0 +1,1 @@
+"""Package data: the DSL grammar (omnigraph.lark)."""

@@ -1,0 +1,389 @@
+"""Raw document → validated, normalized PipelineSpec, with located errors.
+
+Pydantic checks the document's shape; this module checks what the schema cannot:
+names, kinds, parameters per kind, port wiring, references, cycles. Positional
+stage inputs become named ports, so every frontend yields an identical spec.
+Type compatibility across edges is the dialect verifier's job (see lowering).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import networkx as nx
+from pydantic import ValidationError
+
+from omnigraph.errors import SpecError
+from omnigraph.frontend.source import DocPath, SourceMap
+from omnigraph.kinds import KINDS, MODEL_SCHEMES, Port, StageKind
+from omnigraph.spec import EdgeSpec, LoopSpec, PipelineSpec, StageSpec
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED = {"pipeline", "loop", "return", "until", "next", "stream", "max", "true", "false", "null"}
+
+
+def build_spec(raw: Any, srcmap: SourceMap) -> PipelineSpec:
+    if not isinstance(raw, dict):
+        raise srcmap.error(
+            f"a spec is a mapping with 'pipeline', 'inputs', 'stages' and 'outputs'; "
+            f"got {type(raw).__name__}", ())
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _schema_error(exc, raw, srcmap) from None
+    _Resolver(spec, srcmap).run()
+    return spec
+
+
+# -- schema errors ---------------------------------------------------------------------
+def _doc_path(raw: Any, loc: tuple[Any, ...]) -> tuple[DocPath, int]:
+    """The part of a pydantic loc that exists in the document (union tags dropped)."""
+    path: list[str | int] = []
+    node = raw
+    skipped = 0
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        else:
+            skipped += 1
+    return tuple(path), skipped
+
+
+def _schema_error(exc: ValidationError, raw: Any, srcmap: SourceMap) -> SpecError:
+    ranked = []
+    for err in exc.errors():
+        path, skipped = _doc_path(raw, tuple(err["loc"]))
+        ranked.append((-len(path), skipped, err, path))
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    _, _, err, path = ranked[0]
+    loc = tuple(err["loc"])
+    field = str(loc[-1]) if loc else ""
+    kind = err["type"]
+    if kind == "missing":
+        return srcmap.error(f"missing required field '{field}'", path, key=True)
+    if kind == "extra_forbidden":
+        return srcmap.error(f"unknown field '{field}'", path, key=True, hint=_fields_hint(path))
+    what = ".".join(str(p) for p in path) or "spec"
+    msg = err["msg"]
+    if kind == "string_pattern_mismatch":
+        msg = "expected a name (letters, digits, _) or a reference `stage.port`"
+    return srcmap.error(f"{what}: {msg}", path)
+
+
+def _fields_hint(path: DocPath) -> str | None:
+    parent = path[:-1]
+    models = {0: PipelineSpec, 2: StageSpec}
+    if parent and parent[0] == "loops" and len(parent) == 2:
+        return "loop fields: " + ", ".join(LoopSpec.model_fields)
+    model = models.get(len(parent)) if (not parent or parent[0] == "stages") else None
+    if model is None:
+        return None
+    return "allowed: " + ", ".join(f.alias or n for n, f in model.model_fields.items())
+
+
+def suggest(word: str, choices: Any) -> str | None:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean '{match[0]}'?" if match else None
+
+
+# -- semantic resolution ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Producer:
+    """What a reference names: a pipeline input, a stage port, a loop result or carry."""
+
+    kind: str  # "input" | "stage" | "loop" | "carry"
+    node: str  # the graph node it comes from ("" for pipeline inputs)
+    port: str
+
+
+def stage_edges(stage: StageSpec) -> Iterator[tuple[str, int, EdgeSpec]]:
+    """(port, index within the port, edge) for each wired input of a resolved stage."""
+    assert isinstance(stage.inputs, dict)
+    for port, edges in stage.inputs.items():
+        for i, edge in enumerate(edges if isinstance(edges, list) else [edges]):
+            yield port, i, edge
+
+
+def stage_output_ports(stage: StageSpec) -> tuple[Port, ...]:
+    kind = KINDS[stage.kind]
+    declared = {k: v.modality for k, v in (stage.outputs or {}).items()}
+    return kind.output_ports(stage.params, declared)
+
+
+class _Resolver:
+    def __init__(self, spec: PipelineSpec, srcmap: SourceMap) -> None:
+        self.spec = spec
+        self.srcmap = srcmap
+        self.err = srcmap.error
+
+    def run(self) -> None:
+        spec = self.spec
+        if not spec.stages and not spec.loops:
+            raise self.err(f"pipeline '{spec.pipeline}' has no stages", ("pipeline",),
+                           hint="add a `stages:` mapping (or stage lines in the DSL)")
+        self.check_names()
+        for name, stage in spec.stages.items():
+            self.check_stage(stage, ("stages", name))
+        for lname, loop in spec.loops.items():
+            for name, stage in loop.stages.items():
+                self.check_stage(stage, ("loops", lname, "stages", name))
+        top = self.top_scope()
+        self.check_graph(spec.stages, top, ("stages",), loops=spec.loops)
+        for lname, loop in spec.loops.items():
+            self.check_loop(lname, loop, top)
+        for oname, out in spec.outputs.items():
+            self.lookup(out.source, top, ("outputs", oname, "from"))
+
+    # names ----------------------------------------------------------------------------
+    def check_names(self) -> None:
+        seen: dict[str, DocPath] = {}
+
+        def claim(name: str, path: DocPath, what: str) -> None:
+            if not _NAME.match(name) or name in _RESERVED:
+                raise self.err(f"'{name}' is not a valid {what} name", path, key=True,
+                               hint="names are letters, digits and _, not starting with a digit, "
+                                    "and not a DSL keyword")
+            if name in seen:
+                first = self.srcmap.locate(seen[name], key=True)
+                raise self.err(f"duplicate name '{name}' ({what}); first defined at {first}", path,
+                               key=True)
+            seen[name] = path
+
+        spec = self.spec
+        for name in spec.inputs:
+            claim(name, ("inputs", name), "input")
+        for name in spec.stages:
+            claim(name, ("stages", name), "stage")
+        for lname, loop in spec.loops.items():
+            claim(lname, ("loops", lname), "loop")
+            for cname in loop.carry:
+                claim(cname, ("loops", lname, "carry", cname), "carried value")
+            for name in loop.stages:
+                claim(name, ("loops", lname, "stages", name), "stage")
+        for name in spec.outputs:
+            if not _NAME.match(name):
+                raise self.err(f"'{name}' is not a valid output name", ("outputs", name), key=True)
+
+    # one stage ------------------------------------------------------------------------
+    def check_stage(self, stage: StageSpec, path: DocPath) -> None:
+        kind = KINDS.get(stage.kind)
+        if kind is None:
+            raise self.err(f"unknown stage kind '{stage.kind}'", (*path, "kind"),
+                           hint=suggest(stage.kind, KINDS) or "kinds: " + ", ".join(KINDS))
+        self.check_model(stage, kind, path)
+        self.check_params(stage, kind, path)
+        if stage.outputs is not None and not kind.free_ports:
+            raise self.err(f"'outputs' can be declared only on custom stages; {kind.name} stages "
+                           f"have fixed outputs", (*path, "outputs"), key=True)
+        if kind.free_ports and not stage.outputs:
+            raise self.err("a custom stage must declare its outputs, e.g. `outputs: {y: embedding}`",
+                           path, key=True)
+        for port in stage.outputs or {}:
+            if not _NAME.match(port):
+                raise self.err(f"'{port}' is not a valid port name", (*path, "outputs", port), key=True)
+        stage.inputs = self.normalize_inputs(stage, kind, (*path, "inputs"))
+
+    def check_model(self, stage: StageSpec, kind: StageKind, path: DocPath) -> None:
+        if stage.model is None:
+            if kind.needs_model:
+                raise self.err(f"{kind.name} stage needs a `model` reference", path, key=True,
+                               hint="e.g. model: \"transformers:LlamaForCausalLM\" or \"gguf:<package>\"")
+            return
+        if not kind.needs_model:
+            raise self.err(f"{kind.name} stages take no model", (*path, "model"), key=True)
+        scheme, sep, target = stage.model.partition(":")
+        if not sep or not target.strip():
+            raise self.err(f"model reference '{stage.model}' must be `scheme:target`", (*path, "model"),
+                           hint="schemes: " + ", ".join(MODEL_SCHEMES))
+        if scheme not in MODEL_SCHEMES:
+            raise self.err(f"unknown model scheme '{scheme}'", (*path, "model"),
+                           hint=suggest(scheme, MODEL_SCHEMES) or "schemes: " + ", ".join(MODEL_SCHEMES))
+
+    def check_params(self, stage: StageSpec, kind: StageKind, path: DocPath) -> None:
+        try:
+            kind.params.model_validate(stage.params, strict=False)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = tuple(err["loc"])
+            ppath = (*path, "params", *loc)
+            name = ".".join(str(p) for p in loc)
+            if err["type"] == "extra_forbidden":
+                known = [n for n in kind.params.model_fields]
+                raise self.err(f"unknown parameter '{name}' for {kind.name} stages", ppath, key=True,
+                               hint=suggest(str(loc[0]), known) or "parameters: " + ", ".join(known))
+            if err["type"] == "missing":
+                raise self.err(f"{kind.name} stage needs parameter '{name}'", (*path, "params"), key=True)
+            raise self.err(f"parameter '{name}': {err['msg']}", ppath)
+
+    def normalize_inputs(self, stage: StageSpec, kind: StageKind, path: DocPath) -> dict[str, Any]:
+        raw = stage.inputs
+        named: dict[str, Any] = {}
+        positional: list[tuple[int, EdgeSpec]] = []
+        if isinstance(raw, list):
+            positional = list(enumerate(raw))
+        else:
+            for key, value in raw.items():
+                if key.startswith("$") and key[1:].isdigit():  # DSL: positional before named
+                    positional.append((int(key[1:]), value))
+                else:
+                    named[key] = value
+        slots = list(kind.inputs) if not kind.free_ports else []
+        origin: dict[str, list[DocPath]] = {k: [(*path, k)] for k in named}
+        for index, edge in positional:
+            ipath = (*path, index)
+            if kind.free_ports:
+                port_name = f"in{index}"
+            else:
+                while slots and slots[0].name in named and not slots[0].variadic:
+                    slots.pop(0)
+                if not slots:
+                    raise self.err(f"too many inputs for {kind.name} stage (ports: "
+                                   f"{', '.join(p.name for p in kind.inputs)})", ipath)
+                port = slots[0]
+                port_name = port.name
+                if not port.variadic:
+                    slots.pop(0)
+            if port_name in named:
+                existing = named[port_name]
+                named[port_name] = (existing if isinstance(existing, list) else [existing]) + [edge]
+            else:
+                named[port_name] = edge
+            origin.setdefault(port_name, []).append(ipath)
+        for port_name, value in named.items():
+            port = kind.input_port(port_name)
+            if port is None:
+                known = [p.name for p in kind.inputs]
+                raise self.err(f"{kind.name} stage has no input port '{port_name}'",
+                               (*path, port_name), key=True,
+                               hint=suggest(port_name, known) or "ports: " + ", ".join(known))
+            if not _NAME.match(port_name):
+                raise self.err(f"'{port_name}' is not a valid port name", (*path, port_name), key=True)
+            if isinstance(value, list) and not port.variadic:
+                if len(value) != 1:
+                    raise self.err(f"port '{port_name}' of {kind.name} takes one input, got "
+                                   f"{len(value)}", (*path, port_name))
+                named[port_name] = value[0]
+            if isinstance(value, list) and not value:
+                raise self.err(f"port '{port_name}' has an empty input list", (*path, port_name))
+        for port in kind.inputs:
+            if not port.optional and port.name not in named:
+                raise self.err(f"{kind.name} stage needs input '{port.name}'", path, key=True,
+                               hint=f"wire it: inputs: {{{port.name}: <input or stage.port>}}")
+        # Locate normalized input paths at the source of each positional edge.
+        for port_name, sources in origin.items():
+            if sources != [(*path, port_name)]:
+                many = isinstance(named[port_name], list)
+                for i, src in enumerate(sources):
+                    span = self.srcmap.locate(src)
+                    if span is not None:
+                        self.srcmap.add((*path, port_name, *((i,) if many else ())), span)
+        order = [p.name for p in kind.inputs] if not kind.free_ports else list(named)
+        return {p: named[p] for p in order if p in named}
+
+    # references and the graph ---------------------------------------------------------
+    def top_scope(self) -> dict[str, Any]:
+        return {"inputs": set(self.spec.inputs), "stages": self.spec.stages, "loops": self.spec.loops,
+                "carry": set(), "inner": {n: l for l, lp in self.spec.loops.items() for n in lp.stages}}
+
+    def lookup(self, ref: str, scope: dict[str, Any], path: DocPath) -> Producer:
+        node, _, port = ref.partition(".")
+        if not port:
+            if node in scope["inputs"]:
+                return Producer("input", "", node)
+            if node in scope["carry"]:
+                return Producer("carry", "", node)
+            if node in scope["stages"] or node in scope["loops"]:
+                raise self.err(f"'{node}' is a stage; name one of its outputs as `{node}.<port>`", path,
+                               hint=self._ports_hint(node, scope))
+            names = [*scope["inputs"], *scope["carry"], *scope["stages"]]
+            raise self.err(f"unknown input '{node}'", path, hint=suggest(node, names))
+        if node in scope["stages"]:
+            ports = [p.name for p in stage_output_ports(scope["stages"][node])]
+            if port not in ports:
+                raise self.err(f"stage '{node}' has no output port '{port}'", path,
+                               hint=suggest(port, ports) or "outputs: " + ", ".join(ports))
+            return Producer("stage", node, port)
+        if node in scope["loops"]:
+            carries = list(scope["loops"][node].carry)
+            if port not in carries:
+                raise self.err(f"loop '{node}' has no result '{port}'", path,
+                               hint=suggest(port, carries) or "results: " + ", ".join(carries))
+            return Producer("loop", node, port)
+        if node in scope["inner"]:
+            raise self.err(f"stage '{node}' is inside loop '{scope['inner'][node]}'; outside it, use "
+                           f"the loop's results", path)
+        if node in scope["inputs"] or node in scope["carry"]:
+            raise self.err(f"'{node}' is an input, not a stage; refer to it as `{node}`", path)
+        names = [*scope["stages"], *scope["loops"]]
+        raise self.err(f"unknown stage '{node}'", path, hint=suggest(node, names))
+
+    def _ports_hint(self, node: str, scope: dict[str, Any]) -> str:
+        if node in scope["stages"]:
+            return "outputs: " + ", ".join(p.name for p in stage_output_ports(scope["stages"][node]))
+        return "results: " + ", ".join(scope["loops"][node].carry)
+
+    def check_edge(self, edge: EdgeSpec, scope: dict[str, Any], path: DocPath) -> Producer:
+        producer = self.lookup(edge.source, scope, path)
+        if edge.stream and producer.kind not in ("stage",):
+            raise self.err(f"only a stage output can be streamed; '{edge.source}' is a "
+                           f"{'pipeline input' if producer.kind == 'input' else producer.kind + ' value'}",
+                           path)
+        return producer
+
+    def check_graph(self, stages: dict[str, StageSpec], scope: dict[str, Any], base: DocPath,
+                    loops: dict[str, LoopSpec] | None = None) -> None:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(stages)
+        where: dict[tuple[str, str], DocPath] = {}
+        for name, stage in stages.items():
+            for port, i, edge in stage_edges(stage):
+                raw_in = stage.inputs[port]
+                epath = (*base, name, "inputs", port, *((i,) if isinstance(raw_in, list) else ()))
+                producer = self.check_edge(edge, scope, epath)
+                if producer.kind in ("stage", "loop") and producer.node in graph:
+                    graph.add_edge(producer.node, name)
+                    where.setdefault((producer.node, name), epath)
+        for lname, loop in (loops or {}).items():
+            graph.add_node(lname)
+            for cname, edge in loop.carry.items():
+                producer = self.check_edge(edge, scope, ("loops", lname, "carry", cname))
+                if producer.kind in ("stage", "loop"):
+                    graph.add_edge(producer.node, lname)
+                    where.setdefault((producer.node, lname), ("loops", lname, "carry", cname))
+            for inner in loop.stages.values():  # stages inside may read outer values too
+                for _, _, edge in stage_edges(inner):
+                    node = edge.source.partition(".")[0]
+                    if edge.source.partition(".")[2] and node in graph and node != lname:
+                        graph.add_edge(node, lname)
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return
+        names = [u for u, _ in cycle] + [cycle[0][0]]
+        u, v = cycle[-1][0], cycle[-1][1]
+        path = where.get((u, v), (*base, v))
+        raise self.err(f"cycle between stages: {' -> '.join(names)}", path,
+                       hint="feedback needs a bounded `loop` (carry, until, next)")
+
+    def check_loop(self, lname: str, loop: LoopSpec, top: dict[str, Any]) -> None:
+        scope = {**top, "carry": set(loop.carry), "stages": {**top["stages"], **loop.stages},
+                 "inner": {k: v for k, v in top["inner"].items() if v != lname}}
+        self.check_graph(loop.stages, scope, ("loops", lname, "stages"))
+        base = ("loops", lname)
+        producer = self.check_edge(loop.until, scope, (*base, "until"))
+        if producer.kind == "stage" and producer.node not in loop.stages:
+            raise self.err("`until` must test a value computed inside the loop", (*base, "until"))
+        if set(loop.next) != set(loop.carry):
+            missing = sorted(set(loop.carry) - set(loop.next))
+            extra = sorted(set(loop.next) - set(loop.carry))
+            what = f"no `next` for {', '.join(missing)}" if missing else \
+                f"`next` names {', '.join(extra)}, which the loop does not carry"
+            raise self.err(f"loop '{lname}': {what}", (*base, "next"), key=True)
+        for cname, out in loop.next.items():
+            self.lookup(out.source, scope, (*base, "next", cname))

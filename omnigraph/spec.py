@@ -1,0 +1,126 @@
+"""PipelineSpec: the one model every frontend produces.
+
+The raw document (YAML, the ``.og`` DSL and the Python builder all produce it) is
+validated by these pydantic models; shorthand forms are expanded here so that
+equal pipelines give equal specs whatever they were written in. Semantic checks
+(kinds, ports, references, cycles) follow in ``omnigraph.frontend.resolve``.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from omnigraph.modality import DTYPES, MODALITIES
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+
+Modality = Literal["text", "tokens", "image", "audio", "video", "latent", "embedding", "scalar"]
+DType = Literal["utf8", "bool", "u8", "i32", "i64", "f16", "bf16", "f32", "f64", "fp8"]
+assert set(Modality.__args__) == set(MODALITIES) and set(DType.__args__) == set(DTYPES)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+
+class TypeSpec(_Model):
+    """A port type: modality, optionally element type and shape (None = dynamic)."""
+
+    modality: Modality
+    dtype: DType | None = None
+    shape: list[int | None] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"modality": value} if isinstance(value, str) else value
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _dynamic_dims(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [None if d == "?" else d for d in value]
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_dims(cls, value: list[int | None] | None) -> list[int | None] | None:
+        for dim in value or []:
+            if dim is not None and dim <= 0:
+                raise ValueError(f"dimension {dim} must be positive (or '?' for dynamic)")
+        return value
+
+
+class EdgeSpec(_Model):
+    """One input wire: a pipeline input or loop carry (``name``) or a stage port (``stage.port``)."""
+
+    source: str = Field(alias="from", pattern=REF_PATTERN)
+    stream: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"from": value} if isinstance(value, str) else value
+
+
+class OutputSpec(_Model):
+    source: str = Field(alias="from", pattern=REF_PATTERN)
+    modality: Modality | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"from": value} if isinstance(value, str) else value
+
+
+class ParallelSpec(_Model):
+    """A user's parallelism request; the planner fills in what is left out."""
+
+    tp: int = Field(1, ge=1, le=4096)
+    pp: int = Field(1, ge=1, le=4096)
+    dp: int = Field(1, ge=1, le=4096)
+    ep: int = Field(1, ge=1, le=4096)
+    replicas: int = Field(1, ge=1, le=4096)
+
+
+StageInputs = list[EdgeSpec] | dict[str, EdgeSpec | list[EdgeSpec]]
+
+
+class StageSpec(_Model):
+    kind: str = Field(pattern=NAME_PATTERN)
+    model: str | None = None
+    inputs: StageInputs = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, TypeSpec] | None = None  # declared ports, for `custom` stages
+    parallel: ParallelSpec | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _single_input(cls, value: Any) -> Any:
+        # `inputs: prompt` is the one-input shorthand of `inputs: [prompt]`.
+        return [value] if isinstance(value, str) else value
+
+
+class LoopSpec(_Model):
+    """A bounded loop: stages run on carried values until `until` holds or max_iters."""
+
+    carry: dict[str, EdgeSpec] = Field(min_length=1)
+    max_iters: int = Field(ge=1, le=1_000_000)
+    until: EdgeSpec
+    next: dict[str, OutputSpec] = Field(min_length=1)
+    stages: dict[str, StageSpec] = Field(min_length=1)
+
+
+class PipelineSpec(_Model):
+    pipeline: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    inputs: dict[str, TypeSpec] = Field(default_factory=dict)
+    outputs: dict[str, OutputSpec]
+    stages: dict[str, StageSpec] = Field(default_factory=dict)
+    loops: dict[str, LoopSpec] = Field(default_factory=dict)
+
+    def to_document(self) -> dict[str, Any]:
+        """The canonical raw document (what YAML would say), without defaults."""
+        return self.model_dump(by_alias=True, exclude_defaults=True, mode="json")
