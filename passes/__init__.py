@@ -1,0 +1,1 @@
+"""Compiler passes over the omni dialect: one pass per file, ordered in registry.py."""

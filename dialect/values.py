@@ -1,0 +1,45 @@
+"""Python values ⇄ builtin attributes, for stage parameters."""
+from __future__ import annotations
+
+from typing import Any
+
+from xdsl.dialects.builtin import (
+    ArrayAttr, BoolAttr, DictionaryAttr, FloatAttr, IntegerAttr, IntegerType, StringAttr, UnitAttr,
+    f64, i64,
+)
+from xdsl.ir import Attribute
+
+
+def to_attr(value: Any) -> Attribute:
+    if isinstance(value, bool):
+        return BoolAttr.from_bool(value)
+    if isinstance(value, int):
+        return IntegerAttr(value, i64)
+    if isinstance(value, float):
+        return FloatAttr(value, f64)
+    if isinstance(value, str):
+        return StringAttr(value)
+    if value is None:
+        return UnitAttr()
+    if isinstance(value, (list, tuple)):
+        return ArrayAttr([to_attr(v) for v in value])
+    if isinstance(value, dict):
+        return DictionaryAttr({str(k): to_attr(v) for k, v in value.items()})
+    raise TypeError(f"cannot put a {type(value).__name__} into the IR")
+
+
+def from_attr(attr: Attribute) -> Any:
+    if isinstance(attr, IntegerAttr):
+        width = attr.type.width.data if isinstance(attr.type, IntegerType) else 64
+        return bool(attr.value.data) if width == 1 else attr.value.data
+    if isinstance(attr, FloatAttr):
+        return attr.value.data
+    if isinstance(attr, StringAttr):
+        return attr.data
+    if isinstance(attr, UnitAttr):
+        return None
+    if isinstance(attr, ArrayAttr):
+        return [from_attr(a) for a in attr.data]
+    if isinstance(attr, DictionaryAttr):
+        return {k: from_attr(v) for k, v in attr.data.items()}
+    return attr

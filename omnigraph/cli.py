@@ -1,0 +1,180 @@
+"""`omnigraph` command line: check, compile, viz, schema, kinds.
+
+A user's mistake prints `file:line:col: error: …` with the line and a caret, and
+exits 2; never a traceback (set OMNIGRAPH_DEBUG=1 to see one for internal errors).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from omnigraph import __version__
+from omnigraph.errors import OmnigraphError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 3
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        return
+    path = Path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OmnigraphError(f"cannot write {output}: {exc.strerror}") from None
+    _console(stderr=True).print(f"[green]wrote[/] {output}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from omnigraph.compiler import compile_path
+
+    comp = compile_path(args.spec)
+    console = _console()
+    if comp.loaded is None:
+        console.print(f"[green]ok[/] {args.spec}: IR verifies")
+        return 0
+    spec = comp.loaded.spec
+    n_stages = len(spec.stages) + sum(len(l.stages) for l in spec.loops.values())
+    console.print(
+        f"[green]ok[/] {args.spec}: pipeline [bold]{spec.pipeline}[/], {len(spec.inputs)} input(s), "
+        f"{n_stages} stage(s), {len(spec.loops)} loop(s), {len(spec.outputs)} output(s)"
+    )
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from omnigraph.compiler import compile_path
+    from omnigraph.dialect.textio import print_module
+
+    target = None
+    if args.target:
+        from omnigraph.target import load_target
+
+        target = load_target(args.target).target
+    if args.emit == "spec":
+        from omnigraph.frontend.load import load_spec
+        import yaml
+
+        doc = load_spec(args.spec).spec.to_document()
+        _write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), args.output)
+        return 0
+    hook = None
+    if args.print_ir_after_all:
+        def hook(name: str, module) -> None:  # noqa: ANN001 - xDSL ModuleOp
+            sys.stderr.write(f"// -----// IR Dump After {name} //----- //\n")
+            sys.stderr.write(print_module(module, generic=args.generic))
+    comp = compile_path(args.spec, target=target, pass_pipeline=args.pass_pipeline, after_pass=hook)
+    _write(print_module(comp.module, generic=args.generic), args.output)
+    return 0
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from omnigraph.compiler import compile_path
+    from omnigraph.viz import to_dot, to_mermaid
+
+    comp = compile_path(args.spec)
+    render = to_mermaid if args.format == "mermaid" else to_dot
+    _write(render(comp.module), args.output)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from omnigraph.spec import PipelineSpec
+
+    schema = PipelineSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "omnigraph pipeline spec"
+    _write(json.dumps(schema, indent=2) + "\n", args.output)
+    return 0
+
+
+def cmd_kinds(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from omnigraph.kinds import KINDS
+
+    table = Table(title="stage kinds")
+    for col in ("kind", "inputs", "outputs", "what"):
+        table.add_column(col)
+    for kind in KINDS.values():
+        ins = ", ".join(f"{p.name}{'?' if p.optional else ''}{'*' if p.variadic else ''}: "
+                        f"{'|'.join(p.modalities)}" for p in kind.inputs) or "(declared)"
+        outs = ", ".join(f"{p.name}: {p.modality}" for p in kind.outputs) or "(from params)"
+        table.add_row(kind.name, ins, outs, kind.summary)
+    _console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omnigraph", description="Declarative graph compiler for any-to-any multimodal pipelines.")
+    parser.add_argument("--version", action="version", version=f"omnigraph {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate a spec (.yaml, .og) or IR (.mlir)")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("compile", help="compile a spec and emit a stage of the flow")
+    p.add_argument("spec")
+    p.add_argument("--target", help="target name (see targets/) or YAML file")
+    p.add_argument("--emit", choices=["spec", "ir"], default="ir")
+    p.add_argument("-o", "--output", help="write here instead of stdout")
+    p.add_argument("--pass-pipeline", help="comma-separated passes (default: verify,infer-types)")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass to stderr")
+    p.add_argument("--generic", action="store_true", help="print IR in MLIR's generic form")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("viz", help="draw the pipeline graph (Mermaid or Graphviz DOT)")
+    p.add_argument("spec")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_viz)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of YAML specs (for editors)")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("kinds", help="list the stage kinds and their ports")
+    p.set_defaults(func=cmd_kinds)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except OmnigraphError as exc:
+        _console(stderr=True).print(exc.render(), markup=False)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug in omnigraph, not the user's input
+        if os.environ.get("OMNIGRAPH_DEBUG"):
+            raise
+        _console(stderr=True).print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "  this is a bug in omnigraph; rerun with OMNIGRAPH_DEBUG=1 for a traceback", markup=False)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The compiler driver: spec → IR → passes, turning verifier failures into located errors.
+
+Every phase is a pure function of its input; this module only strings them
+together, verifies after lowering and after every pass (MLIR's verify-each), and
+maps an op that fails verification back to the spec line it came from.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+from xdsl.utils.exceptions import ParseError, VerifyException
+
+from omnigraph.dialect.checks import OmniVerifyError
+from omnigraph.dialect.lower import Origins, lower
+from omnigraph.dialect.textio import parse_module
+from omnigraph.errors import IRError, OmnigraphError, Span, SpecError
+from omnigraph.frontend.load import LoadedSpec, load_spec
+from omnigraph.frontend.source import SourceMap
+from omnigraph.frontend.text import read_spec_text
+from omnigraph.passes.registry import build_pipeline
+
+IR_SUFFIXES = (".mlir",)
+PassHook = Callable[[str, ModuleOp], None]
+
+
+@dataclass
+class Compilation:
+    module: ModuleOp
+    loaded: LoadedSpec | None = None  # None when compiled from IR text
+    origins: Origins | None = None
+
+
+def load_ir(path: str | Path) -> ModuleOp:
+    text = read_spec_text(path)
+    try:
+        return parse_module(text, str(path))
+    except ParseError as exc:
+        loc = exc.span.get_location()
+        raise SpecError(f"IR syntax: {exc.msg}", Span(str(path), loc.line, loc.column), source=text) from None
+
+
+def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins: Origins | None) -> OmnigraphError:
+    """The OmnigraphError for a verifier failure: at its spec span when known."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OmniVerifyError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return IRError(f"invalid IR: {message}")
+    path = origins.path(cause.op, cause.operand) if origins is not None else None
+    if srcmap is not None and path is not None:
+        return srcmap.error(str(cause), path)
+    label = cause.op.properties.get("sym_name") or cause.op.properties.get("port_name")
+    return IRError(str(cause), where=f"{cause.op.name} '{label.data}'" if label else cause.op.name)
+
+
+def compile_path(
+    path: str | Path, *, target: str | None = None, pass_pipeline: str | None = None,
+    after_pass: PassHook | None = None,
+) -> Compilation:
+    """Compile a spec (.yaml/.og) or IR file (.mlir) through the pass pipeline."""
+    if Path(path).suffix.lower() in IR_SUFFIXES:
+        return run_passes(Compilation(load_ir(path)), pass_pipeline, after_pass)
+    return compile_spec(load_spec(path), target=target, pass_pipeline=pass_pipeline, after_pass=after_pass)
+
+
+def compile_spec(
+    loaded: LoadedSpec, *, target: str | None = None, pass_pipeline: str | None = None,
+    after_pass: PassHook | None = None,
+) -> Compilation:
+    module, origins = lower(loaded.spec, target)
+    return run_passes(Compilation(module, loaded, origins), pass_pipeline, after_pass)
+
+
+def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHook | None) -> Compilation:
+    from omnigraph.dialect.textio import make_context
+
+    srcmap = comp.loaded.srcmap if comp.loaded else None
+
+    def verified(stage: str) -> None:
+        try:
+            comp.module.verify()
+        except VerifyException as exc:
+            raise locate_verify_error(exc, srcmap, comp.origins) from None
+
+    def callback(prev: ModulePass | None, module: ModuleOp, _next: ModulePass | None) -> None:
+        if prev is not None:
+            verified(prev.name)
+            if after_pass is not None:
+                after_pass(prev.name, module)
+
+    try:
+        pipeline = build_pipeline(pass_pipeline, callback)
+    except Exception as exc:  # unknown pass names, bad options
+        raise OmnigraphError(f"bad --pass-pipeline: {exc}") from None
+    verified("lowering")
+    try:
+        pipeline.apply(make_context(), comp.module)
+    except VerifyException as exc:
+        raise locate_verify_error(exc, srcmap, comp.origins) from None
+    return comp

@@ -1,0 +1,77 @@
+"""Targets: YAML cluster descriptions (nodes, devices, memory, FLOP/s, links).
+
+`--target NAME` finds ``NAME.yaml`` among the shipped targets; `--target PATH`
+reads a file. The planner reads these; compile records the name in the IR.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from omnigraph.errors import TargetError
+from omnigraph.frontend.source import SourceMap
+from omnigraph.frontend.text import read_spec_text
+from omnigraph.frontend.yaml_frontend import parse_yaml
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Device(_Model):
+    name: str
+    type: str = "gpu"
+    memory_gib: float = Field(gt=0)
+    peak_tflops: float = Field(gt=0)  # dense bf16 (fp32 on CPU)
+    mem_bandwidth_gbps: float = Field(gt=0)
+
+
+class Node(_Model):
+    name: str
+    devices: list[Device] = Field(min_length=1)
+    intra_node_gbps: float = Field(ge=0)
+    nvlink_domains: list[list[str]] | None = None
+
+
+class Target(_Model):
+    target: str
+    nodes: list[Node] = Field(min_length=1)
+    inter_node_gbps: float = Field(ge=0)
+
+    @property
+    def devices(self) -> list[str]:
+        return [f"{n.name}:{d.name}" for n in self.nodes for d in n.devices]
+
+
+def shipped_targets() -> list[str]:
+    files = resources.files("omnigraph.targets")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_target(name_or_path: str) -> Target:
+    path = Path(name_or_path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        text, file = read_spec_text(path), str(path)
+    else:
+        entry = resources.files("omnigraph.targets").joinpath(f"{name_or_path}.yaml")
+        if not entry.is_file():
+            from omnigraph.frontend.resolve import suggest
+
+            raise TargetError(f"unknown target '{name_or_path}'",
+                              hint=suggest(name_or_path, shipped_targets())
+                              or "targets: " + ", ".join(shipped_targets()))
+        text, file = entry.read_text("utf-8"), f"targets/{name_or_path}.yaml"
+    raw, srcmap = parse_yaml(text, file)
+    try:
+        return Target.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        raise _target_error(srcmap, f"{'.'.join(map(str, loc))}: {err['msg']}", loc) from None
+
+
+def _target_error(srcmap: SourceMap, message: str, loc: tuple) -> TargetError:
+    spec_err = srcmap.error(message, loc)
+    return TargetError(spec_err.message, spec_err.span, source=srcmap.text)

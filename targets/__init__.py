@@ -1,0 +1,1 @@
+"""Package data: target (cluster) descriptions, one YAML file each."""
