@@ -134,7 +134,7 @@ def check_output(op: OutputOp) -> None:
 
 def check_loop(op: LoopOp) -> None:
     where = f"loop '{op.label}'"
-    if op.max_iters.data < 1:
+    if op.iterations < 1:
         raise OmniVerifyError(f"{where}: max_iters must be at least 1", op)
     block = op.body.block
     names = op.carry_names

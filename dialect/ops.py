@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, IntAttr, StringAttr
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, I64, IntegerAttr, StringAttr, i64
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation, irdl_op_definition, opt_prop_def, prop_def, region_def, result_def,
@@ -230,12 +230,13 @@ class LoopOp(IRDLOperation):
     yielded condition holds the loop ends with the carried values it tested, otherwise
     it carries the next values on, and after `max_iters` iterations it ends with them.
 
-    Syntax: ``@name max_iters N (carry = %init : T, …) -> (carry : T, …) {body}``
+    Syntax: ``@name max_iters N (carry = %init : T, …) {^bb0(%carry : T, …): … omni.yield …}``;
+    the results have the carried values' types.
     """
 
     name = "omni.loop"
     sym_name = prop_def(StringAttr)
-    max_iters = prop_def(IntAttr)
+    max_iters = prop_def(IntegerAttr[I64])  # builtin integer: upstream MLIR parses it
     carried = prop_def(ArrayAttr[StringAttr])
     inits = var_operand_def(_EdgeType)
     outputs = var_result_def(_EdgeType)
@@ -244,6 +245,10 @@ class LoopOp(IRDLOperation):
     @property
     def label(self) -> str:
         return self.sym_name.data
+
+    @property
+    def iterations(self) -> int:
+        return self.max_iters.value.data
 
     @property
     def carry_names(self) -> list[str]:
@@ -257,14 +262,14 @@ class LoopOp(IRDLOperation):
             arg.name_hint = carry
         return LoopOp.create(
             operands=[v for _, v in inits], result_types=types, regions=[Region(block)],
-            properties={"sym_name": StringAttr(name), "max_iters": IntAttr(max_iters),
+            properties={"sym_name": StringAttr(name), "max_iters": IntegerAttr(max_iters, i64),
                         "carried": _strs([c for c, _ in inits])},
         )
 
     def print(self, printer: Printer) -> None:
         printer.print_string(" ")
         printer.print_symbol_name(self.label)
-        printer.print_string(f" max_iters {self.max_iters.data} (")
+        printer.print_string(f" max_iters {self.iterations} (")
         for i, (name, value) in enumerate(zip(self.carry_names, self.inits)):
             printer.print_string(", " if i else "")
             printer.print_string(f"{name} = ")
@@ -291,7 +296,7 @@ class LoopOp(IRDLOperation):
         body = parser.parse_region()
         return LoopOp.create(
             operands=[v for _, v in inits], result_types=[v.type for _, v in inits], regions=[body],
-            properties={"sym_name": StringAttr(name), "max_iters": IntAttr(max_iters),
+            properties={"sym_name": StringAttr(name), "max_iters": IntegerAttr(max_iters, i64),
                         "carried": _strs([c for c, _ in inits])},
         )
 

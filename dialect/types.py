@@ -102,6 +102,8 @@ class _EdgeType(ParametrizedAttribute, TypeAttribute):
     def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
         with parser.in_angle_brackets():
             modality = parser.parse_identifier("expected a modality")
+            if modality not in MODALITIES:
+                parser.raise_error(f"unknown modality '{modality}' (modalities: {', '.join(MODALITIES)})")
             dtype = UNKNOWN_DTYPE
             shape: list[int | None] | None = None
             if parser.parse_optional_punctuation(","):
@@ -109,6 +111,8 @@ class _EdgeType(ParametrizedAttribute, TypeAttribute):
                     dtype = UNKNOWN_DTYPE
                 else:
                     dtype = parser.parse_identifier("expected an element type or '?'")
+                    if dtype not in DTYPES:
+                        parser.raise_error(f"unknown element type '{dtype}' (types: {', '.join(DTYPES)})")
                 if parser.parse_optional_punctuation(","):
                     shape = parser.parse_comma_separated_list(
                         parser.Delimiter.SQUARE, lambda: _parse_dim(parser)

@@ -92,12 +92,9 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from omnigraph.spec import PipelineSpec
+    from omnigraph.spec import json_schema
 
-    schema = PipelineSpec.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "omnigraph pipeline spec"
-    _write(json.dumps(schema, indent=2) + "\n", args.output)
+    _write(json.dumps(json_schema(), indent=2) + "\n", args.output)
     return 0
 
 

@@ -32,18 +32,22 @@ class Compilation:
     module: ModuleOp
     loaded: LoadedSpec | None = None  # None when compiled from IR text
     origins: Origins | None = None
+    ir_source: tuple[str, str] | None = None  # (file, text) when compiled from IR text
 
 
-def load_ir(path: str | Path) -> ModuleOp:
+def load_ir(path: str | Path) -> Compilation:
     text = read_spec_text(path)
     try:
-        return parse_module(text, str(path))
+        return Compilation(parse_module(text, str(path)), ir_source=(str(path), text))
     except ParseError as exc:
         loc = exc.span.get_location()
         raise SpecError(f"IR syntax: {exc.msg}", Span(str(path), loc.line, loc.column), source=text) from None
+    except ValueError as exc:  # xDSL reports a few malformed names this way, without a span
+        raise SpecError(f"IR syntax: {exc.args[0] if exc.args else exc}", Span(str(path), 1, 1)) from None
 
 
-def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins: Origins | None) -> OmnigraphError:
+def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins: Origins | None,
+                        ir_source: tuple[str, str] | None = None) -> OmnigraphError:
     """The OmnigraphError for a verifier failure: at its spec span when known."""
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, OmniVerifyError):
@@ -55,7 +59,20 @@ def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins:
     if srcmap is not None and path is not None:
         return srcmap.error(str(cause), path)
     label = cause.op.properties.get("sym_name") or cause.op.properties.get("port_name")
-    return IRError(str(cause), where=f"{cause.op.name} '{label.data}'" if label else cause.op.name)
+    span = _ir_span(ir_source, label.data) if ir_source and label else None
+    return IRError(str(cause), span, source=ir_source[1] if span else None)
+
+
+def _ir_span(ir_source: tuple[str, str], name: str) -> Span | None:
+    """Where an op named `name` is written in IR text (xDSL keeps no op locations)."""
+    file, text = ir_source
+    for needle in (f"@{name} ", f'sym_name = "{name}"', f'"{name}"'):
+        offset = text.find(needle)
+        if offset >= 0:
+            line = text.count("\n", 0, offset) + 1
+            col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+            return Span(file, line, col, line, col + len(needle.rstrip()))
+    return None
 
 
 def compile_path(
@@ -64,7 +81,7 @@ def compile_path(
 ) -> Compilation:
     """Compile a spec (.yaml/.og) or IR file (.mlir) through the pass pipeline."""
     if Path(path).suffix.lower() in IR_SUFFIXES:
-        return run_passes(Compilation(load_ir(path)), pass_pipeline, after_pass)
+        return run_passes(load_ir(path), pass_pipeline, after_pass)
     return compile_spec(load_spec(path), target=target, pass_pipeline=pass_pipeline, after_pass=after_pass)
 
 
@@ -81,15 +98,15 @@ def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHoo
 
     srcmap = comp.loaded.srcmap if comp.loaded else None
 
-    def verified(stage: str) -> None:
+    def verified() -> None:
         try:
             comp.module.verify()
         except VerifyException as exc:
-            raise locate_verify_error(exc, srcmap, comp.origins) from None
+            raise locate_verify_error(exc, srcmap, comp.origins, comp.ir_source) from None
 
     def callback(prev: ModulePass | None, module: ModuleOp, _next: ModulePass | None) -> None:
         if prev is not None:
-            verified(prev.name)
+            verified()
             if after_pass is not None:
                 after_pass(prev.name, module)
 
@@ -97,9 +114,9 @@ def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHoo
         pipeline = build_pipeline(pass_pipeline, callback)
     except Exception as exc:  # unknown pass names, bad options
         raise OmnigraphError(f"bad --pass-pipeline: {exc}") from None
-    verified("lowering")
+    verified()  # lowering (or the parsed IR) must verify before any pass runs
     try:
         pipeline.apply(make_context(), comp.module)
     except VerifyException as exc:
-        raise locate_verify_error(exc, srcmap, comp.origins) from None
+        raise locate_verify_error(exc, srcmap, comp.origins, comp.ir_source) from None
     return comp

@@ -124,3 +124,28 @@ class PipelineSpec(_Model):
     def to_document(self) -> dict[str, Any]:
         """The canonical raw document (what YAML would say), without defaults."""
         return self.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+
+
+_NAME_OR_REF = {"type": "string", "pattern": REF_PATTERN}
+# Shorthand forms the `before` validators accept, which pydantic cannot see.
+_SHORTHANDS: dict[str, dict[str, Any]] = {
+    "TypeSpec": {"enum": list(Modality.__args__), "description": "just a modality"},
+    "EdgeSpec": {**_NAME_OR_REF, "description": "`input` or `stage.port`"},
+    "OutputSpec": {**_NAME_OR_REF, "description": "`stage.port` (modality inferred)"},
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of YAML specs, shorthands included (for editors and validators)."""
+    schema = PipelineSpec.model_json_schema(by_alias=True)
+    defs = schema["$defs"]
+    dim = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}, {"const": "?"}]}
+    defs["TypeSpec"]["properties"]["shape"] = {"anyOf": [{"type": "array", "items": dim}, {"type": "null"}],
+                                               "description": "dimensions; null or '?' = dynamic"}
+    for name, short in _SHORTHANDS.items():
+        defs[name] = {"anyOf": [short, defs[name]], "title": defs[name].get("title", name)}
+    inputs = defs["StageSpec"]["properties"]["inputs"]
+    inputs["anyOf"] = [{**_NAME_OR_REF, "description": "one input"}, *inputs["anyOf"]]
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "omnigraph pipeline spec"
+    return schema

