@@ -1,0 +1,96 @@
+"""IR → RuntimePlan (JSON): the runtime's view of a compiled pipeline.
+
+Reads the typed, verified omni module. Until the planner fills `#omni.place`,
+every stage gets one instance on the target's first device.
+"""
+from __future__ import annotations
+
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block, Operation, SSAValue
+
+from omnigraph.dialect.checks import describe_value, params_of
+from omnigraph.dialect.ops import InputOp, LoopOp, OutputOp, PipelineOp, RouteOp, StageOp, YieldOp
+from omnigraph.dialect.types import _EdgeType
+from omnigraph.runtime.executor import STREAMING_PORTS
+from omnigraph.runtime.plan import (
+    Batching, Binding, Instance, LoopNode, PortType, RouteNode, RuntimePlan, StageNode,
+)
+
+DEFAULT_DEVICE = "node0:cpu0"
+
+
+def port_type(value: SSAValue, *, stream: bool | None = None) -> PortType:
+    t = value.type
+    assert isinstance(t, _EdgeType)
+    return PortType(modality=t.mod, dtype=t.elem, shape=list(t.dims) if t.dims is not None else None,
+                    stream=t.is_stream if stream is None else stream)
+
+
+def _bindings(op: Operation, ports: list[str]) -> list[Binding]:
+    return [Binding(port=p, source=describe_value(v), modality=v.type.mod, stream=v.type.is_stream)
+            for p, v in zip(ports, op.operands)]
+
+
+def _batching(params: dict) -> Batching:
+    return Batching(max_batch=params.get("max_batch", 8))
+
+
+class _Emitter:
+    def __init__(self, devices: list[str], output_sources: set[str]) -> None:
+        self.devices = devices
+        self.output_sources = output_sources
+
+    def stage(self, op: StageOp) -> StageNode:
+        params = params_of(op)
+        kind = op.kind.data
+        outputs = {}
+        for port, value in zip(op.output_names, op.results):
+            to_caller = f"{op.label}.{port}" in self.output_sources and port in STREAMING_PORTS.get(kind, ())
+            outputs[port] = port_type(value, stream=value.type.is_stream or to_caller)
+        place = op.place
+        devices = [d.data for d in place.devices.data] if place is not None else self.devices[:1]
+        tp = op.parallel.get("tp") if op.parallel is not None else 1
+        return StageNode(name=op.label, kind=kind, model=op.model.data if op.model else None,
+                         params=params, inputs=_bindings(op, op.input_names), outputs=outputs,
+                         instances=[Instance(devices=devices, tp=tp)], batching=_batching(params))
+
+    def route(self, op: RouteOp) -> RouteNode:
+        params = params_of(op)
+        return RouteNode(name=op.label, inputs=_bindings(op, op.input_names), cases=op.output_names,
+                         default=params.get("default"),
+                         outputs={p: port_type(v) for p, v in zip(op.output_names, op.results)})
+
+    def loop(self, op: LoopOp) -> LoopNode:
+        body = self.block(op.body.block)
+        term = op.body.block.last_op
+        assert isinstance(term, YieldOp)
+        keys = [describe_value(v) for v in term.values]
+        return LoopNode(name=op.label, max_iters=op.iterations, carry=_bindings(op, op.carry_names),
+                        body=body, until=keys[0], next=dict(zip(op.carry_names, keys[1:])),
+                        outputs={c: port_type(v) for c, v in zip(op.carry_names, op.results)})
+
+    def block(self, block: Block) -> list:
+        nodes = []
+        for op in block.ops:
+            if isinstance(op, StageOp):
+                nodes.append(self.stage(op))
+            elif isinstance(op, RouteOp):
+                nodes.append(self.route(op))
+            elif isinstance(op, LoopOp):
+                nodes.append(self.loop(op))
+        return nodes
+
+
+def emit_plan(module: ModuleOp, devices: list[str] | None = None) -> RuntimePlan:
+    pipeline = next(op for op in module.ops if isinstance(op, PipelineOp))
+    ops = list(pipeline.block.ops)
+    outputs = {op.port_name.data: op.value for op in ops if isinstance(op, OutputOp)}
+    emitter = _Emitter(devices or [DEFAULT_DEVICE], {describe_value(v) for v in outputs.values()})
+    return RuntimePlan(
+        pipeline=pipeline.sym_name.data,
+        target=pipeline.target.data if pipeline.target else None,
+        inputs={op.port_name.data: port_type(op.value) for op in ops if isinstance(op, InputOp)},
+        outputs={name: describe_value(v) for name, v in outputs.items()},
+        output_types={name: port_type(v) for name, v in outputs.items()},
+        nodes=emitter.block(pipeline.block),
+    )

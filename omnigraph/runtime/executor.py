@@ -1,0 +1,171 @@
+"""Stage executors: the runtime's rule table, keyed by stage kind.
+
+An executor owns one stage instance's model and advances its active work items
+one `step` at a time. Batch executors finish the items they run in one step;
+continuous ones (an AR LLM decoding, a TTS reading a text stream) keep items
+active across steps, so requests join and leave the running batch at any step.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from omnigraph.runtime.channel import StreamChannel, StreamReader
+from omnigraph.runtime.plan import StageNode
+from omnigraph.runtime.values import join_chunks
+
+
+class StageFailed(Exception):
+    """A stage raised while working on a request; names the stage."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
+        self.stage = stage
+        self.cause = cause
+
+
+@dataclass
+class WorkItem:
+    """One request's work at one stage: its inputs and where its outputs go."""
+
+    request_id: int
+    stage: str
+    inputs: dict[str, Any]  # port -> value | list (variadic) | StreamReader (stream edge)
+    wanted: frozenset[str]  # output ports somebody reads
+    streams: dict[str, StreamChannel]  # output ports delivered in chunks
+    stream_modality: dict[str, str]
+    _deliver: Callable[[str, Any], None]
+    _fail: Callable[[BaseException], None]
+    _is_dead: Callable[[], bool]
+    done: bool = False
+    state: dict[str, Any] = field(default_factory=dict)  # the executor's per-item scratch
+
+    @property
+    def dead(self) -> bool:
+        """The request already ended (failed, cancelled, timed out): drop this work."""
+        return self.done or self._is_dead()
+
+    def wants(self, port: str) -> bool:
+        return port in self.wanted
+
+    def writable(self, port: str) -> bool:
+        ch = self.streams.get(port)
+        return ch is None or ch.writable()
+
+    def chunk(self, port: str, value: Any) -> None:
+        """Emit part of a streamed output (or nothing, if nobody reads `port`)."""
+        ch = self.streams.get(port)
+        if ch is not None:
+            ch.put(value, timeout=600)
+
+    def emit(self, port: str, value: Any) -> None:
+        """Emit the whole value of a non-streamed output."""
+        if port in self.streams:
+            raise RuntimeError(f"port '{port}' is streamed; use chunk()")
+        if port in self.wanted:
+            self._deliver(port, value)
+
+    def finish(self) -> None:
+        """All outputs are out: close the streams and hand on their joined values."""
+        if self.done:
+            return
+        self.done = True
+        for port, ch in self.streams.items():
+            ch.close()
+            if port in self.wanted:
+                self._deliver(port, join_chunks(self.stream_modality[port], ch.chunks()))
+
+    def fail(self, error: BaseException) -> None:
+        if self.done:
+            return
+        self.done = True
+        for ch in self.streams.values():
+            ch.close(error)
+        self._fail(error)
+
+
+@dataclass
+class ExecContext:
+    device: str = "cpu"
+    seed: int = 0
+
+
+class Executor(ABC):
+    continuous: ClassVar[bool] = False
+
+    def __init__(self, node: StageNode, ctx: ExecContext) -> None:
+        self.node = node
+        self.ctx = ctx
+        self.params = node.params
+
+    def load(self) -> None:
+        """Load weights; called once, before the first step (with progress shown)."""
+
+    @abstractmethod
+    def step(self, items: list[WorkItem]) -> bool:
+        """Advance some of `items`; return whether anything moved."""
+
+
+class BatchExecutor(Executor):
+    """Runs up to `max_batch` items whose inputs are whole values, finishing each."""
+
+    def step(self, items: list[WorkItem]) -> bool:
+        batch = items[: self.node.batching.max_batch]
+        if not batch:
+            return False
+        modality = {b.port: b.modality for b in self.node.inputs}
+        for item in batch:
+            for port, value in item.inputs.items():
+                if isinstance(value, StreamReader):  # a stream into a batch stage: wait for all of it
+                    item.inputs[port] = join_chunks(modality[port], list(value))
+        results = self.run(batch)
+        for item, outputs in zip(batch, results):
+            if isinstance(outputs, BaseException):  # this request alone failed
+                item.fail(outputs)
+                continue
+            for port, value in outputs.items():
+                if port in item.streams:
+                    item.chunk(port, value)
+                else:
+                    item.emit(port, value)
+            item.finish()
+        return True
+
+    @abstractmethod
+    def run(self, items: list[WorkItem]) -> list[dict[str, Any] | BaseException]:
+        """Outputs (port -> value) for each item, in order; an exception fails that item only."""
+
+
+# The table: kind -> "module:Class", imported on first use so that a pipeline
+# without diffusion never imports diffusers.
+EXECUTORS: dict[str, str] = {
+    "ar_llm": "omnigraph.runtime.executors.ar_llm:ArLlmExecutor",
+    "tts": "omnigraph.runtime.executors.tts:TtsExecutor",
+    "vocoder": "omnigraph.runtime.executors.vocoder:VocoderExecutor",
+    "encoder": "omnigraph.runtime.executors.encoder:EncoderExecutor",
+    "projector": "omnigraph.runtime.executors.projector:ProjectorExecutor",
+    "diffusion": "omnigraph.runtime.executors.diffusion:DiffusionExecutor",
+    "decoder": "omnigraph.runtime.executors.decoder:DecoderExecutor",
+    "moe": "omnigraph.runtime.executors.moe:MoeExecutor",
+    "custom": "omnigraph.runtime.executors.custom:CustomExecutor",
+}
+
+
+def executor_class(kind: str) -> type[Executor]:
+    try:
+        target = EXECUTORS[kind]
+    except KeyError:
+        raise ValueError(f"no executor for stage kind '{kind}'") from None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+# Output ports an executor can deliver in chunks; a pipeline output read from one of
+# these is streamed to the caller even when no stage reads it as a stream.
+STREAMING_PORTS: dict[str, frozenset[str]] = {
+    "ar_llm": frozenset({"text", "tokens"}),
+    "tts": frozenset({"audio"}),
+    "vocoder": frozenset({"audio"}),
+}

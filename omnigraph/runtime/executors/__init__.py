@@ -1,0 +1,1 @@
+"""One executor per stage kind; see EXECUTORS in omnigraph/runtime/executor.py."""

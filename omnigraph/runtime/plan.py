@@ -1,0 +1,100 @@
+"""RuntimePlan: what the runtime executes. The runtime owns this schema; codegen writes it.
+
+A plan is self-contained: stage instances with their devices, the values each
+stage reads (so the channels between instances), batching per stage, routes and
+bounded loops, and the pipeline's inputs and outputs. Nodes are listed in
+dependency order. It is plain JSON, versioned; a newer version is refused.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PLAN_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PortType(_Model):
+    modality: str
+    dtype: str | None = None
+    shape: list[int | None] | None = None
+    stream: bool = False  # delivered in chunks as produced
+
+
+class Binding(_Model):
+    """One input of a node: the value it reads (`input`, `carry`, `node.port`)."""
+
+    port: str
+    source: str
+    modality: str  # of the value read
+    stream: bool = False
+
+
+class Batching(_Model):
+    max_batch: int = Field(8, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)  # how long a worker waits to fill a batch
+    queue_capacity: int = Field(256, ge=1)  # bounded: submit blocks when a stage is this far behind
+
+
+class Instance(_Model):
+    devices: list[str] = Field(min_length=1)
+    tp: int = 1
+
+
+class StageNode(_Model):
+    type: Literal["stage"] = "stage"
+    name: str
+    kind: str
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[Binding]
+    outputs: dict[str, PortType]
+    instances: list[Instance] = Field(min_length=1)
+    batching: Batching = Field(default_factory=Batching)
+
+
+class RouteNode(_Model):
+    type: Literal["route"] = "route"
+    name: str
+    inputs: list[Binding]  # data, key
+    cases: list[str] = Field(min_length=1)
+    default: str | None = None
+    outputs: dict[str, PortType]
+
+
+class LoopNode(_Model):
+    type: Literal["loop"] = "loop"
+    name: str
+    max_iters: int = Field(ge=1)
+    carry: list[Binding]  # port = carried name, source = initial value
+    body: list[Annotated[StageNode | RouteNode, Field(discriminator="type")]] = Field(min_length=1)
+    until: str
+    next: dict[str, str]
+    outputs: dict[str, PortType]
+
+
+Node = StageNode | RouteNode | LoopNode
+
+
+class RuntimePlan(_Model):
+    version: int = PLAN_VERSION
+    pipeline: str
+    target: str | None = None
+    inputs: dict[str, PortType]
+    outputs: dict[str, str]  # output name -> value it returns
+    output_types: dict[str, PortType]
+    nodes: list[Annotated[Node, Field(discriminator="type")]]
+
+    def stages(self) -> list[StageNode]:
+        """Every stage, loop bodies included."""
+        out: list[StageNode] = []
+        for node in self.nodes:
+            if isinstance(node, StageNode):
+                out.append(node)
+            elif isinstance(node, LoopNode):
+                out.extend(n for n in node.body if isinstance(n, StageNode))
+        return out
