@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
+import torch
+
 
 def upper(in0: str) -> dict:
     return {"text": in0.upper()}
@@ -49,3 +51,19 @@ class Counter:
         with self.lock:
             self.calls += 1
         return {"text": in0}
+
+
+class TinyVocoder(torch.nn.Module):
+    """Codec tokens [B, T] -> samples [B, T * hop]: an embedding and a ConvTranspose1d
+    upsampler with random weights (the vocoder executor seeds them). Kernel == stride, so
+    frames do not overlap and streamed chunks join to exactly the whole-input audio."""
+
+    sample_rate = 16000
+
+    def __init__(self, vocab: int = 32, channels: int = 8, hop: int = 64) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, channels)
+        self.up = torch.nn.ConvTranspose1d(channels, 1, kernel_size=hop, stride=hop)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.up(self.embed(codes).transpose(1, 2))).squeeze(1)

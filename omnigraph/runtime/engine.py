@@ -87,9 +87,11 @@ class Request:
 
 
 class Engine:
-    def __init__(self, plan: RuntimePlan, enqueue: Callable[[StageNode, WorkItem], None]) -> None:
+    def __init__(self, plan: RuntimePlan, enqueue: Callable[[StageNode, WorkItem], None],
+                 waker: Callable[[StageNode], Callable[[], None]] | None = None) -> None:
         self.plan = plan
         self.enqueue = enqueue
+        self.waker = waker  # wakes a stage's worker when a stream it reads gets a chunk
         self.wanted = _wanted_ports(plan)
         self.output_sources = {src: name for name, src in plan.outputs.items()}
         self.on_end: list[Callable[[Request], None]] = []
@@ -220,7 +222,7 @@ class Engine:
         inputs: dict[str, Any] = {}
         for binding in node.inputs:
             if binding.stream and scope.channel(binding.source) is not None:
-                value: Any = scope.channel(binding.source).reader()
+                value: Any = scope.channel(binding.source).reader(self.waker(node) if self.waker else None)
             else:
                 value = scope.get(binding.source)[1]
             if binding.port in inputs:  # a variadic port: several edges

@@ -134,7 +134,7 @@ class LocalBackend:
             if on_load:
                 on_load(node.name, "done")
             self.workers[node.name] = _Worker(node, executor)
-        self.engine = Engine(plan, self._enqueue)
+        self.engine = Engine(plan, self._enqueue, lambda node: self.workers[node.name].wake.set)
         self._slots = threading.BoundedSemaphore(max_inflight)
         self.engine.on_end.append(lambda r: self._slots.release())
         self._timers: list[tuple[float, int, Request]] = []

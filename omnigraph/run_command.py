@@ -1,0 +1,177 @@
+"""`omnigraph run`: load a pipeline, run one request, show it as it happens, save outputs."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from omnigraph.errors import OmnigraphError
+from omnigraph.runtime.plan import PortType, RuntimePlan
+
+
+def parse_inputs(pairs: list[str], plan: RuntimePlan) -> dict[str, Any]:
+    """`name=value` pairs; `name=@file` reads a file (text, WAV, PNG/JPEG)."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise OmnigraphError(f"--input {pair!r}: expected name=value")
+        if name not in plan.inputs:
+            raise OmnigraphError(f"--input {name}: pipeline '{plan.pipeline}' has no input '{name}'",
+                                 hint="inputs: " + ", ".join(plan.inputs))
+        inputs[name] = _read_value(value, plan.inputs[name], name)
+    missing = [n for n in plan.inputs if n not in inputs]
+    if missing:
+        raise OmnigraphError(f"missing --input for {', '.join(missing)}",
+                             hint=" ".join(f"--input {n}=..." for n in missing))
+    return inputs
+
+
+def _read_value(value: str, ptype: PortType, name: str) -> Any:
+    if not value.startswith("@"):
+        if ptype.modality in ("text",):
+            return value
+        if ptype.modality == "scalar":
+            return float(value)
+        raise OmnigraphError(f"--input {name}: a {ptype.modality} input is read from a file: {name}=@PATH")
+    from omnigraph.runtime.media import read_input
+
+    path = Path(value[1:])
+    if not path.is_file():
+        raise OmnigraphError(f"--input {name}: no such file: {path}")
+    try:
+        return read_input(path, ptype.modality)
+    except (OSError, ValueError) as exc:
+        raise OmnigraphError(f"--input {name}: cannot read {path} as {ptype.modality}: {exc}") from None
+
+
+def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
+                as_json: bool, stats: bool, timeout: float | None) -> int:
+    from omnigraph.api import Pipeline, compile_plan
+
+    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
+    plan = compile_plan(spec, target)
+    inputs = parse_inputs(pairs, plan)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True, disable=as_json) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_load(stage: str, event: str) -> None:
+            if event == "start":
+                kind = next(s.kind for s in plan.stages() if s.name == stage)
+                tasks[stage] = progress.add_task(f"loading [bold]{stage}[/] ({kind})", total=None)
+            else:
+                progress.update(tasks[stage], description=f"[green]loaded[/] {stage}")
+
+        t0 = time.monotonic()
+        pipe = Pipeline(plan, on_load=on_load)
+    load_s = time.monotonic() - t0
+    if not as_json:
+        err.print(f"[dim]loaded {len(plan.stages())} stage(s) in {load_s:.1f}s[/]")
+    try:
+        return _run_one(pipe, plan, inputs, out, err, output_dir=output_dir, as_json=as_json,
+                        stats=stats, timeout=timeout, load_s=load_s)
+    finally:
+        pipe.close()
+
+
+def _run_one(pipe: Any, plan: RuntimePlan, inputs: dict[str, Any], out: Console, err: Console, *,
+             output_dir: str | None, as_json: bool, stats: bool, timeout: float | None, load_s: float) -> int:
+    from omnigraph.runtime.engine import RequestFailed
+
+    handle = pipe.submit(inputs, timeout=timeout)
+    first_chunk: dict[str, float] = {}
+    live_text = [n for n, t in plan.output_types.items() if t.modality == "text" and t.stream]
+    printing = live_text[0] if live_text and not as_json else None
+    started = handle.request.submitted
+    try:
+        for kind, name, value in handle.events():
+            if kind == "chunk":
+                first_chunk.setdefault(name, time.monotonic() - started)
+                if name == printing:
+                    out.print(value, end="")
+            elif kind == "done":
+                outputs = value
+    except RequestFailed as exc:
+        if printing:
+            out.print()
+        raise OmnigraphError(str(exc), where=f"stage '{exc.stage}'" if exc.stage else None) from None
+    total = time.monotonic() - started
+    if printing:
+        out.print()
+    saved = _save(outputs, plan, output_dir)
+    if as_json:
+        doc = {"pipeline": plan.pipeline, "outputs": {}, "seconds": round(total, 4),
+               "load_seconds": round(load_s, 3),
+               "first_chunk_seconds": {k: round(v, 4) for k, v in first_chunk.items()},
+               "stages": _stage_times(handle.request, started)}
+        for name, value in outputs.items():
+            doc["outputs"][name] = str(saved[name]) if name in saved else _jsonable(value)
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    for name, value in outputs.items():
+        if name == printing:
+            continue
+        shown = saved.get(name)
+        out.print(f"[bold]{name}[/]: {shown if shown else _brief(value)}")
+    for name, path in saved.items():
+        if name == printing:
+            out.print(f"[dim]{name} saved to {path}[/]")
+    ttfc = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in first_chunk.items())
+    err.print(f"[dim]done in {total:.2f}s" + (f"; first chunk: {ttfc}" if ttfc else "") + "[/]")
+    if stats:
+        _print_stats(err, handle.request, started, pipe)
+    return 0
+
+
+def _save(outputs: dict[str, Any], plan: RuntimePlan, output_dir: str | None) -> dict[str, Path]:
+    if output_dir is None:
+        return {}
+    from omnigraph.runtime.media import write_output
+
+    directory = Path(output_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OmnigraphError(f"cannot create {directory}: {exc.strerror}") from None
+    return {name: write_output(directory / name, value, plan.output_types[name].modality)
+            for name, value in outputs.items()}
+
+
+def _stage_times(request: Any, started: float) -> dict[str, dict[str, float | None]]:
+    return {stage: {"start": round(t.dispatched - started, 4),
+                    "end": round(t.finished - started, 4) if t.finished else None}
+            for stage, t in request.timings.items()}
+
+
+def _print_stats(console: Console, request: Any, started: float, pipe: Any) -> None:
+    table = Table(title="stage timings (seconds since submit)")
+    for col in ("stage", "start", "end", "busy"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    busy = pipe.backend.stats()
+    for stage, t in _stage_times(request, started).items():
+        end = f"{t['end']:.3f}" if t["end"] is not None else "-"
+        table.add_row(stage, f"{t['start']:.3f}", end, f"{busy.get(stage, 0.0):.3f}")
+    console.print(table)
+
+
+def _brief(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} {tuple(shape)} {getattr(value, 'dtype', '')}"
+    if hasattr(value, "sample_rate"):
+        return f"audio {value.seconds:.2f}s at {value.sample_rate} Hz"
+    return repr(value)[:200]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return _brief(value)
