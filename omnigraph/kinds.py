@@ -35,6 +35,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dtype: Literal["f32", "f16", "bf16", "fp8"] | None = None
     seed: int | None = None
+    # Weights-only models (safetensors:, pth:): the module they load into, built from `config`.
+    arch: str | None = None
     # Architecture config passed to the model class (hidden_size, num_attention_heads,
     # num_experts, ...); read by type inference, cost rules and parallelism checks.
     config: dict[str, Any] = Field(default_factory=dict)
@@ -85,6 +87,7 @@ class MoeParams(Params):
     top_k: int = Field(2, ge=1)
     shared_experts: int = Field(0, ge=0)
     routing: Literal["top_k", "top_p"] = "top_k"
+    top_p: float = Field(0.4, gt=0.0, le=1.0)  # routing="top_p": experts until this mass
     null_experts: int = Field(0, ge=0)
     hidden_size: int | None = Field(None, ge=1)
 

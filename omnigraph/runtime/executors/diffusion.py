@@ -1,0 +1,164 @@
+"""`diffusion`: a conditioning → latents [C, H/down, W/down], by a denoising loop.
+
+The loop is a diffusers scheduler's (params.scheduler, params.steps). The model is a
+UNet2DConditionModel, an SD3Transformer2DModel (a DiT), or any module called as
+`model(latents, t, cond)`. Requests whose conditionings have one shape run as one
+batch through every step.
+
+Conditioning: an embedding [seq, d]; or [k, seq, d] when k branches cross the edge
+(the conditional one first, then the dropped ones); or text, embedded by a seeded
+byte table (a stand-in where no text encoder precedes the stage). With
+guidance_scale > 1, max(cfg_branches, 2) branches run in the same forward as the
+conditional one; missing branches are the null (zero) condition, and guidance pushes
+away from their mean: eps = neg + g * (cond - neg).
+
+Noise: seeded by params.seed and the request's own conditioning, so a request is
+reproducible whatever it is batched with, and different prompts get different noise.
+An input on the optional `latents` port replaces the noise.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from omnigraph.runtime.executor import WorkItem
+from omnigraph.runtime.executors.batched import GroupedExecutor
+from omnigraph.runtime.executors.media import byte_ids
+from omnigraph.runtime.executors.modules import config_value, load_module, main_output, stage_dtype, stage_seed
+
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "flow_match": "FlowMatchEulerDiscreteScheduler",
+    "flow_match_euler": "FlowMatchEulerDiscreteScheduler",
+}
+Denoiser = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _unet(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    return model(x, t, encoder_hidden_states=cond).sample
+
+
+def _sd3(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    # SD3 also takes a pooled text vector; the mean over the sequence stands in for it.
+    return model(hidden_states=x, encoder_hidden_states=cond, pooled_projections=cond.mean(1), timestep=t).sample
+
+
+def _module(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    return main_output(model(x, t, cond))
+
+
+DENOISERS: dict[str, Denoiser] = {"UNet2DConditionModel": _unet, "SD3Transformer2DModel": _sd3}
+_COND_WIDTH = ("cross_attention_dim", "joint_attention_dim", "cond_dim")
+
+
+@dataclass
+class Job:
+    cond: torch.Tensor  # [branches, seq, d]
+    noise: torch.Tensor  # [C, h, w]
+
+
+class DiffusionExecutor(GroupedExecutor[Job]):
+    def load(self) -> None:
+        import diffusers
+
+        p = self.params
+        name = p.get("scheduler", "ddim")
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
+        self.scheduler_cls = getattr(diffusers, SCHEDULERS[name])
+        self.steps = int(p.get("steps", 20))
+        self.guidance = float(p.get("guidance_scale", 1.0))
+        self.branches = max(int(p.get("cfg_branches", 1)), 2) if self.guidance > 1 else 1
+        down = int(p.get("downsample", 8))
+        self.shape = (int(p.get("latent_channels", 4)), int(p.get("height", 64)) // down,
+                      int(p.get("width", 64)) // down)
+        self.seed = stage_seed(p, self.ctx.seed)
+        self.dtype = stage_dtype(p)
+        self.model = load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)
+        self.denoise = DENOISERS.get(type(self.model).__name__, _module)
+        in_channels = config_value(self.model, "in_channels")
+        if in_channels is not None and in_channels != self.shape[0]:
+            raise ValueError(f"latent_channels is {self.shape[0]}, but the model takes {in_channels} channels")
+        width = config_value(self.model, *_COND_WIDTH)
+        self.cond_width = width if isinstance(width, int) else None
+        pooled = config_value(self.model, "pooled_projection_dim")
+        if self.denoise is _sd3 and pooled != self.cond_width:
+            raise ValueError(f"the mean conditioning stands in for the pooled one: set pooled_projection_dim "
+                             f"to joint_attention_dim ({self.cond_width}), not {pooled}")
+        self.byte_table: torch.Tensor | None = None
+        if self.cond_width is not None:  # for text conditionings
+            g = torch.Generator().manual_seed(self.seed)
+            self.byte_table = torch.randn(256, self.cond_width, generator=g)
+
+    def prepare(self, item: WorkItem) -> Job:
+        value = item.inputs["cond"]
+        cond = self._embed_text(value) if isinstance(value, str) else torch.as_tensor(value).float()
+        if cond.dim() == 2:
+            cond = cond.unsqueeze(0)
+        if cond.dim() != 3 or (self.cond_width is not None and cond.shape[-1] != self.cond_width):
+            raise ValueError(f"cond has shape {list(cond.shape)}; the model expects [seq, {self.cond_width}]")
+        cond = cond[: self.branches]
+        null = torch.zeros(self.branches - cond.shape[0], *cond.shape[1:])
+        return Job(torch.cat([cond, null]), self._noise(item, value))
+
+    def batch_key(self, prepared: Job) -> Hashable:
+        return tuple(prepared.cond.shape)
+
+    def forward(self, batch: list[Job], items: list[WorkItem]) -> list[dict[str, Any]]:
+        device = self.ctx.device
+        n = self.branches
+        cond = torch.cat([job.cond for job in batch]).to(device, self.dtype)  # [G*n, seq, d], branches adjacent
+        scheduler = self.scheduler_cls()  # fresh: multistep schedulers keep per-run state
+        scheduler.set_timesteps(self.steps, device=device)
+        sigma = getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching has none: noise as is
+        latents = torch.stack([job.noise for job in batch]).to(device) * sigma
+        scale = getattr(scheduler, "scale_model_input", None)
+        for t in scheduler.timesteps:
+            x = latents.repeat_interleave(n, dim=0)
+            if scale is not None:
+                x = scale(x, t)
+            pred = self.denoise(self.model, x.to(self.dtype), t.expand(x.shape[0]), cond).float()
+            pred = pred[:, : self.shape[0]].unflatten(0, (len(batch), n))  # drop learned-sigma channels
+            latents = scheduler.step(_guide(pred, self.guidance), t, latents).prev_sample
+        return [{"latents": z.float().cpu()} for z in latents]
+
+    def _embed_text(self, text: str) -> torch.Tensor:
+        if self.byte_table is None:
+            raise ValueError("text conditioning needs a model whose config names its conditioning width")
+        return self.byte_table[byte_ids(text)]
+
+    def _noise(self, item: WorkItem, cond: Any) -> torch.Tensor:
+        given = item.inputs.get("latents")
+        if given is not None:
+            given = torch.as_tensor(given).float()
+            if tuple(given.shape) != self.shape:
+                raise ValueError(f"latents have shape {list(given.shape)}; expected {list(self.shape)}")
+            return given
+        g = torch.Generator().manual_seed((self.seed + _digest(cond)) % 2**63)
+        return torch.randn(self.shape, generator=g)
+
+
+def _guide(pred: torch.Tensor, scale: float) -> torch.Tensor:
+    """[G, branches, ...] predictions → [G, ...] guided ones."""
+    if pred.shape[1] == 1:
+        return pred[:, 0]
+    neg = pred[:, 1:].mean(1)
+    return neg + scale * (pred[:, 0] - neg)
+
+
+def _digest(value: Any) -> int:
+    """A stable 63-bit digest of a conditioning (text or tensor)."""
+    if isinstance(value, str):
+        data = value.encode("utf-8")
+    else:
+        data = np.ascontiguousarray(torch.as_tensor(value).float().cpu().numpy()).tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
