@@ -46,7 +46,11 @@ class _IntFieldsAttr(ParametrizedAttribute):
             if key not in cls.FIELDS:
                 parser.raise_error(f"{cls.name}: unknown field '{key}' (fields: {', '.join(cls.FIELDS)})")
             parser.parse_punctuation("=")
+            start = parser.pos
             values[key] = parser.parse_integer(allow_boolean=False)
+            if values[key] < cls.MINIMUM:  # here, with a location, rather than in verify()
+                parser.raise_error(f"{cls.name}: {key} must be >= {cls.MINIMUM}, got {values[key]}",
+                                   start, parser.pos)
 
         parser.parse_comma_separated_list(parser.Delimiter.ANGLE, entry)
         missing = [f for f in cls.FIELDS if f not in values]
@@ -104,5 +108,8 @@ class PlaceAttr(ParametrizedAttribute):
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
         with parser.in_angle_brackets():
+            start = parser.pos
             names = parser.parse_comma_separated_list(parser.Delimiter.SQUARE, parser.parse_str_literal)
+            if not names:
+                parser.raise_error("omni.place needs at least one device", start, parser.pos)
         return [ArrayAttr([StringAttr(n) for n in names])]

@@ -19,12 +19,18 @@ if TYPE_CHECKING:
 
 
 class OmniVerifyError(VerifyException):
-    """A verifier failure with the op, and the operand index for edge errors."""
+    """A verifier failure with the op, and the operand index for edge errors.
 
-    def __init__(self, message: str, op: Operation, operand: int | None = None) -> None:
+    ``field`` is a path below the op's spec entry (``("parallel", "tp")``) for errors in
+    its attributes; a caller points at it where the spec has it.
+    """
+
+    def __init__(self, message: str, op: Operation, operand: int | None = None,
+                 field: tuple[str | int, ...] = ()) -> None:
         super().__init__(message)
         self.op = op
         self.operand = operand
+        self.field = field
 
 
 def describe_value(value: SSAValue) -> str:
@@ -89,11 +95,15 @@ def check_ported_op(op: PortedOp) -> None:
         cases = params.get("cases", [])
         default = params.get("default")
         if len(set(outs)) != len(outs):
-            raise OmniVerifyError(f"{where}: duplicate cases", op)
+            raise OmniVerifyError(f"{where}: duplicate cases", op, field=("params", "cases"))
         if default is not None and default not in outs:
-            raise OmniVerifyError(f"{where}: default '{default}' is not one of the cases", op)
+            raise OmniVerifyError(f"{where}: default '{default}' is not one of the cases", op,
+                                  field=("params", "default"))
         if cases and cases != outs:
-            raise OmniVerifyError(f"{where}: params.cases disagree with the outputs", op)
+            raise OmniVerifyError(f"{where}: params.cases disagree with the outputs", op,
+                                  field=("params", "cases"))
+    if not isinstance(params.get("config", {}), dict):  # type rules and parallel checks read it
+        raise OmniVerifyError(f"{where}: params.config must be a dictionary", op, field=("params", "config"))
     check_parallel(op, where, params)
 
 
@@ -114,14 +124,17 @@ def check_parallel(op: Operation, where: str, params: dict[str, Any]) -> None:
     kv_heads = _first(config, "num_key_value_heads", "num_kv_heads")
     experts = _first(config, "num_experts", "num_local_experts", "n_routed_experts")
     if heads is not None and heads % tp:
-        raise OmniVerifyError(f"{where}: tp={tp} does not divide its {heads} attention heads", op)
+        raise OmniVerifyError(f"{where}: tp={tp} does not divide its {heads} attention heads", op,
+                              field=("parallel", "tp"))
     if kv_heads is not None and kv_heads % tp and tp % kv_heads:
         raise OmniVerifyError(f"{where}: tp={tp} and its {kv_heads} KV heads do not divide one "
-                              f"another (KV heads are split or replicated across TP ranks)", op)
+                              f"another (KV heads are split or replicated across TP ranks)", op,
+                              field=("parallel", "tp"))
     if ep > 1 and experts is None:
-        raise OmniVerifyError(f"{where}: ep={ep} on a stage with no experts", op)
+        raise OmniVerifyError(f"{where}: ep={ep} on a stage with no experts", op, field=("parallel", "ep"))
     if experts is not None and experts % ep:
-        raise OmniVerifyError(f"{where}: ep={ep} does not divide its {experts} experts", op)
+        raise OmniVerifyError(f"{where}: ep={ep} does not divide its {experts} experts", op,
+                              field=("parallel", "ep"))
 
 
 def check_output(op: OutputOp) -> None:
@@ -152,11 +165,12 @@ def check_loop(op: LoopOp) -> None:
     cond = term.operands[0].type
     if isinstance(cond, _EdgeType) and cond.mod not in ("scalar", "text"):
         raise OmniVerifyError(f"{where}: `until` must be a scalar (or text), got {cond.describe()} "
-                              f"from '{describe_value(term.operands[0])}'", op)
-    for name, nxt, arg in zip(names, term.operands[1:], block.args):
+                              f"from '{describe_value(term.operands[0])}'", term, 0)
+    for i, (name, nxt, arg) in enumerate(zip(names, term.operands[1:], block.args)):
         if isinstance(nxt.type, _EdgeType) and nxt.type.mod != arg.type.mod:
             raise OmniVerifyError(f"{where}: next '{name}' is {nxt.type.describe()} from "
-                                  f"'{describe_value(nxt)}', but '{name}' carries {arg.type.mod}", op)
+                                  f"'{describe_value(nxt)}', but '{name}' carries {arg.type.mod}",
+                                  term, 1 + i)
 
 
 def check_pipeline(op: PipelineOp) -> None:

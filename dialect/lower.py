@@ -143,6 +143,7 @@ def _dependency_order(nodes: dict[str, StageSpec | LoopSpec]) -> list[str]:
         sources = [e.source for s in stages for _, _, e in stage_edges(s)]
         if isinstance(node, LoopSpec):
             sources += [e.source for e in node.carry.values()]
+            sources += [node.until.source, *(out.source for out in node.next.values())]
         for source in sources:
             producer = source.partition(".")[0]
             if "." in source and producer in nodes and producer != name:

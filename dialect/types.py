@@ -151,12 +151,3 @@ class StreamType(_EdgeType):
 
 EdgeType = TensorType | StreamType
 
-
-def same_kind(t: _EdgeType, *, modality: str | None = None, dtype: str | None = None,
-              shape: Sequence[int | None] | None = None, keep_unranked: bool = False) -> _EdgeType:
-    """A type of the same class (tensor or stream) with some fields replaced."""
-    return type(t)(
-        modality or t.mod,
-        dtype or t.dtype.data,
-        t.dims if shape is None and (keep_unranked or t.dims is not None) else shape,
-    )

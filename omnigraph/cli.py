@@ -64,6 +64,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from omnigraph.target import load_target
 
         target = load_target(args.target).target
+    if args.emit == "plan":
+        from omnigraph.api import compile_plan
+
+        plan = compile_plan(args.spec, args.target)
+        _write(plan.model_dump_json(indent=2, exclude_defaults=True) + "\n", args.output)
+        return 0
     if args.emit == "spec":
         from omnigraph.frontend.load import load_spec
         import yaml
@@ -79,6 +85,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     comp = compile_path(args.spec, target=target, pass_pipeline=args.pass_pipeline, after_pass=hook)
     _write(print_module(comp.module, generic=args.generic), args.output)
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from omnigraph.run_command import run_command
+
+    return run_command(args.spec, args.input or [], target=args.target, output_dir=args.output_dir,
+                       as_json=args.json, stats=args.stats, timeout=args.timeout)
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
@@ -128,12 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a spec and emit a stage of the flow")
     p.add_argument("spec")
     p.add_argument("--target", help="target name (see targets/) or YAML file")
-    p.add_argument("--emit", choices=["spec", "ir"], default="ir")
+    p.add_argument("--emit", choices=["spec", "ir", "plan"], default="ir")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     p.add_argument("--pass-pipeline", help="comma-separated passes (default: verify,infer-types)")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass to stderr")
     p.add_argument("--generic", action="store_true", help="print IR in MLIR's generic form")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run a pipeline on this machine")
+    p.add_argument("spec")
+    p.add_argument("--input", "-i", action="append", metavar="NAME=VALUE",
+                   help="an input; NAME=@FILE reads a file (repeat for each input)")
+    p.add_argument("--output-dir", "-o", help="write each output here (WAV, PNG, TXT)")
+    p.add_argument("--target", help="target name or YAML file")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead")
+    p.add_argument("--stats", action="store_true", help="print a per-stage timing table")
+    p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("viz", help="draw the pipeline graph (Mermaid or Graphviz DOT)")
     p.add_argument("spec")
@@ -160,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except OmnigraphError as exc:
-        _console(stderr=True).print(exc.render(), markup=False)
+        _console(stderr=True).print(exc.render(), markup=False, emoji=False)  # shown verbatim
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

@@ -41,9 +41,11 @@ def load_ir(path: str | Path) -> Compilation:
         return Compilation(parse_module(text, str(path)), ir_source=(str(path), text))
     except ParseError as exc:
         loc = exc.span.get_location()
-        raise SpecError(f"IR syntax: {exc.msg}", Span(str(path), loc.line, loc.column), source=text) from None
+        raise SpecError(f"IR syntax: {exc.msg}", Span(str(path), loc.line, loc.col), source=text) from None
     except ValueError as exc:  # xDSL reports a few malformed names this way, without a span
         raise SpecError(f"IR syntax: {exc.args[0] if exc.args else exc}", Span(str(path), 1, 1)) from None
+    except VerifyException as exc:  # an attribute or type that fails its verify() as it is parsed
+        raise SpecError(f"IR: {str(exc).splitlines()[0]}", Span(str(path), 1, 1)) from None
 
 
 def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins: Origins | None,
@@ -56,9 +58,14 @@ def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return IRError(f"invalid IR: {message}")
     path = origins.path(cause.op, cause.operand) if origins is not None else None
+    if path is not None and cause.field:
+        path = (*path, *cause.field)  # the spec's own entry when it has one, else the op's
     if srcmap is not None and path is not None:
         return srcmap.error(str(cause), path)
-    label = cause.op.properties.get("sym_name") or cause.op.properties.get("port_name")
+    op, label = cause.op, None
+    while op is not None and label is None:  # an unnamed op (omni.yield): its loop's name
+        label = op.properties.get("sym_name") or op.properties.get("port_name")
+        op = op.parent_op()
     span = _ir_span(ir_source, label.data) if ir_source and label else None
     return IRError(str(cause), span, source=ir_source[1] if span else None)
 

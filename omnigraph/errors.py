@@ -55,7 +55,9 @@ class OmnigraphError(Exception):
         if self.span is not None and self.source is not None:
             src_lines = self.source.splitlines()
             if 1 <= self.span.line <= len(src_lines):
-                text = src_lines[self.span.line - 1]
+                # Tabs and control bytes would shift the caret or reach the terminal raw.
+                text = "".join(c if c.isprintable() else " " if c == "\t" else "\ufffd"
+                               for c in src_lines[self.span.line - 1])
                 if len(text) > 200:  # keep a huge minified line readable
                     start = max(0, self.span.col - 100)
                     text = text[start : start + 200]

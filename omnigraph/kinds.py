@@ -7,9 +7,11 @@ Adding a kind adds one entry here and one in each of those tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from omnigraph.spec import NAME_PATTERN
 
 ANY_MODALITY = ("text", "tokens", "image", "audio", "video", "latent", "embedding", "scalar")
 # Sentinel modality of a port whose type follows another port (route cases).
@@ -99,7 +101,7 @@ class AudioOutParams(Params):
 
 
 class RouteParams(Params):
-    cases: list[str] = Field(min_length=2)
+    cases: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(min_length=2)  # port names
     default: str | None = None
 
 

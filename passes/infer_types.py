@@ -33,14 +33,18 @@ class _Stage:
     op: PortedOp
     params: dict[str, Any]
 
-    def setting(self, *keys: str) -> Any:
-        """A parameter, or the same key in the architecture `config`."""
+    def setting(self, *keys: str) -> int | None:
+        """A size parameter, or the same key in the architecture `config`: a positive int."""
         config = self.params.get("config", {})
         for key in keys:
-            if self.params.get(key) is not None:
-                return self.params[key]
-            if config.get(key) is not None:
-                return config[key]
+            for field, value in ((("params", key), self.params.get(key)),
+                                 (("params", "config", key), config.get(key))):
+                if value is None:
+                    continue
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise OmniVerifyError(f"stage '{self.op.label}' {'.'.join(field[1:])}: expected a "
+                                          f"positive integer, got {value!r}", self.op, field=field)
+                return value
         return None
 
     @property
@@ -79,8 +83,14 @@ def _ar_llm(s: _Stage) -> list[Out]:
 
 def _diffusion(s: _Stage) -> list[Out]:
     down = s.setting("downsample") or 8
-    return [("f32", (s.setting("latent_channels") or 4, (s.setting("height") or 64) // down,
-                     (s.setting("width") or 64) // down))]
+    sizes = []
+    for key in ("height", "width"):
+        size = s.setting(key) or 64
+        if size < down:  # the latent would have no rows (or columns)
+            raise OmniVerifyError(f"stage '{s.op.label}': {key} {size} is smaller than its downsample "
+                                  f"factor {down}", s.op, field=("params", key))
+        sizes.append(size // down)
+    return [("f32", (s.setting("latent_channels") or 4, *sizes))]
 
 
 def _decoder(s: _Stage) -> list[Out]:

@@ -32,36 +32,25 @@ def _parser() -> Lark:
 
 def parse_dsl(text: str, file: str) -> tuple[dict[str, Any], SourceMap]:
     srcmap = SourceMap(file, text)
-    _check_nesting(text, file)
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
+    _check_nesting(tree, text, file)
     return _Walker(srcmap).pipeline(tree), srcmap
 
 
-def _check_nesting(text: str, file: str) -> None:
-    depth, line, col = 0, 1, 1
-    in_string = False
-    prev = ""
-    for ch in text:
-        if in_string:
-            if ch == '"' and prev != "\\":
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "([{":
+def _check_nesting(tree: Tree, text: str, file: str) -> None:
+    """Refuse absurd nesting of values before the recursive walk (the LALR parse itself is not)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data in ("list", "dict"):
             depth += 1
             if depth > MAX_NESTING:
-                raise SpecError(f"nesting deeper than {MAX_NESTING} levels", Span(file, line, col),
-                                source=text)
-        elif ch in ")]}":
-            depth -= 1
-        prev = "" if prev == "\\" else ch
-        if ch == "\n":
-            line, col = line + 1, 1
-        else:
-            col += 1
+                raise SpecError(f"nesting deeper than {MAX_NESTING} levels",
+                                Span(file, node.meta.line, node.meta.column), source=text)
+        stack.extend((c, depth) for c in reversed(node.children) if isinstance(c, Tree))
 
 
 def _describe(names: set[str]) -> str:
@@ -83,6 +72,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
     line, col = max(exc.line, 1), max(exc.column, 1)
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
+        if tok.type == "$END" and "PIPELINE" in exc.expected:  # nothing but blanks and comments
+            return SpecError("empty spec: expected `pipeline <name>(<inputs>) -> (<outputs>) { ... }`",
+                             Span(file, 1, 1), source=text)
         if tok.type == "$END":
             what = "unexpected end of file"
             lines = text.splitlines() or [""]
@@ -93,6 +85,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
                          Span(file, line, col), source=text)
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        if char == '"':  # no closing quote on this line
+            return SpecError("syntax: unterminated string", Span(file, line, col), source=text,
+                             hint="a string ends with \" on the line where it starts")
         return SpecError(f"syntax: unexpected character {char!r}", Span(file, line, col), source=text)
     if isinstance(exc, UnexpectedEOF):
         lines = text.splitlines() or [""]
@@ -278,6 +273,8 @@ class _Walker:
             elif item.data == "next":
                 for binding in item.children:
                     cname, ref = binding.children
+                    if str(cname) in nxt:
+                        raise self.error(f"`next` sets '{cname}' twice", cname)
                     nxt[str(cname)] = self.ref(ref)
                     self.at((*path, "next", str(cname)), binding, key=cname)
         if "until" not in loop:
@@ -291,7 +288,7 @@ class _Walker:
         self.at(path, tree)
         kind = tree.data
         if kind == "string":
-            return json.loads(tree.children[0])
+            return self.string(tree.children[0])
         if kind == "number":
             raw = str(tree.children[0])
             return float(raw) if any(c in raw for c in ".eE") else int(raw)
@@ -307,6 +304,16 @@ class _Walker:
             return [self.value(v, (*path, i)) for i, v in enumerate(c for c in tree.children if c is not None)]
         return self.dict(tree, path)
 
+    def string(self, token: Token) -> str:
+        """A string literal's value: JSON escapes; raw tabs and control characters are kept."""
+        try:
+            return json.loads(token, strict=False)
+        except json.JSONDecodeError as exc:
+            col = token.column + exc.pos  # at the bad escape
+            raise SpecError(f"bad string literal: {exc.msg}",
+                            Span(self.srcmap.file, token.line, col, token.line, col + 2),
+                            source=self.srcmap.text) from None
+
     def dict(self, tree: Tree, path: DocPath) -> dict[str, Any]:
         self.at(path, tree)
         out: dict[str, Any] = {}
@@ -314,7 +321,7 @@ class _Walker:
             if pair is None:
                 continue
             key_tok, value = pair.children
-            key = json.loads(key_tok) if key_tok.type == "ESCAPED_STRING" else str(key_tok)
+            key = self.string(key_tok) if key_tok.type == "ESCAPED_STRING" else str(key_tok)
             if key in out:
                 raise self.error(f"duplicate key '{key}'", key_tok)
             out[key] = self.value(value, (*path, key))

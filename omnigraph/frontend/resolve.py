@@ -92,6 +92,18 @@ def suggest(word: str, choices: Any) -> str | None:
     return f"did you mean '{match[0]}'?" if match else None
 
 
+def _walk(value: Any, loc: DocPath = ()) -> Iterator[tuple[DocPath, Any]]:
+    """Every scalar inside nested dicts and lists, with its path."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, (*loc, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, (*loc, i))
+    else:
+        yield loc, value
+
+
 # -- semantic resolution ---------------------------------------------------------------
 @dataclass(frozen=True)
 class Producer:
@@ -138,7 +150,7 @@ class _Resolver:
         for lname, loop in spec.loops.items():
             self.check_loop(lname, loop, top)
         for oname, out in spec.outputs.items():
-            self.lookup(out.source, top, ("outputs", oname, "from"))
+            self.lookup(out.source, top, ("outputs", oname, "from"), f"output '{oname}'")
 
     # names ----------------------------------------------------------------------------
     def check_names(self) -> None:
@@ -172,42 +184,46 @@ class _Resolver:
 
     # one stage ------------------------------------------------------------------------
     def check_stage(self, stage: StageSpec, path: DocPath) -> None:
+        who = f"stage '{path[-1]}'"
         kind = KINDS.get(stage.kind)
         if kind is None:
-            raise self.err(f"unknown stage kind '{stage.kind}'", (*path, "kind"),
+            raise self.err(f"{who}: unknown stage kind '{stage.kind}'", (*path, "kind"),
                            hint=suggest(stage.kind, KINDS) or "kinds: " + ", ".join(KINDS))
         self.check_model(stage, kind, path)
         self.check_params(stage, kind, path)
         if stage.outputs is not None and not kind.free_ports:
-            raise self.err(f"'outputs' can be declared only on custom stages; {kind.name} stages "
+            raise self.err(f"{who}: 'outputs' can be declared only on custom stages; {kind.name} stages "
                            f"have fixed outputs", (*path, "outputs"), key=True)
         if kind.free_ports and not stage.outputs:
-            raise self.err("a custom stage must declare its outputs, e.g. `outputs: {y: embedding}`",
-                           path, key=True)
+            raise self.err(f"{who}: a custom stage must declare its outputs, "
+                           f"e.g. `outputs: {{y: embedding}}`", path, key=True)
         for port in stage.outputs or {}:
             if not _NAME.match(port):
-                raise self.err(f"'{port}' is not a valid port name", (*path, "outputs", port), key=True)
+                raise self.err(f"{who}: '{port}' is not a valid port name", (*path, "outputs", port),
+                               key=True)
         stage.inputs = self.normalize_inputs(stage, kind, (*path, "inputs"))
 
     def check_model(self, stage: StageSpec, kind: StageKind, path: DocPath) -> None:
+        who = f"stage '{path[-1]}'"
         if stage.model is None:
             if kind.needs_model:
-                raise self.err(f"{kind.name} stage needs a `model` reference", path, key=True,
+                raise self.err(f"{who}: {kind.name} stage needs a `model` reference", path, key=True,
                                hint="e.g. model: \"transformers:LlamaForCausalLM\" or \"gguf:<package>\"")
             return
         if not kind.needs_model:
-            raise self.err(f"{kind.name} stages take no model", (*path, "model"), key=True)
+            raise self.err(f"{who}: {kind.name} stages take no model", (*path, "model"), key=True)
         scheme, sep, target = stage.model.partition(":")
         if not sep or not target.strip():
-            raise self.err(f"model reference '{stage.model}' must be `scheme:target`", (*path, "model"),
-                           hint="schemes: " + ", ".join(MODEL_SCHEMES))
+            raise self.err(f"{who}: model reference '{stage.model}' must be `scheme:target`",
+                           (*path, "model"), hint="schemes: " + ", ".join(MODEL_SCHEMES))
         if scheme not in MODEL_SCHEMES:
-            raise self.err(f"unknown model scheme '{scheme}'", (*path, "model"),
+            raise self.err(f"{who}: unknown model scheme '{scheme}'", (*path, "model"),
                            hint=suggest(scheme, MODEL_SCHEMES) or "schemes: " + ", ".join(MODEL_SCHEMES))
 
     def check_params(self, stage: StageSpec, kind: StageKind, path: DocPath) -> None:
+        who = f"stage '{path[-1]}'"
         try:
-            kind.params.model_validate(stage.params, strict=False)
+            checked = kind.params.model_validate(stage.params, strict=False).model_dump()
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = tuple(err["loc"])
@@ -215,13 +231,24 @@ class _Resolver:
             name = ".".join(str(p) for p in loc)
             if err["type"] == "extra_forbidden":
                 known = [n for n in kind.params.model_fields]
-                raise self.err(f"unknown parameter '{name}' for {kind.name} stages", ppath, key=True,
+                raise self.err(f"{who}: unknown parameter '{name}' for {kind.name} stages", ppath, key=True,
                                hint=suggest(str(loc[0]), known) or "parameters: " + ", ".join(known))
             if err["type"] == "missing":
-                raise self.err(f"{kind.name} stage needs parameter '{name}'", (*path, "params"), key=True)
-            raise self.err(f"parameter '{name}': {err['msg']}", ppath)
+                raise self.err(f"{who}: {kind.name} stage needs parameter '{name}'", (*path, "params"),
+                               key=True)
+            msg = "expected a name (letters, digits, _)" if err["type"] == "string_pattern_mismatch" \
+                else err["msg"]
+            raise self.err(f"{who} parameter '{name}': {msg}", ppath)
+        # Later phases see the coerced values ("48" -> 48), in the order the spec wrote them.
+        stage.params = {k: checked.get(k, v) for k, v in stage.params.items()}
+        for loc, value in _walk(stage.params):
+            if isinstance(value, int) and not -2**63 <= value < 2**63:  # IR integers are i64
+                name = ".".join(str(p) for p in loc)
+                raise self.err(f"{who} parameter '{name}': {value} does not fit in 64 bits",
+                               (*path, "params", *loc))
 
     def normalize_inputs(self, stage: StageSpec, kind: StageKind, path: DocPath) -> dict[str, Any]:
+        who = f"stage '{path[-2]}'"
         raw = stage.inputs
         named: dict[str, Any] = {}
         positional: list[tuple[int, EdgeSpec]] = []
@@ -243,7 +270,7 @@ class _Resolver:
                 while slots and slots[0].name in named and not slots[0].variadic:
                     slots.pop(0)
                 if not slots:
-                    raise self.err(f"too many inputs for {kind.name} stage (ports: "
+                    raise self.err(f"{who}: too many inputs for a {kind.name} stage (ports: "
                                    f"{', '.join(p.name for p in kind.inputs)})", ipath)
                 port = slots[0]
                 port_name = port.name
@@ -259,21 +286,22 @@ class _Resolver:
             port = kind.input_port(port_name)
             if port is None:
                 known = [p.name for p in kind.inputs]
-                raise self.err(f"{kind.name} stage has no input port '{port_name}'",
+                raise self.err(f"{who}: {kind.name} has no input port '{port_name}'",
                                (*path, port_name), key=True,
                                hint=suggest(port_name, known) or "ports: " + ", ".join(known))
             if not _NAME.match(port_name):
-                raise self.err(f"'{port_name}' is not a valid port name", (*path, port_name), key=True)
+                raise self.err(f"{who}: '{port_name}' is not a valid port name", (*path, port_name),
+                               key=True)
             if isinstance(value, list) and not port.variadic:
                 if len(value) != 1:
-                    raise self.err(f"port '{port_name}' of {kind.name} takes one input, got "
+                    raise self.err(f"{who} port '{port_name}': takes one input, got "
                                    f"{len(value)}", (*path, port_name))
                 named[port_name] = value[0]
             if isinstance(value, list) and not value:
-                raise self.err(f"port '{port_name}' has an empty input list", (*path, port_name))
+                raise self.err(f"{who} port '{port_name}': empty input list", (*path, port_name))
         for port in kind.inputs:
             if not port.optional and port.name not in named:
-                raise self.err(f"{kind.name} stage needs input '{port.name}'", path, key=True,
+                raise self.err(f"{who}: required input port '{port.name}' is not wired", path, key=True,
                                hint=f"wire it: inputs: {{{port.name}: <input or stage.port>}}")
         # Locate normalized input paths at the source of each positional edge.
         for port_name, sources in origin.items():
@@ -291,7 +319,8 @@ class _Resolver:
         return {"inputs": set(self.spec.inputs), "stages": self.spec.stages, "loops": self.spec.loops,
                 "carry": set(), "inner": {n: l for l, lp in self.spec.loops.items() for n in lp.stages}}
 
-    def lookup(self, ref: str, scope: dict[str, Any], path: DocPath) -> Producer:
+    def lookup(self, ref: str, scope: dict[str, Any], path: DocPath, user: str) -> Producer:
+        """What `ref` names, as read by `user` (e.g. "stage 'talker' port 'text'")."""
         node, _, port = ref.partition(".")
         if not port:
             if node in scope["inputs"]:
@@ -299,39 +328,42 @@ class _Resolver:
             if node in scope["carry"]:
                 return Producer("carry", "", node)
             if node in scope["stages"] or node in scope["loops"]:
-                raise self.err(f"'{node}' is a stage; name one of its outputs as `{node}.<port>`", path,
-                               hint=self._ports_hint(node, scope))
+                raise self.err(f"{user}: '{node}' is a stage; name one of its outputs as `{node}.<port>`",
+                               path, hint=self._ports_hint(node, scope))
             names = [*scope["inputs"], *scope["carry"], *scope["stages"]]
-            raise self.err(f"unknown input '{node}'", path, hint=suggest(node, names))
+            raise self.err(f"{user}: unknown input '{node}'", path, hint=suggest(node, names))
         if node in scope["stages"]:
             ports = [p.name for p in stage_output_ports(scope["stages"][node])]
             if port not in ports:
-                raise self.err(f"stage '{node}' has no output port '{port}'", path,
+                raise self.err(f"{user}: stage '{node}' has no output port '{port}'", path,
                                hint=suggest(port, ports) or "outputs: " + ", ".join(ports))
             return Producer("stage", node, port)
+        if node == scope.get("self"):  # a loop's results exist only once it has finished
+            raise self.err(f"{user}: inside loop '{node}', read its carried values "
+                           f"({', '.join(self.spec.loops[node].carry)}), not its results", path)
         if node in scope["loops"]:
             carries = list(scope["loops"][node].carry)
             if port not in carries:
-                raise self.err(f"loop '{node}' has no result '{port}'", path,
+                raise self.err(f"{user}: loop '{node}' has no result '{port}'", path,
                                hint=suggest(port, carries) or "results: " + ", ".join(carries))
             return Producer("loop", node, port)
         if node in scope["inner"]:
-            raise self.err(f"stage '{node}' is inside loop '{scope['inner'][node]}'; outside it, use "
-                           f"the loop's results", path)
+            raise self.err(f"{user}: stage '{node}' is inside loop '{scope['inner'][node]}'; outside it, "
+                           f"use the loop's results", path)
         if node in scope["inputs"] or node in scope["carry"]:
-            raise self.err(f"'{node}' is an input, not a stage; refer to it as `{node}`", path)
+            raise self.err(f"{user}: '{node}' is an input, not a stage; refer to it as `{node}`", path)
         names = [*scope["stages"], *scope["loops"]]
-        raise self.err(f"unknown stage '{node}'", path, hint=suggest(node, names))
+        raise self.err(f"{user}: unknown stage '{node}'", path, hint=suggest(node, names))
 
     def _ports_hint(self, node: str, scope: dict[str, Any]) -> str:
         if node in scope["stages"]:
             return "outputs: " + ", ".join(p.name for p in stage_output_ports(scope["stages"][node]))
         return "results: " + ", ".join(scope["loops"][node].carry)
 
-    def check_edge(self, edge: EdgeSpec, scope: dict[str, Any], path: DocPath) -> Producer:
-        producer = self.lookup(edge.source, scope, path)
+    def check_edge(self, edge: EdgeSpec, scope: dict[str, Any], path: DocPath, user: str) -> Producer:
+        producer = self.lookup(edge.source, scope, path, user)
         if edge.stream and producer.kind not in ("stage",):
-            raise self.err(f"only a stage output can be streamed; '{edge.source}' is a "
+            raise self.err(f"{user}: only a stage output can be streamed; '{edge.source}' is a "
                            f"{'pipeline input' if producer.kind == 'input' else producer.kind + ' value'}",
                            path)
         return producer
@@ -339,51 +371,63 @@ class _Resolver:
     def check_graph(self, stages: dict[str, StageSpec], scope: dict[str, Any], base: DocPath,
                     loops: dict[str, LoopSpec] | None = None) -> None:
         graph = nx.DiGraph()
-        graph.add_nodes_from(stages)
-        where: dict[tuple[str, str], DocPath] = {}
+        graph.add_nodes_from([*stages, *(loops or {})])
+        where: dict[tuple[str, str], tuple[DocPath, str]] = {}  # edge -> (its path, who reads it)
         for name, stage in stages.items():
             for port, i, edge in stage_edges(stage):
                 raw_in = stage.inputs[port]
                 epath = (*base, name, "inputs", port, *((i,) if isinstance(raw_in, list) else ()))
-                producer = self.check_edge(edge, scope, epath)
+                user = f"stage '{name}' port '{port}'"
+                producer = self.check_edge(edge, scope, epath, user)
                 if producer.kind in ("stage", "loop") and producer.node in graph:
                     graph.add_edge(producer.node, name)
-                    where.setdefault((producer.node, name), epath)
+                    where.setdefault((producer.node, name), (epath, f"{user} reads '{edge.source}'"))
         for lname, loop in (loops or {}).items():
-            graph.add_node(lname)
             for cname, edge in loop.carry.items():
-                producer = self.check_edge(edge, scope, ("loops", lname, "carry", cname))
+                cpath, user = ("loops", lname, "carry", cname), f"loop '{lname}' carry '{cname}'"
+                producer = self.check_edge(edge, scope, cpath, user)
                 if producer.kind in ("stage", "loop"):
                     graph.add_edge(producer.node, lname)
-                    where.setdefault((producer.node, lname), ("loops", lname, "carry", cname))
-            for inner in loop.stages.values():  # stages inside may read outer values too
-                for _, _, edge in stage_edges(inner):
-                    node = edge.source.partition(".")[0]
-                    if edge.source.partition(".")[2] and node in graph and node != lname:
-                        graph.add_edge(node, lname)
+                    where.setdefault((producer.node, lname), (cpath, f"{user} reads '{edge.source}'"))
+            # Its stages, `until` and `next` may read outer values too: those run before the loop.
+            reads = [(("loops", lname, "stages", sname, "inputs", port), f"stage '{sname}' port '{port}'",
+                      edge.source) for sname, inner in loop.stages.items()
+                     for port, _, edge in stage_edges(inner)]
+            reads.append((("loops", lname, "until"), f"loop '{lname}' until", loop.until.source))
+            reads += [(("loops", lname, "next", c), f"loop '{lname}' next '{c}'", out.source)
+                      for c, out in loop.next.items()]
+            for rpath, user, source in reads:
+                node, _, port = source.partition(".")
+                if port and node in graph and node != lname:
+                    graph.add_edge(node, lname)
+                    where.setdefault((node, lname), (rpath, f"{user} reads '{source}'"))
         try:
             cycle = nx.find_cycle(graph)
         except nx.NetworkXNoCycle:
             return
         names = [u for u, _ in cycle] + [cycle[0][0]]
         u, v = cycle[-1][0], cycle[-1][1]
-        path = where.get((u, v), (*base, v))
-        raise self.err(f"cycle between stages: {' -> '.join(names)}", path,
+        path, edge = where.get((u, v), ((*base, v), f"stage '{v}' reads '{u}'"))
+        raise self.err(f"cycle between stages: {' -> '.join(names)} ({edge})", path,
                        hint="feedback needs a bounded `loop` (carry, until, next)")
 
     def check_loop(self, lname: str, loop: LoopSpec, top: dict[str, Any]) -> None:
         scope = {**top, "carry": set(loop.carry), "stages": {**top["stages"], **loop.stages},
-                 "inner": {k: v for k, v in top["inner"].items() if v != lname}}
+                 "inner": {k: v for k, v in top["inner"].items() if v != lname},
+                 "loops": {k: v for k, v in top["loops"].items() if k != lname}, "self": lname}
         self.check_graph(loop.stages, scope, ("loops", lname, "stages"))
         base = ("loops", lname)
-        producer = self.check_edge(loop.until, scope, (*base, "until"))
+        producer = self.check_edge(loop.until, scope, (*base, "until"), f"loop '{lname}' until")
         if producer.kind == "stage" and producer.node not in loop.stages:
-            raise self.err("`until` must test a value computed inside the loop", (*base, "until"))
-        if set(loop.next) != set(loop.carry):
-            missing = sorted(set(loop.carry) - set(loop.next))
-            extra = sorted(set(loop.next) - set(loop.carry))
-            what = f"no `next` for {', '.join(missing)}" if missing else \
-                f"`next` names {', '.join(extra)}, which the loop does not carry"
-            raise self.err(f"loop '{lname}': {what}", (*base, "next"), key=True)
+            raise self.err(f"loop '{lname}': `until` must test a value computed inside the loop",
+                           (*base, "until"))
+        extra = [c for c in loop.next if c not in loop.carry]
+        if extra:  # at the first name the loop does not carry
+            raise self.err(f"loop '{lname}': `next` names '{extra[0]}', which the loop does not carry",
+                           (*base, "next", extra[0]), key=True,
+                           hint="carried: " + ", ".join(loop.carry))
+        missing = [c for c in loop.carry if c not in loop.next]
+        if missing:
+            raise self.err(f"loop '{lname}': no `next` for {', '.join(missing)}", (*base, "next"), key=True)
         for cname, out in loop.next.items():
-            self.lookup(out.source, scope, (*base, "next", cname))
+            self.lookup(out.source, scope, (*base, "next", cname), f"loop '{lname}' next '{cname}'")

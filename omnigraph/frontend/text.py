@@ -29,21 +29,22 @@ def read_spec_text(path: str | Path) -> str:
 
 
 def decode_spec_bytes(data: bytes, name: str) -> str:
+    shown = data.decode("utf-8", "replace")  # for the caret line of an error
     if b"\x00" in data:
-        offset = data.index(b"\x00")
-        line, col = _line_col(data, offset)
-        raise SpecError("binary data (NUL byte) in a spec file", Span(name, line, col))
+        line, col = _line_col(data, data.index(b"\x00"))
+        raise SpecError("binary data (NUL byte) in a spec file", Span(name, line, col), source=shown)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line, col = _line_col(data, exc.start)
         raise SpecError(
-            f"spec files must be UTF-8; invalid byte 0x{data[exc.start]:02x}", Span(name, line, col)
+            f"spec files must be UTF-8; invalid byte 0x{data[exc.start]:02x}", Span(name, line, col),
+            source=shown,
         ) from None
     return text.removeprefix("\ufeff")
 
 
 def _line_col(data: bytes, offset: int) -> tuple[int, int]:
-    line = data.count(b"\n", 0, offset) + 1
-    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-    return line, col
+    """1-based line and column of a byte offset, in the lines and characters the caret line shows."""
+    lines = (data[:offset].decode("utf-8", "replace") + "x").splitlines()  # "x": keep a last empty line
+    return len(lines), len(lines[-1])

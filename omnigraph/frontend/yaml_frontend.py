@@ -6,6 +6,7 @@ alias expansion is bounded.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -17,19 +18,31 @@ from omnigraph.frontend.source import DocPath, SourceMap
 _OPEN = (yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken, yaml.BlockMappingStartToken,
          yaml.BlockSequenceStartToken)
 _CLOSE = (yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken, yaml.BlockEndToken)
+_BREAKS = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # PyYAML's line breaks
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     srcmap = SourceMap(file, text)
+    try:
+        loader = yaml.SafeLoader(text)  # the reader rejects non-printable characters here
+    except yaml.reader.ReaderError as exc:
+        line, col = _position(text, exc.position)
+        raise SpecError(f"YAML syntax: character U+{exc.character:04X} is not allowed in YAML",
+                        Span(file, line, col), source=text) from None
     _check_nesting(text, file)
-    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        span = Span(file, mark.line + 1, mark.column + 1) if mark else Span(file, 1, 1)
-        raise SpecError(f"YAML syntax: {problem}", span, source=text) from None
+        problem = (exc.problem or exc.context or "invalid YAML").replace("'<stream end>'", "end of file")
+        problem = problem.replace("end of stream", "end of file")
+        span = _mark_span(mark, text, file) if mark else Span(file, 1, 1)
+        hint = None
+        if exc.context and exc.context_mark and exc.problem_mark:  # e.g. where an unclosed `[` opened
+            hint = f"{exc.context} started at {_mark_span(exc.context_mark, text, file)}"
+        if "'\\t'" in problem:
+            hint = "indent YAML with spaces, not tabs"
+        raise SpecError(f"YAML syntax: {problem}", span, source=text, hint=hint) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML syntax: {exc}", Span(file, 1, 1), source=text) from None
     finally:
@@ -39,6 +52,20 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
                         Span(file, 1, 1), source=text)
     builder = _Builder(loader, srcmap)
     return builder.build(node, ()), srcmap
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of a character index, counting line breaks as PyYAML does."""
+    lines = _BREAKS.split(text[:index])
+    return len(lines), len(lines[-1]) + 1
+
+
+def _mark_span(mark: yaml.Mark, text: str, file: str) -> Span:
+    """A mark's span; one at the end of the stream moves to the end of the last line."""
+    if mark.index >= len(text) and text:
+        line, col = _position(text, len(text.rstrip("\r\n\x85\u2028\u2029")))
+        return Span(file, line, col)
+    return Span(file, mark.line + 1, mark.column + 1)
 
 
 def _check_nesting(text: str, file: str) -> None:
@@ -73,6 +100,9 @@ class _Builder:
         if self.count > MAX_NODES:
             raise SpecError(f"document expands to more than {MAX_NODES} values (YAML aliases?)",
                             self.span(node), source=self.srcmap.text)
+        if len(path) > MAX_NESTING:  # the text is shallow (checked), so aliases nest, maybe in a cycle
+            raise SpecError(f"nesting deeper than {MAX_NESTING} levels through YAML aliases",
+                            self.span(node), source=self.srcmap.text)
         self.srcmap.add(path, self.span(node), key=key)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -83,9 +113,9 @@ class _Builder:
                 if not isinstance(key_node, yaml.ScalarNode):
                     raise SpecError("mapping keys must be plain names", self.span(key_node),
                                     source=self.srcmap.text)
-                k = self.loader.construct_object(key_node)
+                k = self.scalar(key_node)
                 if not isinstance(k, str):
-                    k = str(k) if isinstance(k, (int, float, bool)) or k is None else k
+                    k = key_node.value  # as written: `1:`, `null:`, `2024-01-01:`
                 if k in out:
                     raise SpecError(f"duplicate key '{k}'", self.span(key_node), source=self.srcmap.text,
                                     hint="each name may appear once in a mapping")
@@ -93,7 +123,18 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        value = self.scalar(node)
+        if not isinstance(value, (str, int, float, bool)) and value is not None:  # !!binary, timestamps
+            raise SpecError(f"a YAML {node.tag.rpartition(':')[2]} is not a spec value", self.span(node),
+                            source=self.srcmap.text, hint="quote it to make it a string")
+        return value
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
         try:
             return self.loader.construct_object(node)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"bad YAML value: {exc}", self.span(node), source=self.srcmap.text) from None
+        except Exception as exc:  # PyYAML's constructors raise ValueError, KeyError, ... on `!!int abc`
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            unknown = isinstance(exc, yaml.constructor.ConstructorError)
+            message = f"unsupported YAML tag {tag}" if unknown else f"{node.value!r} is not a valid {tag}"
+            raise SpecError(message, self.span(node), source=self.srcmap.text,
+                            hint="quote it to make it a string") from None
