@@ -11,6 +11,7 @@ from xdsl.ir import Block, Operation, SSAValue
 from omnigraph.dialect.checks import describe_value, params_of
 from omnigraph.dialect.ops import InputOp, LoopOp, OutputOp, PipelineOp, RouteOp, StageOp, YieldOp
 from omnigraph.dialect.types import _EdgeType
+from omnigraph.kinds import KINDS
 from omnigraph.runtime.executor import STREAMING_PORTS
 from omnigraph.runtime.plan import (
     Batching, Binding, Instance, LoopNode, PortType, RouteNode, RuntimePlan, StageNode,
@@ -31,8 +32,10 @@ def _bindings(op: Operation, ports: list[str]) -> list[Binding]:
             for p, v in zip(ports, op.operands)]
 
 
-def _batching(params: dict) -> Batching:
-    return Batching(max_batch=params.get("max_batch", 8))
+def _batching(kind: str, params: dict) -> Batching:
+    field = KINDS[kind].params.model_fields.get("max_batch")
+    default = field.default if field is not None else Batching().max_batch
+    return Batching(max_batch=params.get("max_batch", default))
 
 
 class _Emitter:
@@ -52,7 +55,7 @@ class _Emitter:
         tp = op.parallel.get("tp") if op.parallel is not None else 1
         return StageNode(name=op.label, kind=kind, model=op.model.data if op.model else None,
                          params=params, inputs=_bindings(op, op.input_names), outputs=outputs,
-                         instances=[Instance(devices=devices, tp=tp)], batching=_batching(params))
+                         instances=[Instance(devices=devices, tp=tp)], batching=_batching(kind, params))
 
     def route(self, op: RouteOp) -> RouteNode:
         params = params_of(op)

@@ -63,6 +63,7 @@ class ArLlmParams(Params):
     system: str | None = None
     chat: bool = True  # apply the model's chat template
     max_batch: int = Field(32, ge=1)
+    tokenizer: str | None = None  # a directory or gguf:… when the model ships none
     hidden_size: int | None = Field(None, ge=1)
     stream_chunk: Literal["token", "word", "sentence"] = "sentence"
 

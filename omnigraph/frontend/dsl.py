@@ -120,6 +120,9 @@ class _Walker:
         self.at((), tree)
         self.at(("pipeline",), name)
         doc: dict[str, Any] = {"pipeline": str(name)}
+        if docstring is not None and doc_token is not None:
+            raise self.error("a pipeline has one docstring: before `pipeline` or inside its braces",
+                             docstring)
         text = docstring or doc_token
         if text is not None:
             doc["description"] = str(text)[3:-3].strip()
@@ -167,7 +170,11 @@ class _Walker:
             out[str(name)] = self.type(type_tree, (*path, str(name)))
             self.at((*path, str(name)), port, key=name)
         if path == ("outputs",):  # outputs carry only a modality in the signature
-            return {k: {"modality": v if isinstance(v, str) else v["modality"]} for k, v in out.items()}
+            for port in tree.children if tree is not None else []:
+                if port.children[1].children[1] is not None:
+                    raise self.error("an output's type is its modality alone; element type and "
+                                     "shape come from the stage that produces it", port.children[1])
+            return {k: {"modality": v} for k, v in out.items()}
         return out
 
     def type(self, tree: Tree, path: DocPath) -> Any:

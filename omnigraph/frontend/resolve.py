@@ -262,6 +262,7 @@ class _Resolver:
                     named[key] = value
         slots = list(kind.inputs) if not kind.free_ports else []
         origin: dict[str, list[DocPath]] = {k: [(*path, k)] for k in named}
+        raw_named = set(named)
         for index, edge in positional:
             ipath = (*path, index)
             if kind.free_ports:
@@ -299,6 +300,12 @@ class _Resolver:
                 named[port_name] = value[0]
             if isinstance(value, list) and not value:
                 raise self.err(f"{who} port '{port_name}': empty input list", (*path, port_name))
+            if port.variadic and not kind.free_ports and not isinstance(value, list):
+                # One edge into a variadic port is a list of one, whichever way it was written.
+                named[port_name] = [value]
+                span = self.srcmap.locate((*path, port_name))
+                if span is not None and port_name in raw_named:
+                    self.srcmap.add((*path, port_name, 0), span)
         for port in kind.inputs:
             if not port.optional and port.name not in named:
                 raise self.err(f"{who}: required input port '{port.name}' is not wired", path, key=True,

@@ -24,7 +24,7 @@ _BREAKS = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # PyYAML's line breaks
 def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     srcmap = SourceMap(file, text)
     try:
-        loader = yaml.SafeLoader(text)  # the reader rejects non-printable characters here
+        loader = SpecLoader(text)  # the reader rejects non-printable characters here
     except yaml.reader.ReaderError as exc:
         line, col = _position(text, exc.position)
         raise SpecError(f"YAML syntax: character U+{exc.character:04X} is not allowed in YAML",
@@ -72,7 +72,7 @@ def _check_nesting(text: str, file: str) -> None:
     """Refuse absurd nesting before PyYAML's recursive composer sees it."""
     depth = 0
     try:
-        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        for token in yaml.scan(text, Loader=SpecLoader):
             if isinstance(token, _OPEN):
                 depth += 1
                 if depth > MAX_NESTING:
@@ -83,6 +83,25 @@ def _check_nesting(text: str, file: str) -> None:
                 depth -= 1
     except yaml.MarkedYAMLError:
         return  # the composer reports syntax errors with better context
+
+
+class SpecLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: `1e-5` is a float and only true/false are
+    booleans, so `cases: [on, off]` stays names, as the DSL reads them."""
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
 
 
 class _Builder:

@@ -72,6 +72,11 @@ class StreamChannel:
             self._watchers.append(on_data)
         return StreamReader(self, rid)
 
+    def watch(self, on_data: Callable[[], None]) -> None:
+        """Call `on_data` when chunks arrive or the stream ends, without being a reader:
+        a watcher never holds the producer back."""
+        self._watchers.append(on_data)
+
     def _notify(self) -> None:
         for watcher in list(self._watchers):
             watcher()

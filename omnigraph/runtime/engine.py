@@ -154,7 +154,7 @@ class Engine:
         request.channels.append(ch)
         if scope.parent is None and key in self.output_sources:
             request.output_streams[self.output_sources[key]] = ch
-            ch.reader(on_data=lambda: self._notify(request))
+            ch.watch(lambda: self._notify(request))
 
     def _notify(self, request: Request) -> None:
         with request.lock:

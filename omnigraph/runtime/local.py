@@ -99,7 +99,8 @@ class RequestHandle:
         while True:
             with req.lock:
                 for name, ch in req.output_streams.items():
-                    readers.setdefault(name, ch.reader())
+                    if name not in readers:
+                        readers[name] = ch.reader()
                 done = req.done
             for name, reader in readers.items():
                 try:

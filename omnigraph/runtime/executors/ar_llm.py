@@ -1,0 +1,243 @@
+"""`ar_llm`: an autoregressive LLM with continuous batching.
+
+Each `step` prefills the work items that just arrived (their first token comes from
+the prefill) and then runs one batched decode step for every running request whose
+output streams have room. Requests join and leave the running batch at any step;
+see llm_batch.py for how their KV caches of different lengths decode together.
+
+Ports: `prompt` (text, formatted with the chat template unless chat is false, or
+tokens used as is) and optional `context` embeddings [seq, hidden], prepended to the
+prompt's token embeddings. Outputs: `text`, `tokens` (generated ids, EOS excluded)
+and `hidden` (for each generated token, the last layer's state that predicted it:
+[n_tokens, hidden]). A streamed port gets a chunk per step (text: per
+`stream_chunk`); any other is emitted whole at the end.
+
+Sampling (temperature > 0) draws from a generator per request. With `seed` set it is
+seeded from the seed and the prompt, so a request samples the same text whatever
+ran before it or beside it; without one, from the request id.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from omnigraph.kinds import ArLlmParams
+from omnigraph.runtime.channel import StreamReader
+from omnigraph.runtime.executor import Executor, WorkItem
+from omnigraph.runtime.executors.llm_batch import KV, DecodeBatch, cache_tensors, choose_token, run_model
+from omnigraph.runtime.executors.llm_loading import load_causal_lm
+from omnigraph.runtime.executors.llm_text import TextStream, prompt_ids
+from omnigraph.runtime.values import join_chunks
+
+_STATE = "ar_llm"  # key of a request's _Request in WorkItem.state
+
+
+@dataclass
+class _Request:
+    item: WorkItem
+    kv: KV | None  # its own KV cache; None while that lives in the running batch
+    length: int  # positions in the KV cache
+    text: TextStream
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    hidden: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return not self.item.dead
+
+
+class ArLlmExecutor(Executor):
+    continuous = True
+
+    def load(self) -> None:
+        params = {k: v for k, v in self.params.items() if k != "tokenizer"}  # see llm_loading
+        self.settings = ArLlmParams.model_validate(params)
+        self.model, self.tokenizer = load_causal_lm(self.node, self.ctx.device, self.ctx.seed)
+        self.device = self.model.device
+        self.embed = self.model.get_input_embeddings()
+        self.eos = _eos_ids(self.model, self.tokenizer)
+        self.takes_embeds = "inputs_embeds" in inspect.signature(self.model.forward).parameters
+        self.max_positions: int | None = getattr(self.model.config, "max_position_embeddings", None)
+        self.modality = {b.port: b.modality for b in self.node.inputs}
+        self._batch: DecodeBatch | None = None
+        self._members: list[_Request] = []  # the batch's rows, in order
+
+    # -- the step ----------------------------------------------------------------------
+    def step(self, items: list[WorkItem]) -> bool:
+        with torch.no_grad():  # not inference_mode: outputs reach users, who may edit them in place
+            live = [i for i in items if not i.dead]
+            admitted = [i for i in live if _STATE not in i.state and self._admit(i)]
+            running = [r for i in live if (r := i.state.get(_STATE)) is not None
+                       and not i.done and all(i.writable(p) for p in i.streams)]  # backpressure
+            if running:
+                self._decode(running)
+            if not any(r.alive for r in self._members):
+                self._batch, self._members = None, []  # nothing left to decode: free the stack
+            return bool(admitted or running)
+
+    def _admit(self, item: WorkItem) -> bool:
+        """Prefill a new request and take its first token; False while its inputs
+        still stream in (gathered without blocking the batch)."""
+        try:
+            if not _gather_streams(item, self.modality):
+                return False
+            ids = self._prompt(item)
+            embeds = self._context(item)
+            if embeds is not None:
+                tokens = torch.tensor(ids, device=self.device)
+                inputs: dict[str, Any] = {"inputs_embeds": torch.cat([embeds, self.embed(tokens)])[None]}
+            else:
+                inputs = {"input_ids": torch.tensor([ids], device=self.device)}
+            length = inputs.get("inputs_embeds", inputs.get("input_ids")).shape[1]
+            if self.max_positions is not None and length > self.max_positions:
+                raise ValueError(f"the prompt has {length} positions; the model takes {self.max_positions}")
+            fwd, cache = run_model(self.model, item.wants("hidden"), **inputs)
+            req = _Request(item, cache_tensors(cache), length, self._text_stream(), self._generator(item, ids))
+            item.state[_STATE] = req
+            self._accept(req, fwd.logits[0], None if fwd.hidden is None else fwd.hidden[0])
+        except Exception as exc:  # this request's input or prefill failed, not the batch
+            item.fail(exc)
+        return True
+
+    def _decode(self, reqs: list[_Request]) -> None:
+        batch = self._batch_for(reqs)
+        try:
+            fwd = batch.step(self.model, [r.tokens[-1] for r in reqs], any(r.item.wants("hidden") for r in reqs))
+        except Exception:
+            self._batch, self._members = None, []  # the caches are in an unknown state
+            raise  # a batched forward cannot be pinned on one request: the worker fails them all
+        for row, req in enumerate(reqs):
+            req.length += 1
+            try:
+                self._accept(req, fwd.logits[row], None if fwd.hidden is None else fwd.hidden[row])
+            except Exception as exc:
+                req.item.fail(exc)
+
+    def _batch_for(self, reqs: list[_Request]) -> DecodeBatch:
+        """The running batch for exactly `reqs`: the last one while its rows are the
+        same, else a new one built from the requests' own caches."""
+        if len(reqs) == len(self._members) and all(a is b for a, b in zip(reqs, self._members)):
+            assert self._batch is not None
+            return self._batch
+        if self._batch is not None:
+            for req, kv in zip(self._members, self._batch.split()):
+                req.kv = kv
+        self._batch = DecodeBatch([r.kv for r in reqs])  # type: ignore[misc]  # each has one by now
+        for req in reqs:
+            req.kv = None
+        for req in self._members:
+            if req.kv is not None:  # left out: an ended request's cache goes, a waiting one's is
+                # copied out so that the old stack is freed
+                req.kv = [(k.clone(), v.clone()) for k, v in req.kv] if req.alive else None
+        self._members = reqs
+        return self._batch
+
+    # -- tokens out ----------------------------------------------------------------------
+    def _accept(self, req: _Request, logits: torch.Tensor, hidden: torch.Tensor | None) -> None:
+        s = self.settings
+        token = choose_token(logits, s.temperature, s.top_k, s.top_p, req.generator)
+        if token in self.eos:
+            self._publish(req, final=True)
+            return
+        req.tokens.append(token)
+        if hidden is not None and req.item.wants("hidden"):
+            req.hidden.append(hidden)
+        req.text.push(token)
+        full = self.max_positions is not None and req.length >= self.max_positions  # no room to feed it
+        self._publish(req, final=req.text.stopped or len(req.tokens) >= s.max_new_tokens or full,
+                      token=token, hidden=hidden)
+
+    def _publish(self, req: _Request, final: bool, token: int | None = None,
+                 hidden: torch.Tensor | None = None) -> None:
+        """Chunks for the streamed ports; at the end, the whole values of the others."""
+        item = req.item
+        if final:
+            req.text.close()
+        pieces = {"text": req.text.take(final) or None,
+                  "tokens": None if token is None else torch.tensor([token]),
+                  "hidden": None if hidden is None else hidden[None]}
+        for port, piece in pieces.items():
+            if piece is not None and port in item.streams:
+                item.chunk(port, piece)
+        if not final:
+            return
+        whole = {"text": req.text.text, "tokens": torch.tensor(req.tokens, dtype=torch.long),
+                 "hidden": torch.stack(req.hidden) if req.hidden
+                 else torch.zeros(0, self.embed.embedding_dim, dtype=self.model.dtype)}
+        for port, value in whole.items():
+            if port not in item.streams:
+                item.emit(port, value)
+            elif not item.streams[port].chunks():  # an empty stream still joins to a typed value
+                item.chunk(port, value)
+        item.finish()
+
+    # -- inputs --------------------------------------------------------------------------
+    def _prompt(self, item: WorkItem) -> list[int]:
+        prompt = item.inputs["prompt"]
+        if isinstance(prompt, str):
+            return prompt_ids(self.tokenizer, prompt, self.settings.system, self.settings.chat)
+        ids = torch.as_tensor(prompt).reshape(-1).tolist()
+        if not ids:
+            raise ValueError("the prompt has no tokens")
+        return ids
+
+    def _context(self, item: WorkItem) -> torch.Tensor | None:
+        """The context embeddings, all edges concatenated: [seq, hidden]."""
+        value = item.inputs.get("context")
+        if value is None:
+            return None
+        if not self.takes_embeds:
+            raise ValueError(f"{type(self.model).__name__} takes no inputs_embeds: it cannot read context embeddings")
+        parts = [torch.as_tensor(p) for p in (value if isinstance(value, list) else [value])]
+        width = self.embed.embedding_dim
+        wrong = sorted({p.shape[-1] for p in parts} - {width})
+        if wrong:
+            raise ValueError(f"context embeddings are {wrong[0]} wide; the model's embeddings are {width}")
+        return torch.cat([p.reshape(-1, width) for p in parts]).to(self.device, self.model.dtype)
+
+    def _text_stream(self) -> TextStream:
+        return TextStream(self.tokenizer, self.settings.stop, self.settings.stream_chunk)
+
+    def _generator(self, item: WorkItem, ids: list[int]) -> torch.Generator | None:
+        if self.settings.temperature == 0:
+            return None
+        if self.settings.seed is None:
+            seed = self.ctx.seed * 1_000_003 + item.request_id
+        else:
+            digest = hashlib.sha256(f"{self.settings.seed}:{ids}".encode()).digest()
+            seed = int.from_bytes(digest[:8], "little") >> 1
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """The ids that end generation: the model's generation config and the tokenizer's."""
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        ids.update(value if isinstance(value, list) else [] if value is None else [value])
+    return frozenset(ids)
+
+
+def _gather_streams(item: WorkItem, modality: dict[str, str]) -> bool:
+    """Replace streamed inputs by their joined values once they have ended, reading
+    what has arrived so far without waiting; True when no input is still streaming."""
+    complete = True
+    for port, value in item.inputs.items():
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            if not isinstance(v, StreamReader):
+                continue
+            buffer = item.state.setdefault(f"chunks:{port}:{i}", [])
+            chunks, ended = v.poll()
+            buffer.extend(chunks)
+            if ended:
+                values[i] = join_chunks(modality[port], buffer)
+            else:
+                complete = False
+        item.inputs[port] = values if isinstance(value, list) else values[0]
+    return complete

@@ -1,0 +1,98 @@
+"""KV caches of requests that decode together, and choosing the next token.
+
+Each request owns its KV cache (per layer: keys and values [1, heads, len, dim]).
+To decode several requests in one forward pass their caches are left-padded to a
+common length and stacked; the attention mask hides the padding and position ids
+carry each request's own position, so every row computes what it would alone.
+The stacked cache is kept across steps while the same requests decode, and is
+split back into per-request caches only when one joins or leaves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, len, dim]
+
+
+@dataclass
+class Forward:
+    logits: torch.Tensor  # [batch, vocab], at the last position
+    hidden: torch.Tensor | None  # [batch, hidden], last layer at the last position
+
+
+def run_model(model: Any, want_hidden: bool, **inputs: Any) -> tuple[Forward, DynamicCache]:
+    """One forward pass; logits only at the last position (prefill would otherwise
+    project every prompt position onto the vocabulary)."""
+    out = model(**inputs, use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
+    hidden = out.hidden_states[-1][:, -1] if want_hidden else None
+    return Forward(out.logits[:, -1], hidden), out.past_key_values
+
+
+def cache_tensors(cache: DynamicCache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class DecodeBatch:
+    """A left-padded, stacked KV cache for a fixed list of requests (rows in order)."""
+
+    def __init__(self, caches: list[KV]) -> None:
+        lengths = [kv[0][0].shape[2] for kv in caches]
+        width = max(lengths)
+        self.pad = [width - n for n in lengths]
+        layers = [
+            tuple(torch.cat([_left_pad(kv[i][j], p) for kv, p in zip(caches, self.pad)]) for j in (0, 1))
+            for i in range(len(caches[0]))
+        ]
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        device = caches[0][0][0].device
+        self.mask = torch.ones(len(caches), width, dtype=torch.long, device=device)
+        for row, p in enumerate(self.pad):
+            self.mask[row, :p] = 0
+        self.positions = torch.tensor(lengths, device=device)
+
+    def step(self, model: Any, tokens: list[int], want_hidden: bool) -> Forward:
+        """Feed one token per request and grow every cache by one position."""
+        ids = torch.tensor(tokens, device=self.mask.device)[:, None]
+        mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
+        fwd, self.cache = run_model(model, want_hidden, input_ids=ids, attention_mask=mask,
+                                    position_ids=self.positions[:, None], past_key_values=self.cache)
+        self.mask = mask
+        self.positions = self.positions + 1
+        return fwd
+
+    def split(self) -> list[KV]:
+        """Each row's own cache again, padding dropped. These are views into the stack:
+        clone a cache that must outlive it (or the whole stack stays alive)."""
+        return [[(layer.keys[row:row + 1, :, p:], layer.values[row:row + 1, :, p:])
+                 for layer in self.cache.layers]
+                for row, p in enumerate(self.pad)]
+
+
+def _left_pad(x: torch.Tensor, n: int) -> torch.Tensor:
+    if n == 0:
+        return x
+    return torch.cat([x.new_zeros(*x.shape[:2], n, x.shape[3]), x], dim=2)
+
+
+def choose_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                 generator: torch.Generator | None) -> int:
+    """Greedy at temperature 0, else a sample from the top-k / nucleus (top-p) filtered
+    distribution, drawn with the request's own generator (reproducible per request)."""
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the ones ranked above it already cover top_p (the first always stays).
+        drop = torch.cumsum(probs, dim=-1) - probs >= top_p
+        logits = logits.masked_fill(torch.empty_like(drop).scatter_(0, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,124 @@
+"""Causal LMs and their tokenizers for `ar_llm` stages, offline.
+
+    gguf:PKG_OR_PATH        dequantized by transformers (slow), then cached as safetensors
+    transformers:Class      built from params.config with a fixed seed (tiny random models)
+
+A model built from a config has no tokenizer of its own: it gets `params.tokenizer`
+(a directory of tokenizer files, or gguf:PKG_OR_PATH) or else `ByteTokenizer`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omnigraph.runtime.executors.modules import load_module, stage_dtype
+from omnigraph.runtime.loaders import ModelNotFound, resolve_file, split_ref
+from omnigraph.runtime.plan import StageNode
+
+_PREFIX_BYTES = 1 << 20  # hashing the first MiB (plus the size) tells GGUF files apart cheaply
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0-255, then BOS/EOS/PAD: any model with >= 259 ids can talk."""
+
+    bos_token_id = 256
+    eos_token_id = 257
+    pad_token_id = 258
+    vocab_size = 259
+    chat_template = None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("OMNIGRAPH_CACHE") or Path.home() / ".cache" / "omnigraph")
+
+
+def gguf_cache_dir(path: Path) -> Path:
+    """Where the dequantized copy of a GGUF file lives: keyed by content, not by path."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(_PREFIX_BYTES))
+    digest.update(str(path.stat().st_size).encode())
+    return cache_root() / "gguf" / digest.hexdigest()[:32]
+
+
+def _load_pretrained(directory: Path, gguf_file: str | None = None) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    return model, tokenizer
+
+
+def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save atomically (write aside, then rename) so a crash or a racing process never
+    leaves a half-written cache that looks complete."""
+    # transformers refuses to save a model that still says it is GGUF-quantized; its
+    # weights are already dequantized, so dropping the marker makes it a plain checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_gguf(target: str) -> tuple[Any, Any]:
+    """A GGUF file (or the one an installed package carries), via the safetensors cache."""
+    path = resolve_file(target, ".gguf")
+    cached = gguf_cache_dir(path)
+    if (cached / "config.json").is_file():
+        return _load_pretrained(cached)
+    model, tokenizer = _load_pretrained(path.parent, gguf_file=path.name)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _write_cache(model, tokenizer, cached)
+    except OSError:  # a read-only home is no reason to fail: we just stay slow
+        pass
+    return model, tokenizer
+
+
+def load_tokenizer(ref: str | None) -> Any:
+    if ref is None:
+        return ByteTokenizer()
+    scheme, target = split_ref(ref)
+    if scheme == "gguf":
+        return load_gguf(target)[1]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(Path(ref).expanduser()), local_files_only=True)
+
+
+def load_causal_lm(node: StageNode, device: str, default_seed: int = 0) -> tuple[Any, Any]:
+    """(model, tokenizer) ready for inference on `device`, in the stage's dtype."""
+    scheme, target = split_ref(node.model or "")
+    if scheme == "gguf":
+        model, tokenizer = load_gguf(target)
+        model = model.to(device=device, dtype=stage_dtype(node.params))
+    elif scheme == "transformers":
+        model = load_module(node, device, default_seed=default_seed)
+        tokenizer = load_tokenizer(node.params.get("tokenizer"))
+    else:
+        raise ModelNotFound(f"ar_llm takes a gguf: or transformers: model, not '{node.model}'")
+    vocab = model.get_input_embeddings().num_embeddings
+    if getattr(tokenizer, "vocab_size", 0) > vocab:
+        raise ModelNotFound(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {vocab}")
+    model.requires_grad_(False)
+    return model.eval(), tokenizer
