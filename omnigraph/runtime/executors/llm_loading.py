@@ -53,7 +53,9 @@ def gguf_cache_dir(path: Path) -> Path:
 
 def _load_pretrained(directory: Path, gguf_file: str | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # omnigraph shows its own loading progress
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
