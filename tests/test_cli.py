@@ -113,3 +113,15 @@ def test_console_script_runs_as_module(speak_yaml: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "omnigraph", "check", str(speak_yaml)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout
+
+
+def test_emit_plan(capsys, speak_yaml: Path) -> None:
+    from omnigraph.runtime.plan import PLAN_VERSION, RuntimePlan
+
+    code, out, _ = run(capsys, "compile", str(speak_yaml), "--emit", "plan", "--target", "cpu-local")
+    assert code == 0
+    plan = RuntimePlan.model_validate_json(out)
+    assert plan.version == PLAN_VERSION and plan.target == "cpu-local"
+    talker = next(s for s in plan.stages() if s.name == "talker")
+    assert talker.inputs[0].stream and talker.instances[0].devices == ["node0:cpu0"]
+    assert plan.output_types["speech"].stream  # audio reaches the caller as it is made
