@@ -68,7 +68,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from omnigraph.api import compile_plan
 
         plan = compile_plan(args.spec, args.target)
-        _write(plan.model_dump_json(indent=2, exclude_defaults=True) + "\n", args.output)
+        _write(plan.to_json(), args.output)
         return 0
     if args.emit == "spec":
         from omnigraph.frontend.load import load_spec

@@ -120,8 +120,11 @@ def test_emit_plan(capsys, speak_yaml: Path) -> None:
 
     code, out, _ = run(capsys, "compile", str(speak_yaml), "--emit", "plan", "--target", "cpu-local")
     assert code == 0
-    plan = RuntimePlan.model_validate_json(out)
+    plan = RuntimePlan.from_json(out)
     assert plan.version == PLAN_VERSION and plan.target == "cpu-local"
+    assert RuntimePlan.from_json(plan.to_json()) == plan
+    with pytest.raises(ValueError, match="not supported"):
+        RuntimePlan.from_json(out.replace(f'"version": {PLAN_VERSION}', '"version": 99', 1))
     talker = next(s for s in plan.stages() if s.name == "talker")
     assert talker.inputs[0].stream and talker.instances[0].devices == ["node0:cpu0"]
     assert plan.output_types["speech"].stream  # audio reaches the caller as it is made

@@ -89,6 +89,21 @@ class RuntimePlan(_Model):
     output_types: dict[str, PortType]
     nodes: list[Annotated[Node, Field(discriminator="type")]]
 
+    def to_json(self) -> str:
+        """The plan as JSON (every field written, so readers need no defaults)."""
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RuntimePlan:
+        """Parse a plan, refusing one written by a newer omnigraph."""
+        import json
+
+        version = json.loads(text).get("version")
+        if not isinstance(version, int) or version > PLAN_VERSION:
+            raise ValueError(f"plan format version {version!r} is not supported (this runtime reads "
+                             f"versions up to {PLAN_VERSION}); upgrade omnigraph")
+        return cls.model_validate_json(text)
+
     def stages(self) -> list[StageNode]:
         """Every stage, loop bodies included."""
         out: list[StageNode] = []
