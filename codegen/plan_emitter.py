@@ -88,12 +88,16 @@ def emit_plan(module: ModuleOp, devices: list[str] | None = None) -> RuntimePlan
     pipeline = next(op for op in module.ops if isinstance(op, PipelineOp))
     ops = list(pipeline.block.ops)
     outputs = {op.port_name.data: op.value for op in ops if isinstance(op, OutputOp)}
-    emitter = _Emitter(devices or [DEFAULT_DEVICE], {describe_value(v) for v in outputs.values()})
+    sources = {name: describe_value(v) for name, v in outputs.items()}
+    emitter = _Emitter(devices or [DEFAULT_DEVICE], set(sources.values()))
+    nodes = emitter.block(pipeline.block)
+    produced = {f"{n.name}.{p}": t for n in nodes for p, t in n.outputs.items()}
     return RuntimePlan(
         pipeline=pipeline.sym_name.data,
         target=pipeline.target.data if pipeline.target else None,
         inputs={op.port_name.data: port_type(op.value) for op in ops if isinstance(op, InputOp)},
-        outputs={name: describe_value(v) for name, v in outputs.items()},
-        output_types={name: port_type(v) for name, v in outputs.items()},
-        nodes=emitter.block(pipeline.block),
+        outputs=sources,
+        # An output streams to the caller when the port it reads is streamed.
+        output_types={name: produced.get(sources[name]) or port_type(v) for name, v in outputs.items()},
+        nodes=nodes,
     )
