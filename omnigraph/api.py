@@ -27,7 +27,9 @@ def compile_plan(spec: str | Path, target: str | None = None) -> RuntimePlan:
 
         t = load_target(target)
         target, devices = t.target, t.devices
-    return emit_plan(compile_path(spec, target=target).module, devices)
+    plan = emit_plan(compile_path(spec, target=target).module, devices)
+    plan.module_paths = [str(Path(spec).resolve().parent)]  # `py:` modules beside the spec
+    return plan
 
 
 class Pipeline:

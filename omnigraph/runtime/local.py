@@ -8,6 +8,7 @@ wherever its work is; in-flight work for it is dropped at the next step.
 from __future__ import annotations
 
 import heapq
+import sys
 import queue
 import threading
 import time
@@ -127,6 +128,9 @@ class LocalBackend:
         self.plan = plan
         self.workers: dict[str, _Worker] = {}
         ctx = ExecContext(device=_device_of(plan), seed=0)
+        for path in plan.module_paths:
+            if path not in sys.path:
+                sys.path.append(path)  # after everything installed: a spec cannot shadow a package
         for node in plan.stages():
             executor = executor_class(node.kind)(node, ctx)
             if on_load:

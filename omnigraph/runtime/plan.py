@@ -88,6 +88,8 @@ class RuntimePlan(_Model):
     outputs: dict[str, str]  # output name -> value it returns
     output_types: dict[str, PortType]
     nodes: list[Annotated[Node, Field(discriminator="type")]]
+    # Directories searched for `py:` modules (the spec's own folder), after sys.path.
+    module_paths: list[str] = Field(default_factory=list)
 
     def to_json(self) -> str:
         """The plan as JSON (every field written, so readers need no defaults)."""
