@@ -196,7 +196,6 @@ MODEL_SCHEMES: dict[str, str] = {
     "py": "a Python import path module:attr of a torch module or factory",
     "gguf": "a GGUF file, or an installed package carrying one",
     "onnx": "an ONNX file, or an installed package carrying one",
-    "safetensors": "a safetensors file",
+    "safetensors": "a safetensors file, or an installed package carrying one",
     "pth": "a torch .pth state dict (loaded weights_only)",
-    "pkg": "an installed package carrying weights",
 }

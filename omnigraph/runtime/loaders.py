@@ -5,9 +5,8 @@
     diffusers:Class         a diffusers class built from `params.config` with a fixed seed
     gguf:PKG_OR_PATH        a GGUF file, or an installed package that carries one
     onnx:PKG_OR_PATH        an ONNX file, or an installed package that carries one
-    safetensors:PATH        weights (into the module named by params.arch)
+    safetensors:PKG_OR_PATH weights (into the module named by params.arch)
     pth:PATH                a state dict, loaded with weights_only=True (never unpickled)
-    pkg:PACKAGE             an installed package carrying weights
 """
 from __future__ import annotations
 
