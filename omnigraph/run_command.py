@@ -54,6 +54,7 @@ def _read_value(value: str, ptype: PortType, name: str) -> Any:
 def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
                 as_json: bool, stats: bool, timeout: float | None) -> int:
     from omnigraph.api import Pipeline, compile_plan
+    from omnigraph.runtime.local import StageLoadError
 
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False, soft_wrap=True)
@@ -71,7 +72,10 @@ def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: 
                 progress.update(tasks[stage], description=f"[green]loaded[/] {stage}")
 
         t0 = time.monotonic()
-        pipe = Pipeline(plan, on_load=on_load)
+        try:
+            pipe = Pipeline(plan, on_load=on_load)
+        except StageLoadError as exc:
+            raise OmnigraphError(str(exc)) from None
     load_s = time.monotonic() - t0
     if not as_json:
         err.print(f"[dim]loaded {len(plan.stages())} stage(s) in {load_s:.1f}s[/]")

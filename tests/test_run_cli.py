@@ -71,3 +71,12 @@ def test_run_input_errors_are_user_errors(tmp_path: Path, capsys) -> None:
     assert "no such file" in capsys.readouterr().err
     assert main(["run", spec, "-i", "prompt=x", "-i", "imagee=@x.png"]) == 2
     assert "has no input 'imagee'" in capsys.readouterr().err
+
+
+def test_unloadable_model_is_a_user_error(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "p.og"
+    spec.write_text('pipeline p(x: text) -> (y: audio) {\n  v = tts(x) { model: "onnx:no_such_voice_pkg" }\n'
+                    "  return y = v.audio\n}\n")
+    assert main(["run", str(spec), "-i", "x=hello"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'v': cannot load model 'onnx:no_such_voice_pkg'" in err and "internal error" not in err

@@ -23,6 +23,16 @@ from omnigraph.runtime.plan import RuntimePlan, StageNode
 LoadHook = Callable[[str, str], None]  # (stage, event: "start" | "done")
 
 
+class StageLoadError(Exception):
+    """A stage's model could not be loaded; names the stage and the model reference."""
+
+    def __init__(self, stage: str, model: str | None, cause: BaseException) -> None:
+        what = f" model '{model}'" if model else ""
+        super().__init__(f"stage '{stage}': cannot load{what}: {cause}")
+        self.stage = stage
+        self.cause = cause
+
+
 class _Worker(threading.Thread):
     def __init__(self, node: StageNode, executor: Executor) -> None:
         super().__init__(name=f"omnigraph-{node.name}", daemon=True)
@@ -132,10 +142,13 @@ class LocalBackend:
             if path not in sys.path:
                 sys.path.append(path)  # after everything installed: a spec cannot shadow a package
         for node in plan.stages():
-            executor = executor_class(node.kind)(node, ctx)
             if on_load:
                 on_load(node.name, "start")
-            executor.load()
+            try:
+                executor = executor_class(node.kind)(node, ctx)
+                executor.load()
+            except Exception as exc:  # a missing package or file, a bad config: name the stage
+                raise StageLoadError(node.name, node.model, exc) from exc
             if on_load:
                 on_load(node.name, "done")
             self.workers[node.name] = _Worker(node, executor)
