@@ -24,6 +24,7 @@ from omnigraph.runtime.executors.llm_loading import ByteTokenizer, gguf_cache_di
 from omnigraph.runtime.executors.llm_text import TextStream  # noqa: E402
 from omnigraph.runtime.loaders import build_from_config, resolve_file  # noqa: E402
 from omnigraph.runtime.plan import RuntimePlan  # noqa: E402
+from omnigraph.runtime.local import StageLoadError
 
 CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=300)
@@ -291,8 +292,9 @@ def test_gguf_is_dequantized_once_then_read_from_the_cache(tmp_path: Path, monke
 def test_other_model_schemes_are_refused(tmp_path: Path) -> None:
     plan = with_params(tiny_plan(tmp_path, "max_new_tokens: 4"))
     plan.nodes[0].model = "onnx:model.onnx"
-    with pytest.raises(llm_loading.ModelNotFound, match="gguf: or transformers:"):
+    with pytest.raises(StageLoadError, match="gguf: or transformers:") as info:
         omnigraph.load(plan)
+    assert isinstance(info.value.cause, llm_loading.ModelNotFound)
 
 
 # -- the real model ---------------------------------------------------------------------

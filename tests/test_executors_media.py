@@ -15,6 +15,7 @@ import omnigraph
 from omnigraph.runtime.engine import RequestFailed
 from omnigraph.runtime.plan import Batching, PortType, RuntimePlan, StageNode
 from omnigraph.runtime.values import Audio
+from omnigraph.runtime.local import StageLoadError
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -311,7 +312,7 @@ def test_bad_requests_fail_alone_and_bad_configs_fail_at_load(tmp_path: Path) ->
             else:
                 assert h.result(timeout=60)["y"].shape == (2, 32)
     bad = TEXT_TO_IMAGE.replace("scheduler: ddim", "scheduler: heun")
-    with pytest.raises(ValueError, match="unknown scheduler 'heun'"):
+    with pytest.raises(StageLoadError, match="stage 'unet'.*unknown scheduler 'heun'"):
         load(tmp_path, bad)
 
 

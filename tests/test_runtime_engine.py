@@ -110,3 +110,22 @@ def test_many_concurrent_requests(tmp_path: Path) -> None:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda i: p.run({"prompt": f"q{i}"}), range(40)))
         assert results == [{"out": f"Q{i}!"} for i in range(40)]
+
+
+def test_route_skips_stages_only_the_other_branch_needs(tmp_path: Path) -> None:
+    """`look` reads the pipeline input directly, but only the understand branch uses it."""
+    text = """
+pipeline r(prompt: text, mode: text) -> (answer: text, picture: text) {
+  pick = route(data = prompt, key = mode) { cases: [understand, generate] }
+  look = custom(prompt) { model: "py:runtime_stages:Counter", outputs: {text: text} }
+  u = custom(pick.understand, look.text) { model: "py:runtime_stages:describe2", outputs: {text: text} }
+  g = custom(pick.generate) { model: "py:runtime_stages:draw", outputs: {text: text} }
+  return answer = u.text, picture = g.text
+}
+"""
+    with pipeline(tmp_path, text) as p:
+        counter = p.backend.workers["look"].executor.fn
+        assert p.run({"prompt": "cat", "mode": "generate"}) == {"picture": "drawn: cat"}
+        assert counter.calls == 0
+        assert p.run({"prompt": "cat", "mode": "understand"}) == {"answer": "understood: cat (cat)"}
+        assert counter.calls == 1

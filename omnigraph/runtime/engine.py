@@ -107,10 +107,13 @@ class Engine:
             return
         root = Scope(self.plan.nodes)
         with request.lock:
+            # All inputs land before anything starts, so routes decide before the stages
+            # they make unneeded could be dispatched.
             for name, value in request.inputs.items():
-                self.deliver(request, root, name, value)
-            if not self.plan.nodes:
-                self._check_done(request, root)
+                root.values[name] = value
+                if name in self.output_sources:
+                    request.outputs[self.output_sources[name]] = value
+            self._advance(request, root)
 
     def fail(self, request: Request, error: BaseException) -> None:
         with request.lock:
@@ -164,12 +167,15 @@ class Engine:
         progressed = True
         while progressed and not request.done:
             progressed = False
-            for node in scope.nodes:
+            # Routes first: their decisions tell which stages this request no longer needs.
+            for node in sorted(scope.nodes, key=lambda n: not isinstance(n, RouteNode)):
                 if node.name in scope.dispatched:
                     continue
                 state = self._readiness(scope, node)
                 if state == "wait":
                     continue
+                if state == "ready" and self._unneeded(scope, node, {}):
+                    state = "skip"
                 scope.dispatched.add(node.name)
                 progressed = True
                 if state == "skip":
@@ -180,6 +186,45 @@ class Engine:
                 progressed |= self._loop_check(request, scope)
         if scope.parent is None:
             self._check_done(request, scope)
+
+    def _doomed(self, scope: Scope, node: Node) -> bool:
+        """Will be skipped: it reads a SKIPPED value, or one from a doomed node."""
+        for binding in _reads(node):
+            found, value = scope.get(binding.source)
+            if found:
+                if value is SKIPPED:
+                    return True
+                continue
+            producer = self._producer(scope, binding.source)
+            if producer is not None and producer.name not in scope.dispatched and self._doomed(scope, producer):
+                return True
+        return False
+
+    def _unneeded(self, scope: Scope, node: Node, memo: dict[str, bool]) -> bool:
+        """Nothing this node makes can be used by this request (every reader is doomed or
+        unneeded, and no output leaves the scope): a route decided against it."""
+        if node.name in memo:
+            return memo[node.name]
+        memo[node.name] = False
+        keys = {f"{node.name}.{port}" for port in node.outputs}
+        if keys & self._escaping(scope):
+            return False
+        readers = [n for n in scope.nodes if any(b.source in keys for b in _reads(n))]
+        if not readers:
+            return False  # nothing reads it here: `wanted` already decides whether it runs
+        memo[node.name] = all(self._doomed(scope, r) or self._unneeded(scope, r, memo) for r in readers)
+        return memo[node.name]
+
+    def _escaping(self, scope: Scope) -> set[str]:
+        """Values read from outside the scope: pipeline outputs, or a loop's until/next."""
+        if scope.loop is None:
+            return set(self.output_sources)
+        return {scope.loop.until, *scope.loop.next.values()}
+
+    @staticmethod
+    def _producer(scope: Scope, key: str) -> Node | None:
+        name = key.partition(".")[0]
+        return next((n for n in scope.nodes if n.name == name), None)
 
     def _readiness(self, scope: Scope, node: Node) -> str:
         for binding in _reads(node):
