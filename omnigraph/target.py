@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from omnigraph.errors import TargetError
 from omnigraph.frontend.source import SourceMap
@@ -22,23 +22,34 @@ class _Model(BaseModel):
 
 class Device(_Model):
     name: str
-    type: str = "gpu"
+    type: str = "gpu"  # a device model name (h100, h200, l40s) or cpu
     memory_gib: float = Field(gt=0)
-    peak_tflops: float = Field(gt=0)  # dense bf16 (fp32 on CPU)
-    mem_bandwidth_gbps: float = Field(gt=0)
+    peak_tflops: float = Field(gt=0)  # dense bf16 (fp32 on a CPU)
+    mem_bandwidth_gb_s: float = Field(gt=0)  # HBM / DRAM, GB/s
 
 
 class Node(_Model):
     name: str
     devices: list[Device] = Field(min_length=1)
-    intra_node_gbps: float = Field(ge=0)
+    intra_node_gb_s: float = Field(ge=0)  # per device, one direction (NVLink or PCIe)
+    # Devices that talk at intra_node_gb_s; across domains, traffic goes over PCIe/host.
     nvlink_domains: list[list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _domains_name_devices(self) -> Node:
+        names = {d.name for d in self.devices}
+        for domain in self.nvlink_domains or []:
+            unknown = [d for d in domain if d not in names]
+            if unknown:
+                raise ValueError(f"nvlink_domains name unknown device(s) {', '.join(unknown)}")
+        return self
 
 
 class Target(_Model):
     target: str
+    description: str | None = None
     nodes: list[Node] = Field(min_length=1)
-    inter_node_gbps: float = Field(ge=0)
+    inter_node_gb_s: float = Field(ge=0)  # per node, one direction (e.g. 8 x 400 Gb/s NICs = 400)
 
     @property
     def devices(self) -> list[str]:
