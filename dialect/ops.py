@@ -84,9 +84,6 @@ class PortedOp(IRDLOperation):
     def output_names(self) -> list[str]:
         return [p.data for p in self.out_ports.data]
 
-    def port(self, name: str) -> SSAValue:
-        return self.results[self.output_names.index(name)]
-
     def print(self, printer: Printer) -> None:
         printer.print_string(" ")
         printer.print_symbol_name(self.sym_name.data)

@@ -149,5 +149,3 @@ class StreamType(_EdgeType):
     ranked: IntAttr
 
 
-EdgeType = TensorType | StreamType
-

@@ -26,7 +26,6 @@ class StreamChannel:
         self._closed = False
         self._error: BaseException | None = None
         self._watchers: list[Callable[[], None]] = []
-        self.first_chunk_at: float | None = None
 
     # producer side -------------------------------------------------------------------
     def writable(self) -> bool:
@@ -48,8 +47,6 @@ class StreamChannel:
                 self._cond.wait(remaining)
             if self._closed:
                 return
-            if self.first_chunk_at is None:
-                self.first_chunk_at = time.monotonic()
             self._chunks.append(chunk)
             self._cond.notify_all()
         self._notify()
@@ -88,9 +85,6 @@ class StreamChannel:
     def chunks(self) -> list[Any]:
         with self._cond:
             return list(self._chunks)
-
-    def error(self) -> BaseException | None:
-        return self._error
 
 
 class StreamReader:

@@ -79,7 +79,6 @@ class Request:
         self.timings: dict[str, StageTiming] = {}
         self.channels: list[StreamChannel] = []
         self.finished_at: float | None = None
-        self.first_chunk_at: dict[str, float] = {}
 
     @property
     def done(self) -> bool:
@@ -249,9 +248,8 @@ class Engine:
             choice = str(key).strip()
             if choice not in node.cases:
                 if node.default is None:
-                    raise_failed = RequestFailed(
-                        f"route '{node.name}': key {choice!r} is none of {', '.join(node.cases)}", node.name)
-                    self.fail(request, raise_failed)
+                    self.fail(request, RequestFailed(
+                        f"route '{node.name}': key {choice!r} is none of {', '.join(node.cases)}", node.name))
                     return
                 choice = node.default
             for case in node.cases:

@@ -12,7 +12,7 @@ from typing import Any
 from omnigraph.runtime.executor import BatchExecutor, WorkItem
 from omnigraph.runtime.loaders import import_attr, split_ref
 
-_COMMON = {"dtype", "seed", "config"}
+_COMMON = {"dtype", "seed", "arch", "config"}  # the fields every kind takes (kinds.Params)
 
 
 class CustomExecutor(BatchExecutor):

@@ -21,11 +21,11 @@ import numpy as np
 
 from omnigraph.runtime.executor import Executor, WorkItem
 from omnigraph.runtime.executors import audio_io
-from omnigraph.runtime.loaders import build_from_config, import_attr, resolve_file, split_ref
+from omnigraph.runtime.executors.modules import load_module, stage_dtype
+from omnigraph.runtime.loaders import import_attr, resolve_file, split_ref
 from omnigraph.runtime.values import Audio, join_chunks
 
 DEFAULT_SAMPLE_RATE = 22050  # AudioOutParams' default
-_TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
 class VocoderExecutor(Executor):
@@ -38,7 +38,7 @@ class VocoderExecutor(Executor):
             self.vocode = _onnx_vocoder(target, self.ctx.device)
         elif scheme in ("py", "transformers"):
             model = self._torch_model(scheme, target)
-            self.vocode = _torch_vocoder(model, self.ctx.device, self.params.get("dtype"))
+            self.vocode = _torch_vocoder(model, self.ctx.device, stage_dtype(self.params))
             own_rate = getattr(model, "sample_rate", None)
         else:
             raise ValueError(f"vocoder stages take an `onnx:`, `py:` or `transformers:` model, not '{self.node.model}'")
@@ -49,17 +49,12 @@ class VocoderExecutor(Executor):
         self.codes_modality = next((b.modality for b in self.node.inputs if b.port == "codes"), "tokens")
 
     def _torch_model(self, scheme: str, target: str) -> Any:
-        import torch
-
-        seed = self.params.get("seed", self.ctx.seed)
-        config = self.params.get("config", {})
-        if scheme == "transformers":
-            return build_from_config("transformers", target, config, seed)
-        obj = import_attr(target)
-        if inspect.isclass(obj):
-            torch.manual_seed(seed)  # random init is the weights: same seed, same voice
-            obj = obj(**config)
-        return obj
+        if scheme == "py":
+            obj = import_attr(target)
+            if callable(obj) and not inspect.isclass(obj) and not hasattr(obj, "parameters"):
+                return obj  # a plain function vocodes by itself
+        # Seeded random init is the weights: same seed, same voice.
+        return load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)
 
     def step(self, items: list[WorkItem]) -> bool:
         return audio_io.step_each(items, self._advance)
@@ -101,18 +96,12 @@ def _onnx_vocoder(target: str, device: str) -> Callable[[Any], np.ndarray]:
     return vocode
 
 
-def _torch_vocoder(model: Any, device: str, dtype: str | None) -> Callable[[Any], np.ndarray]:
+def _torch_vocoder(model: Any, device: str, float_type: Any) -> Callable[[Any], np.ndarray]:
     import torch
-
-    float_type = getattr(torch, _TORCH_DTYPES[dtype]) if dtype in _TORCH_DTYPES else None
-    if dtype is not None and float_type is None:
-        raise ValueError(f"vocoder stages run in {', '.join(_TORCH_DTYPES)}, not {dtype}")
-    if isinstance(model, torch.nn.Module):
-        model = model.eval().to(device=device, dtype=float_type)
 
     def vocode(codes: Any) -> np.ndarray:
         x = torch.as_tensor(codes).to(device)
-        if x.is_floating_point() and float_type is not None:
+        if x.is_floating_point():
             x = x.to(float_type)
         with torch.inference_mode():
             out = model(x[None])
