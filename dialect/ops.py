@@ -144,6 +144,8 @@ class StageOp(PortedOp):
     parallel = opt_prop_def(ParallelAttr)
     place = opt_prop_def(PlaceAttr)
     mem = opt_prop_def(MemAttr)
+    cost = opt_prop_def(DictionaryAttr)  # estimate-cost: what the cost rules know of the module
+    plan = opt_prop_def(DictionaryAttr)  # plan-parallel: batch, sharing, predicted rate and time
     inputs = var_operand_def(_EdgeType)
     outputs = var_result_def(_EdgeType)
 

@@ -1,0 +1,159 @@
+"""Solve the planning problem (plan_problem.py) as a MILP with PuLP: HiGHS when highspy is
+installed, else the CBC that ships with PuLP.
+
+Two solves: first the highest throughput X, then, holding X, the fewest devices, so that a
+stage does not get replicas it cannot use. Options dominated by another of the same stage
+(no faster, no smaller, no quicker to answer, on the same device type and group size) are
+dropped first; they can never be in an optimum and they slow the solver down.
+"""
+from __future__ import annotations
+
+import time
+
+import pulp
+
+from omnigraph.passes.plan_problem import (
+    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency,
+)
+
+TIME_LIMIT_S = 20.0
+
+
+def prune(problem: PlanProblem) -> PlanProblem:
+    """Drop dominated options, stage by stage."""
+    timed = problem.latency_target_s is not None
+
+    def key(o: Option, with_mem: bool) -> tuple[float, ...]:  # smaller is better everywhere
+        c = o.cost
+        k: tuple[float, ...] = (-c.throughput,)
+        if with_mem:
+            k += (c.mem_per_device,)  # matters only to a single-device option that may share
+        if timed:
+            k += (c.latency_s, c.first_output_s)
+        return k
+
+    def dominates(p: Option, o: Option, first: bool) -> bool:
+        if p.device_type != o.device_type or p.devices > o.devices:
+            return False
+        kp, ko = key(p, o.devices == 1), key(o, o.devices == 1)
+        return all(a <= b for a, b in zip(kp, ko)) and (kp != ko or first)
+
+    stages = []
+    for st in problem.stages:
+        kept: list[Option] = []
+        for i, o in enumerate(st.options):
+            dominated = any(dominates(p, o, j < i or p.devices < o.devices) for j, p in enumerate(st.options) if j != i)
+            if not dominated:
+                kept.append(o)
+        stages.append(StageChoices(st.name, st.visits, tuple(kept), st.preds))
+    return PlanProblem(tuple(stages), problem.pools, problem.latency_target_s, problem.headroom)
+
+
+def _solver(time_limit: float) -> pulp.LpSolver:
+    highs = pulp.HiGHS(msg=False, timeLimit=time_limit)
+    return highs if highs.available() else pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
+
+
+def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolution | None:
+    """The best plan, or None when no assignment is feasible (the caller explains why)."""
+    started = time.perf_counter()
+    problem = prune(problem)
+    if any(not st.options for st in problem.stages):
+        return None
+    pools = {p.type: p for p in problem.pools}
+    h = problem.headroom
+    # An upper bound on X: every device of a stage's best type on that stage alone.
+    x_ub = min(
+        max(o.cost.throughput * h * (pools[o.device_type].count // o.devices) for o in st.options) / st.visits
+        for st in problem.stages
+    )
+    if x_ub <= 0:
+        return None
+
+    m = pulp.LpProblem("plan", pulp.LpMaximize)
+    X = m.add_variable("X", 0, x_ub)
+    idx = [(s, i) for s, st in enumerate(problem.stages) for i in range(len(st.options))]
+    y = {k: m.add_variable(f"y_{k[0]}_{k[1]}", cat="Binary") for k in idx}
+    r = {}
+    z = {}
+    w = {}
+    for s, i in idx:
+        st, o = problem.stages[s], problem.stages[s].options[i]
+        most = pools[o.device_type].count // o.devices
+        r[s, i] = m.add_variable(f"r_{s}_{i}", 0, most, cat="Integer")
+        m += r[s, i] <= most * y[s, i]
+        if o.devices == 1:
+            z[s, i] = m.add_variable(f"z_{s}_{i}", cat="Binary")
+            w[s, i] = m.add_variable(f"w_{s}_{i}", 0)
+            m += z[s, i] <= y[s, i]
+            m += r[s, i] <= most * (y[s, i] - z[s, i])
+            big = st.visits / (o.cost.throughput * h) * x_ub
+            m += w[s, i] >= st.visits / (o.cost.throughput * h) * X - big * (1 - z[s, i])
+            m += r[s, i] >= y[s, i] - z[s, i]
+        else:
+            m += r[s, i] >= y[s, i]
+    S = {t: m.add_variable(f"S_{n}", 0, p.count, cat="Integer") for n, (t, p) in enumerate(pools.items())}
+    for s, st in enumerate(problem.stages):
+        ks = [k for k in idx if k[0] == s]
+        m += pulp.lpSum(y[k] for k in ks) == 1
+        shared = pulp.lpSum(z[k] for k in ks if k in z)
+        m += (pulp.lpSum(st.options[i].cost.throughput * h * r[s, i] for _, i in ks)
+              >= st.visits * X - st.visits * x_ub * shared)
+    for t, pool in pools.items():
+        of_type = [k for k in idx if problem.stages[k[0]].options[k[1]].device_type == t]
+        m += (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in of_type) + S[t]
+              <= pool.count)
+        m += pulp.lpSum(w[k] for k in of_type if k in w) <= S[t]
+        m += (pulp.lpSum(problem.stages[s].options[i].cost.mem_per_device * z[s, i]
+                         for s, i in of_type if (s, i) in z) <= pool.memory_bytes)
+        for k in of_type:
+            if k in z:
+                m += S[t] >= z[k]
+    if problem.latency_target_s is not None:
+        _latency_constraints(m, problem, y)
+
+    devices_used = (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in idx)
+                    + pulp.lpSum(S.values()))
+    solver = _solver(time_limit)
+    m.setObjective(X)
+    if m.solve(solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
+        return None
+    best = X.value()
+    m += X >= best * (1 - 1e-6)
+    m.sense = pulp.LpMinimize
+    m.setObjective(devices_used)
+    m.solve(solver)
+
+    chosen: dict[str, StagePlan] = {}
+    for s, st in enumerate(problem.stages):
+        i = max(range(len(st.options)), key=lambda i: y[s, i].value() or 0)
+        shared = (s, i) in z and (z[s, i].value() or 0) > 0.5
+        chosen[st.name] = StagePlan(st.options[i], round(r[s, i].value() or 0), shared)
+    latency = path_latency(problem, {n: p.option for n, p in chosen.items()})
+    return PlanSolution(
+        throughput=best, stages=chosen, shared_devices={t: round(v.value() or 0) for t, v in S.items()},
+        latency_s=latency, solver=solver.name, seconds=time.perf_counter() - started,
+    )
+
+
+def _latency_constraints(m: pulp.LpProblem, problem: PlanProblem, y: dict) -> None:
+    """Finish time T_s of every stage along the graph; the last must meet the target."""
+    T = {st.name: m.add_variable(f"T_{s}", 0) for s, st in enumerate(problem.stages)}
+    pos = {st.name: s for s, st in enumerate(problem.stages)}
+
+    def chosen(s: int, attr: str) -> pulp.LpAffineExpression:
+        return pulp.lpSum(getattr(o.cost, attr) * y[s, i] for i, o in enumerate(problem.stages[s].options))
+
+    for s, st in enumerate(problem.stages):
+        own = chosen(s, "latency_s")
+        m += T[st.name] >= own
+        for pred, stream in st.preds:
+            if pred not in pos:
+                continue
+            if stream:
+                p = pos[pred]
+                m += T[st.name] >= T[pred] - chosen(p, "latency_s") + chosen(p, "first_output_s") + own
+                m += T[st.name] >= T[pred]
+            else:
+                m += T[st.name] >= T[pred] + own
+        m += T[st.name] <= problem.latency_target_s

@@ -1,0 +1,121 @@
+"""The global planning problem and its solution, independent of how it is solved.
+
+Model (the MILP in plan_milp.py and the brute force in plan_exhaustive.py solve the same one):
+each stage picks one option (a parallel config on one device type) and runs either
+
+- *dedicated*: `replicas` groups of `devices` devices each, nothing else on them; or
+- *shared* (single-device options only): one instance on every device of that type's shared
+  pool, time-sharing it with the other shared stages. Each pool device holds one copy of every
+  shared stage, so memory is checked per device exactly, and the pool's compute is split
+  between the shared stages in proportion to their load.
+
+Throughput X (requests/s) is what every stage sustains at `visits` executions per request,
+each stage's utilisation capped at `headroom`. Latency is the longest path through the
+stage graph using each chosen option's latency (a stream edge lets the consumer start at the
+producer's first output). The goal: maximise X within the devices and the latency target;
+among equal X, use fewer devices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omnigraph.passes.cost_types import StageCost
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Option:
+    cost: StageCost
+    device_type: str
+
+    @property
+    def devices(self) -> int:
+        return self.cost.devices
+
+
+@dataclass(frozen=True)
+class StageChoices:
+    name: str
+    visits: float  # executions per request (route branch probability x loop iterations)
+    options: tuple[Option, ...]
+    preds: tuple[tuple[str, bool], ...] = ()  # (producer stage, stream edge)
+
+
+@dataclass(frozen=True)
+class DevicePool:
+    type: str
+    count: int
+    memory_bytes: int  # usable per device
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    stages: tuple[StageChoices, ...]
+    pools: tuple[DevicePool, ...]
+    latency_target_s: float | None = None
+    headroom: float = 1.0  # highest utilisation a stage may be planned at
+
+    def pool(self, device_type: str) -> DevicePool:
+        return next(p for p in self.pools if p.type == device_type)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    option: Option
+    replicas: int  # dedicated groups; 0 when shared
+    shared: bool
+
+    @property
+    def devices(self) -> int:
+        return 0 if self.shared else self.replicas * self.option.devices
+
+
+@dataclass
+class PlanSolution:
+    throughput: float
+    stages: dict[str, StagePlan]
+    shared_devices: dict[str, int]  # pool size per device type
+    latency_s: float
+    solver: str
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def devices_used(self) -> int:
+        return sum(p.devices for p in self.stages.values()) + sum(self.shared_devices.values())
+
+
+def path_latency(problem: PlanProblem, chosen: dict[str, Option]) -> float:
+    """Longest path, in stage order (stages are topologically sorted)."""
+    finish: dict[str, float] = {}
+    for st in problem.stages:
+        cost = chosen[st.name].cost
+        start = 0.0
+        for pred, stream in st.preds:
+            if pred not in finish:
+                continue
+            if stream:  # start at the producer's first chunk, end no sooner than it does
+                pcost = chosen[pred].cost
+                start = max(start, finish[pred] - pcost.latency_s + pcost.first_output_s)
+                start = max(start, finish[pred] - cost.latency_s)
+            else:
+                start = max(start, finish[pred])
+        finish[st.name] = start + cost.latency_s
+    return max(finish.values(), default=0.0)
+
+
+def throughput_of(problem: PlanProblem, plan: dict[str, StagePlan], shared_devices: dict[str, int]) -> float:
+    """The X a fixed assignment sustains (the model's definition, used to check solvers)."""
+    x = float("inf")
+    load: dict[str, float] = {}  # device-seconds per request each shared pool must give
+    for st in problem.stages:
+        sp = plan[st.name]
+        mu = sp.option.cost.throughput * problem.headroom
+        if sp.shared:
+            load[sp.option.device_type] = load.get(sp.option.device_type, 0.0) + st.visits / mu
+        else:
+            x = min(x, sp.replicas * mu / st.visits)
+    for dtype, per_request in load.items():
+        x = min(x, shared_devices.get(dtype, 0) / per_request)
+    return 0.0 if x == float("inf") else x
