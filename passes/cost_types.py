@@ -30,6 +30,12 @@ class ArchProfile:
     experts_per_token: int = 0
     source: str = "config"  # "meta": counted on an instance; "config": estimated from numbers
     arch: str = ""  # the class it was built from, for messages
+    # Of `params`, those in audio/vision/VQ towers of an omni or VLM class: they run once over
+    # their own inputs, never per generated token (an AR stage's decode does not read them).
+    encoder_params: int = 0
+    patch_size: tuple[int, ...] = ()  # DiT/ViT patch, (t, h, w) or (h, w): latent cells per token
+    merge: int = 1  # input tokens an encoder merges into one output token (2x2 spatial merge: 4)
+    note: str = ""  # why this is an estimate (a class that failed to build, nothing to go on)
 
     @property
     def param_bytes(self) -> int:
@@ -53,6 +59,7 @@ class RequestShape:
     audio_seconds: float = 10.0  # input audio length
     speech_tokens_per_text_token: float = 4.0  # codec tokens a talker writes per reply token
     speech_seconds_per_text_token: float = 0.3  # output speech per reply token (TTS, vocoder)
+    video_frames: int = 81  # frames a video head generates (Wan: 81 = 5 s at 16 fps)
 
 
 @dataclass(frozen=True)

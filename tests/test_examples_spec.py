@@ -12,7 +12,8 @@ YAML_SUFFIXES = (".yaml", ".yml")
 DSL_SUFFIX = ".og"
 
 # The examples the project ships; a new example adds its name here (and both files).
-EXPECTED = ("speak", "vision_chat", "text_to_image", "omni_moe", "bagel_route", "refine_loop")
+EXPECTED = ("speak", "vision_chat", "text_to_image", "omni_moe", "bagel_route", "refine_loop",
+            "qwen2_5_omni", "qwen3_omni_moe", "janus_image", "wan_video")
 
 
 def _spec_files() -> dict[str, list[Path]]:

@@ -1,0 +1,236 @@
+"""A stage's ArchProfile: its module counted on the `meta` device, or estimated.
+
+`transformers:Class` and `diffusers:Class` models (also `py:transformers.…:Class`, and
+weights-only `safetensors:`/`pth:` stages through their `arch`) are built the way the
+runtime builds them, from the config class plus `params.config`, but on `meta`: no weights
+are allocated or initialised, so a 30B model takes a second. Parameters are then counted as
+torch counts them; routed experts, embeddings and modality towers are found structurally.
+Anything else, or a class that fails to build, falls back to arch_estimate.py; planning
+never fails because a module cannot be built.
+
+torch/transformers/diffusers are imported here lazily: the compiler core stays importable
+without them (and then every stage is estimated from its config).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+from omnigraph.passes.arch_estimate import estimate_profile
+from omnigraph.passes.cost_types import DTYPE_BYTES, ArchProfile
+
+DEFAULT_DTYPE = "bf16"  # planning is for GPUs; a stage that says f32 gets f32
+KV_KINDS = frozenset({"ar_llm"})  # kinds that keep a KV cache between steps
+# Sub-configs of an omni/VLM model whose modules run once over their own inputs (audio,
+# vision, VQ image towers), not once per generated token.
+TOWER_CONFIGS = ("audio_config", "vision_config", "vq_config")
+
+_LAYERS = ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers", "depth")
+_HEADS = ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads")
+_KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_head_kv")
+_HIDDEN = ("hidden_size", "d_model", "n_embd", "dim")
+_HEAD_DIM = ("head_dim", "attention_head_dim", "d_kv")
+_EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts")
+_TOP_K = ("num_experts_per_tok", "num_experts_per_token", "moe_topk")
+
+
+def profile_stage(kind: str, model: str | None, params: Mapping[str, Any]) -> ArchProfile:
+    """The stage's profile: counted on `meta` when its module can be built, else estimated."""
+    dtype_bytes = DTYPE_BYTES.get(params.get("dtype") or DEFAULT_DTYPE, DTYPE_BYTES[DEFAULT_DTYPE])
+    config = dict(params.get("config") or {})
+    scheme, _, target = (model or "").partition(":")
+    ref = None
+    if scheme in ("transformers", "diffusers"):
+        ref = f"{scheme}:{target}"
+    elif scheme == "py" and target.split(".")[0] in ("transformers", "diffusers"):
+        ref = f"py:{target}"  # library classes only: a spec's own py: code is never run here
+    elif scheme in ("safetensors", "pth"):
+        arch = params.get("arch") or config.pop("arch", None)
+        ref = arch if isinstance(arch, str) and arch.partition(":")[0] in ("transformers", "diffusers") else None
+    note = ""
+    if ref is not None:
+        counted = _meta_profile(ref, json.dumps(config, sort_keys=True, default=str))
+        if isinstance(counted, ArchProfile):
+            return _for_kind(kind, replace(counted, dtype_bytes=dtype_bytes))
+        note = counted
+    return _for_kind(kind, estimate_profile(kind, model, params, dtype_bytes, note))
+
+
+def _for_kind(kind: str, profile: ArchProfile) -> ArchProfile:
+    """Only kinds that decode step by step keep a KV cache."""
+    return profile if kind in KV_KINDS or not profile.kv_heads else replace(profile, kv_heads=0)
+
+
+@functools.lru_cache(maxsize=128)
+def _meta_profile(ref: str, config_json: str) -> ArchProfile | str:
+    """The counted profile (dtype_bytes left at its default), or why it could not be built."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch is not installed: estimated from the config"
+    try:
+        cls = _resolve_class(ref)
+        module, config = _build_on_meta(cls, json.loads(config_json))
+    except Exception as exc:  # any failure in library code: estimate instead, say why
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"could not build {ref} on meta ({type(exc).__name__}: {first[:160]}): estimated from the config"
+    return _count(module, config, ref)
+
+
+def _resolve_class(ref: str) -> Any:
+    scheme, _, target = ref.partition(":")
+    if scheme == "py":
+        module_name, sep, attr = target.partition(":")
+        if not sep:
+            module_name, _, attr = target.rpartition(".")
+    else:
+        module_name, attr = scheme, target
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build_on_meta(cls: Any, config: dict[str, Any]) -> tuple[Any, Any]:
+    """An instance on `meta`, built as the runtime builds it: transformers classes from their
+    config class, anything else (diffusers) from keyword arguments."""
+    import torch
+
+    config_class = getattr(cls, "config_class", None)
+    # `meta` alone: transformers skips initialisation there but still ties shared weights
+    # (its no_init_weights context would skip the tying too, and count tied tensors twice).
+    with _quiet(), torch.device("meta"):
+        if config_class is not None:
+            cfg = config_class(**config)
+            return cls(cfg), cfg
+        module = cls(**config)
+    return module, getattr(module, "config", config)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the libraries' construction-time advice (token ids past a talker's vocab…)."""
+    loggers = [logging.getLogger(n) for n in ("transformers", "diffusers")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _count(module: Any, config: Any, ref: str) -> ArchProfile:
+    from torch import nn
+
+    text = _text_config(config)
+    sources = [text, config, *_sub_configs(config)]
+    experts = _int(sources, _EXPERTS)
+    top_k = _int(sources, _TOP_K) if experts else 0
+
+    params = sum(p.numel() for p in module.parameters())  # shared (tied) tensors once, as torch does
+    embedding: dict[int, int] = {}
+    expert: dict[int, int] = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Embedding):
+            embedding[id(sub.weight)] = sub.weight.numel()
+        if experts:
+            for p in _expert_tensors(name, sub, experts):
+                expert[id(p)] = p.numel()
+    expert_params = sum(expert.values())
+    active = params - expert_params + (expert_params * top_k // experts if experts else 0)
+
+    heads = _int(sources, _HEADS)
+    head_dim = _int(sources, _HEAD_DIM)
+    hidden = _int(sources, _HIDDEN) or heads * head_dim
+    if not head_dim and heads and hidden:
+        head_dim = hidden // heads
+    return ArchProfile(
+        params=params, expert_params=expert_params, active_params=active,
+        embedding_params=sum(embedding.values()), layers=_int(sources, _LAYERS), hidden=hidden,
+        heads=heads, kv_heads=_int(sources, _KV_HEADS) or heads, head_dim=head_dim,
+        experts=experts, experts_per_token=top_k, source="meta", arch=ref.rpartition(":")[2],
+        encoder_params=_tower_params(module, config), patch_size=_patch(sources),
+        merge=_int(sources, ("spatial_merge_size",)) ** 2 or 1,
+    )
+
+
+def _expert_tensors(name: str, sub: Any, experts: int) -> list[Any]:
+    """Routed-expert weights held directly by `sub`: packed tensors whose leading dim is the
+    expert count (`experts.gate_up_proj [E, 2I, H]`), or a ModuleList of E expert MLPs."""
+    from torch import nn
+
+    if isinstance(sub, nn.ModuleList):
+        if len(sub) == experts and name.rsplit(".", 1)[-1].endswith("experts"):
+            return list(sub.parameters())
+        return []
+    own = list(sub.parameters(recurse=False))
+    if any(p.dim() >= 3 and p.shape[0] == experts for p in own):
+        return [p for p in own if p.dim() >= 2 and p.shape[0] == experts]  # incl. packed biases
+    return []
+
+
+def _tower_params(module: Any, config: Any) -> int:
+    """Parameters of the sub-models built from an audio/vision/VQ sub-config (outermost only)."""
+    tower_types = tuple({type(c) for c in (getattr(config, n, None) for n in TOWER_CONFIGS)
+                         if c is not None and not isinstance(c, (dict, int, str))})
+    if not tower_types:
+        return 0
+    total, taken = 0, []
+    for name, sub in module.named_modules():
+        if not name or any(name.startswith(t + ".") for t in taken):
+            continue
+        if isinstance(getattr(sub, "config", None), tower_types):
+            taken.append(name)
+            total += sum(p.numel() for p in sub.parameters())
+    return total
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    try:
+        return getter() if callable(getter) else config
+    except Exception:  # some composite configs refuse when they hold several text configs
+        return config
+
+
+def _sub_configs(config: Any) -> list[Any]:
+    """Nested configs (a Token2Wav's dit_config…), in name order, for sizes the top lacks."""
+    if isinstance(config, Mapping):
+        return []
+    names = sorted(n for n in vars(config) if n.endswith("_config"))
+    return [c for c in (getattr(config, n, None) for n in names) if c is not None and not isinstance(c, (str, int))]
+
+
+def _get(source: Any, key: str) -> Any:
+    return source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
+
+
+def _int(sources: list[Any], keys: tuple[str, ...]) -> int:
+    """The first positive integer any source has under any of `keys` (sources in order)."""
+    for source in sources:
+        for key in keys:
+            value = _get(source, key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return 0
+
+
+def _patch(sources: list[Any]) -> tuple[int, ...]:
+    for source in sources:
+        value = _get(source, "patch_size")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return (value, value)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+            return tuple(value)
+    return ()
