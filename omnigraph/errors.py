@@ -84,3 +84,11 @@ class IRError(OmnigraphError):
 
 class TargetError(OmnigraphError):
     """A malformed or unknown target description."""
+
+
+class BundleError(OmnigraphError):
+    """A bundle that cannot be run as it is: tampered, malformed, unsafe or built for another torch.
+
+    Raised by the runtime (``omnigraph.runtime.bundle``); this module imports nothing, so the
+    runtime may use it without depending on the compiler.
+    """

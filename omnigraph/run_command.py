@@ -1,4 +1,5 @@
-"""`omnigraph run`: load a pipeline, run one request, show it as it happens, save outputs."""
+"""`omnigraph run`: load a pipeline (a spec or a bundle), run one request, show it as it happens,
+save outputs."""
 from __future__ import annotations
 
 import json
@@ -52,13 +53,31 @@ def _read_value(value: str, ptype: PortType, name: str) -> Any:
 
 
 def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
-                as_json: bool, stats: bool, timeout: float | None) -> int:
-    from omnigraph.api import Pipeline, compile_plan
+                as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False) -> int:
+    """Run one request through a spec (compiled here) or a bundle (checked, then run as it is)."""
+    from omnigraph.runtime.bundle import is_bundle, open_bundle
+
+    if is_bundle(spec):  # no compiler from here on: a bundle runs with the runtime alone
+        if target is not None:
+            raise OmnigraphError("--target: a bundle is already compiled for its target",
+                                 hint="recompile the spec: omnigraph compile SPEC --target T --emit bundle")
+        with open_bundle(spec) as bundle:
+            return run_plan(bundle.runnable_plan(trust_code), pairs, output_dir=output_dir, as_json=as_json,
+                            stats=stats, timeout=timeout)
+    from omnigraph.api import compile_plan
+
+    return run_plan(compile_plan(spec, target), pairs, output_dir=output_dir, as_json=as_json, stats=stats,
+                    timeout=timeout)
+
+
+def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
+             timeout: float | None) -> int:
+    """Load `plan`'s stages (with progress), run one request, show and save its outputs."""
+    from omnigraph.api import Pipeline
     from omnigraph.runtime.local import StageLoadError
 
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False, soft_wrap=True)
-    plan = compile_plan(spec, target)
     inputs = parse_inputs(pairs, plan)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=err, transient=True, disable=as_json) as progress:

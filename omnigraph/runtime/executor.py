@@ -104,6 +104,11 @@ class Executor(ABC):
     def load(self) -> None:
         """Load weights; called once, before the first step (with progress shown)."""
 
+    def bundle_facts(self) -> dict[str, Any]:
+        """What `load` read off the module that an exported program cannot tell it (sizes,
+        scales); a bundle records these, and `load` takes them back from an ExportedStage."""
+        return {}
+
     @abstractmethod
     def step(self, items: list[WorkItem]) -> bool:
         """Advance some of `items`; return whether anything moved."""

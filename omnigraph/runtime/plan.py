@@ -4,6 +4,7 @@ A plan is self-contained: stage instances with their devices, the values each
 stage reads (so the channels between instances), batching per stage, routes and
 bounded loops, and the pipeline's inputs and outputs. Nodes are listed in
 dependency order. It is plain JSON, versioned; a newer version is refused.
+Version 2 added `StageNode.program`, set only in a bundle's plan.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 
 class _Model(BaseModel):
@@ -45,6 +46,24 @@ class Instance(_Model):
     tp: int = 1
 
 
+class StageProgram(_Model):
+    """How a bundled stage is loaded instead of from its model reference.
+
+    Paths in `files` are relative to the bundle in its plan.json; the bundle reader
+    checks them and makes them absolute before any executor sees them.
+      pt2      files.program: a torch.export program (the module, its weights inside)
+      weights  files.weights: a state dict for the class `ref`, rebuilt from params.config
+      file     files.gguf or files.onnx (+ onnx_config): the model file, copied as it is
+      code     Python the stage runs (a custom stage, a plain function); files: its source
+    """
+
+    form: Literal["pt2", "weights", "file", "code"]
+    files: dict[str, str] = Field(default_factory=dict)  # role -> path
+    ref: str | None = None  # weights: the module class to rebuild
+    facts: dict[str, Any] = Field(default_factory=dict)  # what the executor read off the module
+    reason: str = ""  # why this form (shown by `omnigraph inspect`)
+
+
 class StageNode(_Model):
     type: Literal["stage"] = "stage"
     name: str
@@ -55,6 +74,7 @@ class StageNode(_Model):
     outputs: dict[str, PortType]
     instances: list[Instance] = Field(min_length=1)
     batching: Batching = Field(default_factory=Batching)
+    program: StageProgram | None = None  # bundles only
 
 
 class RouteNode(_Model):

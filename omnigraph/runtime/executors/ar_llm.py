@@ -65,6 +65,8 @@ class ArLlmExecutor(Executor):
         params = {k: v for k, v in self.params.items() if k != "tokenizer"}  # see llm_loading
         self.settings = ArLlmParams.model_validate(params)
         self.model, self.tokenizer = load_causal_lm(self.node, self.ctx.device, self.ctx.seed)
+        frame = self.node.program.facts.get("chat_frame") if self.node.program else None
+        self.frame: tuple[str, str] | None = (str(frame[0]), str(frame[1])) if frame else None
         self.device = self.model.device
         self.embed = self.model.get_input_embeddings()
         self.eos = _eos_ids(self.model, self.tokenizer)
@@ -211,7 +213,7 @@ class ArLlmExecutor(Executor):
     def _prompt(self, item: WorkItem) -> list[int]:
         prompt = item.inputs["prompt"]
         if isinstance(prompt, str):
-            return prompt_ids(self.tokenizer, prompt, self.settings.system, self.settings.chat)
+            return prompt_ids(self.tokenizer, prompt, self.settings.system, self.settings.chat, self.frame)
         ids = torch.as_tensor(prompt).reshape(-1).tolist()
         if not ids:
             raise ValueError("the prompt has no tokens")

@@ -19,6 +19,7 @@ from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.media import to_uint8
 from omnigraph.runtime.executors.modules import config_value, load_module, main_output, stage_dtype
+from omnigraph.runtime.programs import recorded_facts
 from omnigraph.runtime.values import Audio
 
 DEFAULT_RATE = 22050  # as the audio stages default to
@@ -46,13 +47,21 @@ class DecoderExecutor(GroupedExecutor[torch.Tensor]):
         self.rate = int(self.params.get("sample_rate") or DEFAULT_RATE)
         self.dtype = stage_dtype(self.params)
         self.model = load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)
+        # An exported program is the decode itself: it has no `decode`, and its scales are recorded.
         self.decode = getattr(self.model, "decode", None)
+        facts = recorded_facts(self.model)
+        if facts is not None:
+            self.scale, self.shift = float(facts["scale"]), float(facts["shift"])
+            return
         self.scale = float(config_value(self.model, "scaling_factor") or 1.0) if self.decode else 1.0
         self.shift = float(config_value(self.model, "shift_factor") or 0.0) if self.decode else 0.0
         blocks = config_value(self.model, "block_out_channels")
         if self.decode and self.modality == "image" and blocks and 2 ** (len(blocks) - 1) != self.upsample:
             raise ValueError(f"upsample is {self.upsample}, but this VAE upsamples by {2 ** (len(blocks) - 1)} "
                              f"({len(blocks)} blocks)")
+
+    def bundle_facts(self) -> dict[str, Any]:
+        return {"scale": self.scale, "shift": self.shift}
 
     def prepare(self, item: WorkItem) -> torch.Tensor:
         return torch.as_tensor(item.inputs["latents"]).float()

@@ -31,6 +31,7 @@ from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.media import byte_ids
 from omnigraph.runtime.executors.modules import config_value, load_module, main_output, stage_dtype, stage_seed
+from omnigraph.runtime.programs import recorded_facts
 
 SCHEDULERS: dict[str, str] = {
     "ddim": "DDIMScheduler",
@@ -84,12 +85,16 @@ class DiffusionExecutor(GroupedExecutor[Job]):
         self.seed = stage_seed(p, self.ctx.seed)
         self.dtype = stage_dtype(p)
         self.model = load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)
+        # An exported program is already called as (x, t, cond), with its sizes recorded.
         self.denoise = DENOISERS.get(type(self.model).__name__, _module)
-        in_channels = config_value(self.model, "in_channels")
+        facts = recorded_facts(self.model) or {"in_channels": config_value(self.model, "in_channels"),
+                                               "cond_width": config_value(self.model, *_COND_WIDTH)}
+        in_channels = facts["in_channels"]
         if in_channels is not None and in_channels != self.shape[0]:
             raise ValueError(f"latent_channels is {self.shape[0]}, but the model takes {in_channels} channels")
-        width = config_value(self.model, *_COND_WIDTH)
+        width = facts["cond_width"]
         self.cond_width = width if isinstance(width, int) else None
+        self.in_channels = in_channels
         pooled = config_value(self.model, "pooled_projection_dim")
         if self.denoise is _sd3 and pooled != self.cond_width:
             raise ValueError(f"the mean conditioning stands in for the pooled one: set pooled_projection_dim "
@@ -98,6 +103,9 @@ class DiffusionExecutor(GroupedExecutor[Job]):
         if self.cond_width is not None:  # for text conditionings
             g = torch.Generator().manual_seed(self.seed)
             self.byte_table = torch.randn(256, self.cond_width, generator=g)
+
+    def bundle_facts(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "cond_width": self.cond_width}
 
     def prepare(self, item: WorkItem) -> Job:
         value = item.inputs["cond"]

@@ -14,7 +14,7 @@ and a conv feature map [N, C, h, w] is h*w tokens of width C.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.media import (
     DEFAULT_NORM, IMAGE_NORM, MeanStd, as_rgb, byte_ids, image_pixels, image_size, log_mel)
 from omnigraph.runtime.executors.modules import call, config_value, load_module, stage_dtype
+from omnigraph.runtime.programs import recorded_facts
 
 DEFAULT_MELS = 80  # Whisper's, for modules that do not say
 
@@ -37,6 +38,23 @@ class Frontend:
     n_mels: int
     frames: int | None
     vocab: int | None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> Frontend:
+        return cls(size=image_size(config_value(model, "image_size")),
+                   norm=IMAGE_NORM.get(str(config_value(model, "model_type")), DEFAULT_NORM),
+                   n_mels=int(config_value(model, "num_mel_bins", "n_mels") or DEFAULT_MELS),
+                   frames=_audio_window(model),
+                   vocab=config_value(model, "vocab_size"))
+
+    @classmethod
+    def from_facts(cls, facts: dict[str, Any]) -> Frontend:
+        """As recorded in a bundle (JSON: tuples came back as lists)."""
+        mean, std = facts["norm"]
+        size = facts["size"]
+        return cls(size=None if size is None else (int(size[0]), int(size[1])),
+                   norm=(tuple(mean), tuple(std)), n_mels=int(facts["n_mels"]),
+                   frames=facts["frames"], vocab=facts["vocab"])
 
     def image(self, value: torch.Tensor) -> torch.Tensor:
         return image_pixels(as_rgb(torch.as_tensor(value)).unsqueeze(0), self.size, self.norm)
@@ -73,13 +91,11 @@ class EncoderExecutor(GroupedExecutor[torch.Tensor]):
         self.modality = self.node.inputs[0].modality
         if self.modality not in FEEDS:
             raise ValueError(f"encoders read {', '.join(FEEDS)}, not {self.modality}")
-        self.frontend = Frontend(
-            size=image_size(config_value(self.model, "image_size")),
-            norm=IMAGE_NORM.get(str(config_value(self.model, "model_type")), DEFAULT_NORM),
-            n_mels=int(config_value(self.model, "num_mel_bins", "n_mels") or DEFAULT_MELS),
-            frames=_audio_window(self.model),
-            vocab=config_value(self.model, "vocab_size"),
-        )
+        facts = recorded_facts(self.model)  # an exported program has no config to read
+        self.frontend = Frontend.of(self.model) if facts is None else Frontend.from_facts(facts)
+
+    def bundle_facts(self) -> dict[str, Any]:
+        return asdict(self.frontend)
 
     def prepare(self, item: WorkItem) -> torch.Tensor:
         return FEEDS[self.modality](self.frontend, item.inputs["x"])

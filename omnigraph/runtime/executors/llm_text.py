@@ -11,8 +11,14 @@ _SENTENCE_END = re.compile(r"[.!?]\s|\n")
 _WORD_END = re.compile(r"\s")
 
 
-def prompt_ids(tokenizer: Any, prompt: str, system: str | None, chat: bool) -> list[int]:
-    """Token ids of a text prompt: the chat template when the tokenizer has one."""
+def prompt_ids(tokenizer: Any, prompt: str, system: str | None, chat: bool,
+               frame: tuple[str, str] | None = None) -> list[int]:
+    """Token ids of a text prompt: the chat template when the tokenizer has one.
+
+    `frame` is the template already rendered around the prompt (what comes before it and
+    after it), as a bundle records it: the same ids without jinja2 at run time."""
+    if chat and frame is not None:
+        return list(tokenizer.encode(frame[0] + prompt + frame[1], add_special_tokens=False))
     if chat and getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})

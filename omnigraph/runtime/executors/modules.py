@@ -5,11 +5,14 @@
                                            plus the stage's sizes under the names it takes
     safetensors:PATH / pth:PATH            weights loaded (weights_only) into the module named
                                            by params.arch, or config.arch, built as above
+A stage from a bundle loads its `program` instead: a torch.export program, or its class
+rebuilt from params.config with the bundled weights loaded strictly (see programs.py).
 """
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +20,7 @@ from torch import nn
 
 from omnigraph.runtime.loaders import build_from_config, import_attr, load_state_dict, resolve_file, split_ref
 from omnigraph.runtime.plan import StageNode
+from omnigraph.runtime.programs import load_exported, load_weights, module_class
 
 DTYPES: dict[str, torch.dtype] = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 _WEIGHT_SCHEMES = {"safetensors": ".safetensors", "pth": ".pth"}
@@ -45,7 +49,15 @@ def load_module(node: StageNode, device: str, sizes: Mapping[str, Any] | None = 
     config = dict(params.get("config") or {})
     seed = stage_seed(params, default_seed)
     scheme, target = split_ref(node.model or "")
-    if scheme in _WEIGHT_SCHEMES:
+    program = node.program
+    if program is not None and program.form == "pt2":  # from a bundle: the exported program
+        return load_exported(Path(program.files["program"]), program.facts, device)
+    if program is not None and program.form == "weights":  # from a bundle: class + state dict
+        config.pop("arch", None)
+        module_class(program.ref or "")  # before anything is built from it
+        module = _build(program.ref or "", config, seed, sizes or {})
+        load_weights(module, Path(program.files["weights"]))
+    elif scheme in _WEIGHT_SCHEMES:
         arch = params.get("arch") or config.pop("arch", None)
         if not arch:
             raise ValueError(f"'{node.model}' holds weights only: name the module to load them into "

@@ -90,7 +90,9 @@ class TtsExecutor(Executor):
                              f"({model.name}); drop the param or use a {asked} Hz voice")
         self.synthesis = SynthesisConfig(speaker_id=_speaker_id(self.params.get("speaker"), voice),
                                          length_scale=self.params.get("length_scale"))
-        self.voice = PiperVoice(session=_session(model, self.ctx.device), config=voice)
+        seed = self.params.get("seed")
+        session = _session(model, self.ctx.device, self.ctx.seed if seed is None else int(seed))
+        self.voice = PiperVoice(session=session, config=voice)
 
     def step(self, items: list[WorkItem]) -> bool:
         return audio_io.step_each(items, self._advance)
@@ -147,12 +149,15 @@ def _speaker_id(speaker: int | str | None, voice: Any) -> int | None:
     return sid
 
 
-def _session(model: Path, device: str) -> Any:
+def _session(model: Path, device: str, seed: int) -> Any:
     """The voice's onnxruntime session, as PiperVoice.load builds it but on one CPU
     thread: the stages of a pipeline run at once, and an LLM decoding beside the voice
     needs the other cores (onnxruntime would otherwise take them all)."""
     import onnxruntime
 
+    # VITS samples noise (durations, waveform); its random ops draw from a generator seeded
+    # when the session is made, so a seed makes the voice reproducible for the same requests.
+    onnxruntime.set_seed(seed)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -37,7 +37,7 @@ class VocoderExecutor(Executor):
         if scheme == "onnx":
             self.vocode = _onnx_vocoder(target, self.ctx.device)
         elif scheme in ("py", "transformers"):
-            model = self._torch_model(scheme, target)
+            self.model = model = self._torch_model(scheme, target)  # kept: a bundle saves its weights
             self.vocode = _torch_vocoder(model, self.ctx.device, stage_dtype(self.params))
             own_rate = getattr(model, "sample_rate", None)
         else:
@@ -49,7 +49,8 @@ class VocoderExecutor(Executor):
         self.codes_modality = next((b.modality for b in self.node.inputs if b.port == "codes"), "tokens")
 
     def _torch_model(self, scheme: str, target: str) -> Any:
-        if scheme == "py":
+        program = self.node.program  # from a bundle: a function is code, a module has its weights
+        if scheme == "py" and (program is None or program.form == "code"):
             obj = import_attr(target)
             if callable(obj) and not inspect.isclass(obj) and not hasattr(obj, "parameters"):
                 return obj  # a plain function vocodes by itself

@@ -1,0 +1,144 @@
+"""`omnigraph compile SPEC --emit bundle -o OUT`: a bundle directory, or a .ogb zip of one.
+
+The bundle is built in a private folder beside OUT and moved into place only when
+complete, so OUT is never half-written. Files are hashed last, after everything is
+written; the zip is reproducible (sorted entries, fixed timestamps, plain file modes).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import stat
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omnigraph import __version__
+from omnigraph.errors import OmnigraphError
+from omnigraph.runtime.bundle import ARCHIVE_SUFFIX, torch_minor
+from omnigraph.runtime.bundle_files import sha256_file
+from omnigraph.runtime.bundle_manifest import (
+    CODE_DIR, FORMAT, FORMAT_VERSION, MANIFEST_NAME, PLAN_NAME, README_NAME,
+    BuiltWith, FileEntry, Manifest, StageEntry,
+)
+from omnigraph.runtime.plan import RuntimePlan
+
+from omnigraph.codegen.bundle_readme import render_readme
+from omnigraph.codegen.stage_packer import StagePacker
+
+_LIBRARIES = ("transformers", "diffusers", "onnxruntime", "safetensors", "gguf", "piper-tts")
+_TEXT_SUFFIXES = (".json", ".md", ".py", ".txt")  # compressed in a .ogb; weights are stored as they are
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class WrittenBundle:
+    path: Path
+    manifest: Manifest
+
+
+def write_bundle(spec: str | Path, output: str | Path, target: str | None = None,
+                 plan_options: dict[str, dict[str, Any]] | None = None) -> WrittenBundle:
+    """Compile `spec` and write its bundle to `output` (a directory, or a file ending .ogb)."""
+    from omnigraph.api import compile_plan
+
+    plan = compile_plan(spec, target, plan_options=plan_options)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".omnigraph-bundle-", dir=out.parent) as tmp:
+        staging = Path(tmp, "bundle")
+        staging.mkdir()
+        manifest = _build(plan, staging)
+        if out.suffix == ARCHIVE_SUFFIX:
+            _zip(staging, manifest, Path(tmp, "bundle.ogb"))
+            os.replace(Path(tmp, "bundle.ogb"), out)
+        else:
+            _move_dir(staging, out)
+    return WrittenBundle(out, manifest)
+
+
+def _build(plan: RuntimePlan, root: Path) -> Manifest:
+    packer = StagePacker(root, plan)
+    stages, requires = [], {"torch", "safetensors", "pydantic", "numpy", "rich", "pillow"}
+    for node in plan.stages():
+        packed = packer.pack(node)
+        node.program = packed.program
+        requires |= packed.requires
+        stages.append(StageEntry(name=node.name, kind=node.kind, form=packed.program.form,
+                                 reason=packed.program.reason, files=_stage_files(packed.program.files, root),
+                                 signature=packed.signature))
+    plan.module_paths = [CODE_DIR] if packer.code else []  # the spec's folder does not travel
+    (root / PLAN_NAME).write_text(plan.to_json(), encoding="utf-8")
+    built = _built_with()
+    manifest = Manifest(format=FORMAT, format_version=FORMAT_VERSION, pipeline=plan.pipeline, target=plan.target,
+                        built_with=built, stages=stages, code=sorted(packer.code),
+                        requires=_requirements(requires, built.torch), files={})
+    (root / README_NAME).write_text(render_readme(manifest, plan), encoding="utf-8")
+    for path in root.rglob("*"):  # readable by whoever receives it (some writers make files 0600)
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    manifest.files = {rel: FileEntry(sha256=sha256_file(root / rel), size=(root / rel).stat().st_size)
+                      for rel in _all_files(root)}
+    (root / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _stage_files(files: dict[str, str], root: Path) -> list[str]:
+    """A stage's files; a folder role (a tokenizer, a code package) as the files in it."""
+    listed = []
+    for rel in files.values():
+        path = root / rel
+        listed += [rel] if path.is_file() else sorted(p.relative_to(root).as_posix()
+                                                      for p in path.rglob("*") if p.is_file())
+    return listed
+
+
+def _all_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.name != MANIFEST_NAME)
+
+
+def _built_with() -> BuiltWith:
+    import torch
+
+    libraries = {}
+    for name in _LIBRARIES:
+        try:
+            libraries[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return BuiltWith(omnigraph=__version__, torch=torch.__version__, python=platform.python_version(),
+                     platform=f"{sys.platform}-{platform.machine()}", libraries=libraries)
+
+
+def _requirements(packages: set[str], torch_version: str) -> list[str]:
+    return sorted(f"torch=={torch_minor(torch_version)}.*" if p == "torch" else p for p in packages)
+
+
+def _move_dir(staging: Path, out: Path) -> None:
+    """Put the finished bundle at `out`, replacing an earlier bundle but nothing else."""
+    if out.is_symlink() or out.is_file():
+        raise OmnigraphError(f"cannot write the bundle to {out}: a file is there",
+                             hint=f"remove it, or name a directory or a {ARCHIVE_SUFFIX} file")
+    if out.is_dir():
+        if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+            raise OmnigraphError(f"cannot write the bundle to {out}: it is a directory that is not a bundle",
+                                 hint="name a new or empty directory")
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def _zip(root: Path, manifest: Manifest, archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel in [MANIFEST_NAME, *sorted(manifest.files)]:
+            path = root / rel
+            info = zipfile.ZipInfo(rel, date_time=_ZIP_TIME)
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED if rel.endswith(_TEXT_SUFFIXES) else zipfile.ZIP_STORED
+            size = path.stat().st_size
+            with path.open("rb") as src, zf.open(info, "w", force_zip64=size >= 1 << 31) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)

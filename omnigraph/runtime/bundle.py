@@ -1,0 +1,204 @@
+"""Opening a bundle — a directory or a .ogb zip — as untrusted input, and making its plan runnable.
+
+`open_bundle` checks every file against the manifest (bundle_files.py) and reads the
+plan. `Bundle.runnable_plan` then refuses what would be unsafe or would crash later:
+a stage form its kind cannot load, a file outside the bundle, .pt2 programs from
+another torch minor version, and — unless the caller trusts it — Python code the
+bundle would run. The plan it returns names absolute paths inside the bundle.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from omnigraph.errors import BundleError
+from omnigraph.runtime.bundle_files import read_directory, unpack_archive
+from omnigraph.runtime.bundle_manifest import CODE_DIR, PLAN_NAME, Manifest
+from omnigraph.runtime.plan import RuntimePlan, StageNode
+
+ARCHIVE_SUFFIX = ".ogb"
+
+# The forms each kind's executor can load, and the model file a `file` form carries.
+FORMS: dict[str, frozenset[str]] = {
+    "ar_llm": frozenset({"file", "weights"}),
+    "tts": frozenset({"file"}),
+    "vocoder": frozenset({"file", "weights", "code"}),
+    "encoder": frozenset({"pt2", "weights"}),
+    "projector": frozenset({"pt2", "weights"}),
+    "decoder": frozenset({"pt2", "weights"}),
+    "diffusion": frozenset({"pt2", "weights"}),
+    "moe": frozenset({"pt2", "weights"}),
+    "custom": frozenset({"code"}),
+}
+FILE_ROLES: dict[str, str] = {"ar_llm": "gguf", "tts": "onnx", "vocoder": "onnx"}
+_ROLES: dict[str, frozenset[str]] = {
+    "pt2": frozenset({"program"}),
+    "weights": frozenset({"weights", "tokenizer"}),
+    "file": frozenset({"gguf", "onnx", "onnx_config", "tokenizer"}),
+    "code": frozenset({"code"}),
+}
+# Module classes a bundle may name without shipping code: torch's and the runtime's own.
+_SAFE_MODULES = re.compile(r"(torch|omnigraph\.runtime)(\.[\w.]+)?")
+
+
+def is_bundle(path: str | Path) -> bool:
+    """A directory or a .ogb file (a spec is a file of another kind)."""
+    p = Path(path)
+    return p.suffix == ARCHIVE_SUFFIX or p.is_dir()
+
+
+@dataclass
+class Bundle:
+    source: Path  # what the user named
+    root: Path  # a checked directory: the bundle itself, or a private unpacked copy of a .ogb
+    manifest: Manifest
+    plan: RuntimePlan  # as written: paths relative to the bundle
+    _unpacked: Path | None = field(default=None, repr=False)
+
+    def runnable_plan(self, trust_code: bool = False) -> RuntimePlan:
+        """The plan with absolute paths, once every stage is checked loadable and safe."""
+        check_torch(self.manifest, self.plan)
+        code = code_stages(self.plan)
+        if code and not trust_code:
+            raise BundleError(f"the bundle runs Python code: {'; '.join(code)}; code in a bundle runs with your "
+                              f"privileges", hint="read it (`omnigraph inspect` lists it), then pass --trust-code")
+        return _localize(self.plan, self.root, set(self.manifest.files))
+
+    def close(self) -> None:
+        """Delete the unpacked copy of a .ogb (a directory bundle is left as it is)."""
+        if self._unpacked is not None:
+            shutil.rmtree(self._unpacked, ignore_errors=True)
+            self._unpacked = None
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_bundle(path: str | Path) -> Bundle:
+    """Check a bundle's files against its manifest and read its plan."""
+    source = Path(path)
+    if source.is_dir():
+        root = source.resolve()
+        manifest = read_directory(root)
+        return Bundle(source, root, manifest, _read_plan(root, manifest))
+    if source.suffix != ARCHIVE_SUFFIX:
+        raise BundleError(f"{source}: not a bundle (a directory, or a {ARCHIVE_SUFFIX} file)")
+    if not source.is_file():
+        raise BundleError(f"{source}: no such bundle")
+    unpacked = Path(tempfile.mkdtemp(prefix="omnigraph-bundle-"))  # mode 0700: this user's only
+    try:
+        manifest = unpack_archive(source, unpacked)
+        return Bundle(source, unpacked, manifest, _read_plan(unpacked, manifest), unpacked)
+    except BaseException:
+        shutil.rmtree(unpacked, ignore_errors=True)
+        raise
+
+
+def _read_plan(root: Path, manifest: Manifest) -> RuntimePlan:
+    try:
+        plan = RuntimePlan.from_json((root / PLAN_NAME).read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{PLAN_NAME}: malformed at '{loc}': {first['msg']}") from None
+    except (ValueError, AttributeError) as exc:  # a newer plan version, not JSON, not a JSON object
+        raise BundleError(f"{PLAN_NAME}: {str(exc).splitlines()[0]}") from None
+    stages = {s.name: s for s in plan.stages()}
+    listed = {s.name: s for s in manifest.stages}
+    if set(stages) != set(listed) or any(stages[n].program is None or stages[n].program.form != listed[n].form
+                                         for n in stages):
+        raise BundleError(f"{PLAN_NAME} and manifest.json disagree about the stages or how they are packaged")
+    return plan
+
+
+def check_torch(manifest: Manifest, plan: RuntimePlan) -> None:
+    """A .pt2 program loads only in the torch minor version that exported it."""
+    if not any(s.program is not None and s.program.form == "pt2" for s in plan.stages()):
+        return
+    import torch
+
+    built, here = torch_minor(manifest.built_with.torch), torch_minor(torch.__version__)
+    if built != here:
+        raise BundleError(
+            f"the bundle's torch.export programs were built with torch {manifest.built_with.torch}, but this is "
+            f"torch {torch.__version__}: a .pt2 program runs only on the torch minor version that exported it",
+            hint=f"install torch {built}.x to run it, or rebuild it here (omnigraph compile SPEC --emit bundle)")
+
+
+def torch_minor(version: str) -> str:
+    """"2.13.0+cpu" -> "2.13": the part of a torch version a .pt2 program depends on."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return f"{m.group(1)}.{m.group(2)}" if m else version
+
+
+def code_stages(plan: RuntimePlan) -> list[str]:
+    """The stages that would import or call Python code the bundle names, described."""
+    found = []
+    for node in plan.stages():
+        program = node.program
+        if program is None:
+            continue
+        if program.form == "code" or node.kind == "custom":
+            found.append(f"stage '{node.name}' calls {node.model}")
+        elif program.form == "weights" and not library_class(program.ref or ""):
+            found.append(f"stage '{node.name}' builds {program.ref}")
+    return found
+
+
+def library_class(ref: str) -> bool:
+    """Whether `ref` names a class a bundle may rebuild without trust: transformers', diffusers',
+    torch's or the runtime's own (an nn.Module check follows when it is loaded)."""
+    scheme, _, target = ref.partition(":")
+    if scheme in ("transformers", "diffusers"):
+        return bool(re.fullmatch(r"\w+", target))
+    return scheme == "py" and bool(_SAFE_MODULES.fullmatch(target.partition(":")[0]))
+
+
+def _localize(plan: RuntimePlan, root: Path, listed: set[str]) -> RuntimePlan:
+    plan = plan.model_copy(deep=True)
+    for node in plan.stages():
+        _localize_stage(node, root, listed)
+    if plan.module_paths not in ([], [CODE_DIR]):
+        raise BundleError(f"{PLAN_NAME}: module_paths {plan.module_paths} point outside the bundle's {CODE_DIR}/")
+    plan.module_paths = [str(root / CODE_DIR)] if plan.module_paths else []
+    return plan
+
+
+def _localize_stage(node: StageNode, root: Path, listed: set[str]) -> None:
+    program = node.program
+    if program is None:
+        raise BundleError(f"{PLAN_NAME}: stage '{node.name}' has no program")
+    allowed = FORMS.get(node.kind, frozenset())
+    if program.form not in allowed:
+        raise BundleError(f"{PLAN_NAME}: a {node.kind} stage ('{node.name}') cannot be loaded from a "
+                          f"{program.form} program")
+    for role, rel in program.files.items():
+        if role not in _ROLES[program.form]:
+            raise BundleError(f"{PLAN_NAME}: stage '{node.name}': unknown {program.form} file role '{role}'")
+        inside = rel in listed or (role in ("tokenizer", "code") and any(f.startswith(rel + "/") for f in listed))
+        if not inside:
+            raise BundleError(f"{PLAN_NAME}: stage '{node.name}': {role} '{rel}' is not a file of the bundle")
+        program.files[role] = os.fspath(root.joinpath(*rel.split("/")))
+    needed = {"pt2": "program", "weights": "weights", "file": FILE_ROLES.get(node.kind)}.get(program.form)
+    if needed is not None and needed not in program.files:
+        raise BundleError(f"{PLAN_NAME}: stage '{node.name}': its {program.form} program names no {needed} file")
+    if program.form == "file":  # the executor loads the model file the bundle carries
+        node.model = f"{needed}:{program.files[needed]}"
+    if program.form == "weights":
+        if not program.ref:
+            raise BundleError(f"{PLAN_NAME}: stage '{node.name}': weights without the class to load them into")
+        node.model = program.ref  # what the executor loads is the class the weights go into, nothing else
+    tokenizer = program.files.get("tokenizer")
+    if node.params.get("tokenizer") is not None and tokenizer is None:
+        raise BundleError(f"{PLAN_NAME}: stage '{node.name}': its tokenizer is not in the bundle")
+    if tokenizer is not None:
+        node.params["tokenizer"] = f"gguf:{tokenizer}" if tokenizer.endswith(".gguf") else tokenizer
