@@ -1,7 +1,8 @@
 """IR → RuntimePlan (JSON): the runtime's view of a compiled pipeline.
 
-Reads the typed, verified omni module. Until the planner fills `#omni.place`,
-every stage gets one instance on the target's first device.
+Reads the typed, verified omni module. A planned stage gets one instance per replica on the
+devices `#omni.place` lists and the batch plan-parallel chose; an unplanned one, one
+instance on the target's first device.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, SSAValue
 
 from omnigraph.dialect.checks import describe_value, params_of
+from omnigraph.dialect.values import from_attr
 from omnigraph.dialect.ops import InputOp, LoopOp, OutputOp, PipelineOp, RouteOp, StageOp, YieldOp
 from omnigraph.dialect.types import _EdgeType
 from omnigraph.kinds import KINDS
@@ -50,12 +52,25 @@ class _Emitter:
         for port, value in zip(op.output_names, op.results):
             to_caller = f"{op.label}.{port}" in self.output_sources and port in STREAMING_PORTS.get(kind, ())
             outputs[port] = port_type(value, stream=value.type.is_stream or to_caller)
-        place = op.place
-        devices = [d.data for d in place.devices.data] if place is not None else self.devices[:1]
-        tp = op.parallel.get("tp") if op.parallel is not None else 1
+        batching = _batching(kind, params)
+        if op.plan is not None:  # the planner's batch, within the user's max_batch
+            batching.max_batch = int(from_attr(op.plan)["batch"])
         return StageNode(name=op.label, kind=kind, model=op.model.data if op.model else None,
                          params=params, inputs=_bindings(op, op.input_names), outputs=outputs,
-                         instances=[Instance(devices=devices, tp=tp)], batching=_batching(kind, params))
+                         instances=self.instances(op), batching=batching)
+
+    def instances(self, op: StageOp) -> list[Instance]:
+        """One per replica; `#omni.place` lists the replicas' devices back to back."""
+        if op.place is None:
+            return [Instance(devices=self.devices[:1], tp=1)]
+        devices = [d.data for d in op.place.devices.data]
+        par = op.parallel
+        tp = par.get("tp") if par is not None else 1
+        replicas = par.get("replicas") if par is not None else 1
+        if replicas <= 0 or len(devices) % replicas:
+            return [Instance(devices=devices, tp=tp)]  # hand-written IR: one instance on them all
+        g = len(devices) // replicas
+        return [Instance(devices=devices[i * g:(i + 1) * g], tp=tp) for i in range(replicas)]
 
     def route(self, op: RouteOp) -> RouteNode:
         params = params_of(op)

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ from omnigraph.runtime.local import LoadHook, LocalBackend, RequestHandle
 from omnigraph.runtime.plan import RuntimePlan
 
 
-def compile_plan(spec: str | Path, target: str | None = None) -> RuntimePlan:
+def compile_plan(spec: str | Path, target: str | None = None,
+                 plan_options: dict[str, dict[str, Any]] | None = None) -> RuntimePlan:
     """Compile a spec file (.yaml, .og, .mlir) down to its runtime plan."""
     from omnigraph.codegen.plan_emitter import emit_plan
     from omnigraph.compiler import compile_path
@@ -25,9 +26,8 @@ def compile_plan(spec: str | Path, target: str | None = None) -> RuntimePlan:
     if target is not None:
         from omnigraph.target import load_target
 
-        t = load_target(target)
-        target, devices = t.target, t.devices
-    plan = emit_plan(compile_path(spec, target=target).module, devices)
+        devices = load_target(target).devices
+    plan = emit_plan(compile_path(spec, target=target, plan_options=plan_options).module, devices)
     plan.module_paths = [str(Path(spec).resolve().parent)]  # `py:` modules beside the spec
     return plan
 
@@ -38,6 +38,7 @@ class Pipeline:
     def __init__(self, plan: RuntimePlan, *, on_load: LoadHook | None = None, max_inflight: int = 256) -> None:
         self.plan = plan
         self.backend = LocalBackend(plan, on_load=on_load, max_inflight=max_inflight)
+        self.on_close: list[Callable[[], None]] = []  # e.g. deleting an unpacked bundle
 
     def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
         return self.backend.submit(inputs, timeout=timeout)
@@ -51,6 +52,8 @@ class Pipeline:
 
     def close(self) -> None:
         self.backend.close()
+        while self.on_close:
+            self.on_close.pop()()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -59,7 +62,21 @@ class Pipeline:
         self.close()
 
 
-def load(spec: str | Path | RuntimePlan, *, target: str | None = None, on_load: LoadHook | None = None) -> Pipeline:
-    """Compile (if needed) and load a pipeline: a spec file or a RuntimePlan."""
-    plan = spec if isinstance(spec, RuntimePlan) else compile_plan(spec, target)
-    return Pipeline(plan, on_load=on_load)
+def load(spec: str | Path | RuntimePlan, *, target: str | None = None, on_load: LoadHook | None = None,
+         trust_code: bool = False) -> Pipeline:
+    """Compile (if needed) and load a pipeline: a spec file, a bundle (a directory or a .ogb
+    file, run without the compiler; `trust_code` lets it run the Python it carries) or a plan."""
+    if isinstance(spec, RuntimePlan):
+        return Pipeline(spec, on_load=on_load)
+    from omnigraph.runtime.bundle import is_bundle, open_bundle
+
+    if not is_bundle(spec):
+        return Pipeline(compile_plan(spec, target), on_load=on_load)
+    bundle = open_bundle(spec)
+    try:
+        pipe = Pipeline(bundle.runnable_plan(trust_code), on_load=on_load)
+    except BaseException:
+        bundle.close()
+        raise
+    pipe.on_close.append(bundle.close)
+    return pipe

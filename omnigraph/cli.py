@@ -1,4 +1,4 @@
-"""`omnigraph` command line: check, compile, viz, schema, kinds.
+"""`omnigraph` command line: check, compile, run, inspect, viz, schema, kinds.
 
 A user's mistake prints `file:line:col: error: …` with the line and a caret, and
 exits 2; never a traceback (set OMNIGRAPH_DEBUG=1 to see one for internal errors).
@@ -59,17 +59,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from omnigraph.compiler import compile_path
     from omnigraph.dialect.textio import print_module
 
-    target = None
+    from omnigraph.plan_command import planning_options
+
+    options = planning_options(args.mix, args.slo)
     if args.target:
         from omnigraph.target import load_target
 
-        target = load_target(args.target).target
+        load_target(args.target)  # fails early, listing the known targets
     if args.emit == "plan":
         from omnigraph.api import compile_plan
 
-        plan = compile_plan(args.spec, args.target)
+        plan = compile_plan(args.spec, args.target, plan_options=options)
         _write(plan.to_json(), args.output)
         return 0
+    if args.emit == "bundle":
+        return _emit_bundle(args, options)
     if args.emit == "spec":
         from omnigraph.frontend.load import load_spec
         import yaml
@@ -82,16 +86,41 @@ def cmd_compile(args: argparse.Namespace) -> int:
         def hook(name: str, module) -> None:  # noqa: ANN001 - xDSL ModuleOp
             sys.stderr.write(f"// -----// IR Dump After {name} //----- //\n")
             sys.stderr.write(print_module(module, generic=args.generic))
-    comp = compile_path(args.spec, target=target, pass_pipeline=args.pass_pipeline, after_pass=hook)
+    comp = compile_path(args.spec, target=args.target, pass_pipeline=args.pass_pipeline, after_pass=hook,
+                        plan_options=options)
     _write(print_module(comp.module, generic=args.generic), args.output)
     return 0
+
+
+def _emit_bundle(args: argparse.Namespace, options: dict | None) -> int:
+    from omnigraph.codegen.bundle_writer import write_bundle
+
+    if not args.output or args.output == "-":
+        raise OmnigraphError("--emit bundle writes files: name them with -o DIR or -o FILE.ogb")
+    written = write_bundle(args.spec, args.output, args.target, plan_options=options)
+    forms = ", ".join(f"{s.name}: {s.form}" for s in written.manifest.stages)
+    _console(stderr=True).print(f"[green]wrote[/] bundle {written.path} "
+                                f"({written.manifest.total_size() / 1e6:.1f} MB; {forms})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from omnigraph.inspect_command import inspect_command
+
+    return inspect_command(args.bundle, as_json=args.json)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from omnigraph.plan_command import plan_command
+
+    return plan_command(args.spec, args.target, mix=args.mix, slo=args.slo, as_json=args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from omnigraph.run_command import run_command
 
     return run_command(args.spec, args.input or [], target=args.target, output_dir=args.output_dir,
-                       as_json=args.json, stats=args.stats, timeout=args.timeout)
+                       as_json=args.json, stats=args.stats, timeout=args.timeout, trust_code=args.trust_code)
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
@@ -141,15 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a spec and emit a stage of the flow")
     p.add_argument("spec")
     p.add_argument("--target", help="target name (see targets/) or YAML file")
-    p.add_argument("--emit", choices=["spec", "ir", "plan"], default="ir")
+    p.add_argument("--emit", choices=["spec", "ir", "plan", "bundle"], default="ir",
+                   help="bundle: a standalone directory (or -o FILE.ogb, one zip file) the runtime runs alone")
+    p.add_argument("--mix", help="request mix the planner optimises for (with --target)")
+    p.add_argument("--slo", type=float, help="end-to-end latency target in seconds (with --target)")
     p.add_argument("-o", "--output", help="write here instead of stdout")
-    p.add_argument("--pass-pipeline", help="comma-separated passes (default: verify,infer-types)")
+    p.add_argument("--pass-pipeline", help="comma-separated passes (default: verify,infer-types, then "
+                   "estimate-cost,plan-parallel,place-devices,plan-memory with --target)")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass to stderr")
     p.add_argument("--generic", action="store_true", help="print IR in MLIR's generic form")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("run", help="run a pipeline on this machine")
+    p = sub.add_parser("plan", help="plan parallelism, placement and memory for a target")
     p.add_argument("spec")
+    p.add_argument("--target", required=True, help="target name (see targets/) or YAML file")
+    p.add_argument("--mix", help="request mix: presets (chat:0.7,long:0.3) or a YAML file")
+    p.add_argument("--slo", type=float, help="end-to-end latency target in seconds")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="run a pipeline (a spec, or a compiled bundle) on this machine")
+    p.add_argument("spec", help="a spec (.yaml, .og, .mlir), or a bundle directory or .ogb file")
     p.add_argument("--input", "-i", action="append", metavar="NAME=VALUE",
                    help="an input; NAME=@FILE reads a file (repeat for each input)")
     p.add_argument("--output-dir", "-o", help="write each output here (WAV, PNG, TXT)")
@@ -157,7 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary instead")
     p.add_argument("--stats", action="store_true", help="print a per-stage timing table")
     p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
+    p.add_argument("--trust-code", action="store_true", help="let a bundle run the Python code it carries")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="show a bundle: manifest, stages, plan, sizes (and check its files)")
+    p.add_argument("bundle", help="a bundle directory or .ogb file")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    from omnigraph.simulate_command import add_simulate_parser
+
+    add_simulate_parser(sub)
 
     p = sub.add_parser("viz", help="draw the pipeline graph (Mermaid or Graphviz DOT)")
     p.add_argument("spec")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
@@ -16,6 +17,7 @@ from xdsl.utils.exceptions import ParseError, VerifyException
 
 from omnigraph.dialect.checks import OmniVerifyError
 from omnigraph.dialect.lower import Origins, lower
+from omnigraph.dialect.ops import PipelineOp
 from omnigraph.dialect.textio import parse_module
 from omnigraph.errors import IRError, OmnigraphError, Span, SpecError
 from omnigraph.frontend.load import LoadedSpec, load_spec
@@ -25,6 +27,7 @@ from omnigraph.passes.registry import build_pipeline
 
 IR_SUFFIXES = (".mlir",)
 PassHook = Callable[[str, ModuleOp], None]
+PassOptions = dict[str, dict[str, Any]]  # pass name -> field values (e.g. plan-parallel's mix)
 
 
 @dataclass
@@ -84,23 +87,26 @@ def _ir_span(ir_source: tuple[str, str], name: str) -> Span | None:
 
 def compile_path(
     path: str | Path, *, target: str | None = None, pass_pipeline: str | None = None,
-    after_pass: PassHook | None = None,
+    after_pass: PassHook | None = None, plan_options: PassOptions | None = None,
 ) -> Compilation:
     """Compile a spec (.yaml/.og) or IR file (.mlir) through the pass pipeline."""
     if Path(path).suffix.lower() in IR_SUFFIXES:
-        return run_passes(load_ir(path), pass_pipeline, after_pass)
-    return compile_spec(load_spec(path), target=target, pass_pipeline=pass_pipeline, after_pass=after_pass)
+        return run_passes(load_ir(path), pass_pipeline, after_pass, plan_options)
+    return compile_spec(load_spec(path), target=target, pass_pipeline=pass_pipeline, after_pass=after_pass,
+                        plan_options=plan_options)
 
 
 def compile_spec(
     loaded: LoadedSpec, *, target: str | None = None, pass_pipeline: str | None = None,
-    after_pass: PassHook | None = None,
+    after_pass: PassHook | None = None, plan_options: PassOptions | None = None,
 ) -> Compilation:
     module, origins = lower(loaded.spec, target)
-    return run_passes(Compilation(module, loaded, origins), pass_pipeline, after_pass)
+    return run_passes(Compilation(module, loaded, origins), pass_pipeline, after_pass, plan_options)
 
 
-def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHook | None) -> Compilation:
+def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHook | None,
+               plan_options: PassOptions | None = None) -> Compilation:
+    """Run the passes; without an explicit list, the planning passes run when a target is named."""
     from omnigraph.dialect.textio import make_context
 
     srcmap = comp.loaded.srcmap if comp.loaded else None
@@ -118,7 +124,8 @@ def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHoo
                 after_pass(prev.name, module)
 
     try:
-        pipeline = build_pipeline(pass_pipeline, callback)
+        planned = any(isinstance(op, PipelineOp) and op.target is not None for op in comp.module.ops)
+        pipeline = build_pipeline(pass_pipeline, callback, plan_options, planned=planned)
     except Exception as exc:  # unknown pass names, bad options
         raise OmnigraphError(f"bad --pass-pipeline: {exc}") from None
     verified()  # lowering (or the parsed IR) must verify before any pass runs

@@ -1,80 +1,110 @@
-"""Brute force over every assignment of the planning model: the yardstick for the MILP.
+"""Exhaustive search over the planning model: the yardstick for the MILP.
 
-Tries every option of every stage, dedicated with every replica count that fits or shared,
-and gives every device left over to the shared pools (more pool devices never hurt).
-Exponential: meant for the small cases of the benchmark (<= 4 stages, <= 8 devices).
+Every combination of one option per stage, every choice of which single-device stages share
+a pool, then the best replica counts for that choice. With the configs fixed, throughput is
+the minimum over stages of an increasing function of that stage's devices, so the only way
+to raise it is to give the bottleneck one more replica (or pool device): raising the
+bottleneck until its device type runs out is optimal, and uses the fewest devices for the
+throughput it reaches. Ties go as in the MILP: fewer devices, then quicker configs.
+Exponential in the number of stages: for the small cases of the
+benchmark (<= 4 stages, <= 8 devices).
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 from omnigraph.passes.plan_problem import (
-    EPS, PlanProblem, PlanSolution, StagePlan, path_latency, throughput_of,
+    EPS, Option, PlanProblem, PlanSolution, StagePlan, path_latency,
 )
 
 
 def exhaustive(problem: PlanProblem) -> PlanSolution | None:
     started = time.perf_counter()
     pools = {p.type: p for p in problem.pools}
-    best: tuple[float, int] | None = None  # (throughput, -devices used)
-    best_plan: tuple[dict[str, StagePlan], dict[str, int]] | None = None
     stages = problem.stages
-
-    def leaf(plan: dict[str, StagePlan], left: dict[str, int]) -> None:
-        nonlocal best, best_plan
-        shared_types = {p.option.device_type for p in plan.values() if p.shared}
-        for t in shared_types:
-            mem = sum(p.option.cost.mem_per_device for p in plan.values()
-                      if p.shared and p.option.device_type == t)
-            if left[t] < 1 or mem > pools[t].memory_bytes:
-                return
-        if problem.latency_target_s is not None:
-            if path_latency(problem, {n: p.option for n, p in plan.items()}) > problem.latency_target_s + EPS:
-                return
-        pool = {t: left[t] for t in shared_types}
-        x = throughput_of(problem, plan, pool)
-        if x <= EPS:
-            return
-        # Fewest devices for this X: shrink pools and replica counts while X holds.
-        used = sum(p.devices for p in plan.values()) + sum(pool.values())
-        for t in shared_types:
-            while pool[t] > 1 and throughput_of(problem, plan, {**pool, t: pool[t] - 1}) >= x * (1 - 1e-9):
-                pool[t] -= 1
-                used -= 1
-        score = (x, -used)
-        if best is None or score > best:
-            best, best_plan = score, (dict(plan), pool)
-
-    def walk(s: int, plan: dict[str, StagePlan], left: dict[str, int]) -> None:
-        if s == len(stages):
-            leaf(plan, left)
-            return
-        st = stages[s]
-        for o in st.options:
-            t = o.device_type
-            if o.devices == 1:
-                plan[st.name] = StagePlan(o, 0, True)
-                walk(s + 1, plan, left)
-            for n in range(1, left[t] // o.devices + 1):
-                plan[st.name] = StagePlan(o, n, False)
-                walk(s + 1, plan, {**left, t: left[t] - n * o.devices})
-        plan.pop(st.name, None)
-
-    walk(0, {}, {t: p.count for t, p in pools.items()})
+    best: tuple[float, int, float] | None = None
+    best_plan: tuple[dict[str, StagePlan], dict[str, int]] | None = None
+    for combo in itertools.product(*(st.options for st in stages)):
+        chosen = {st.name: o for st, o in zip(stages, combo)}
+        if problem.latency_target_s is not None and path_latency(problem, chosen) > problem.latency_target_s + EPS:
+            continue
+        single = [i for i, o in enumerate(combo) if o.devices == 1]
+        for n in range(len(single) + 1):
+            for shared in itertools.combinations(single, n):
+                found = _allocate(problem, combo, set(shared), pools)
+                if found is None:
+                    continue
+                x, replicas, pool = found
+                used = sum(r * o.devices for r, o in zip(replicas, combo)) + sum(pool.values())
+                score = (x, -used, -sum(o.cost.latency_s for o in combo))
+                if best is None or _better(score, best):
+                    best = score
+                    best_plan = ({st.name: StagePlan(o, r, i in shared)
+                                  for i, (st, o, r) in enumerate(zip(stages, combo, replicas))}, pool)
     if best_plan is None:
         return None
     plan, pool = best_plan
-    # Drop replicas that X does not need (the MILP's second solve does the same).
-    x = best[0]
-    for name in list(plan):
-        sp = plan[name]
-        while not sp.shared and sp.replicas > 1:
-            fewer = {**plan, name: StagePlan(sp.option, sp.replicas - 1, False)}
-            if throughput_of(problem, fewer, pool) < x * (1 - 1e-9):
-                break
-            plan, sp = fewer, fewer[name]
     return PlanSolution(
-        throughput=x, stages=plan, shared_devices=pool,
+        throughput=best[0], stages=plan, shared_devices=pool,
         latency_s=path_latency(problem, {n: p.option for n, p in plan.items()}),
         solver="exhaustive", seconds=time.perf_counter() - started,
     )
+
+
+def _better(a: tuple[float, int, float], b: tuple[float, int, float]) -> bool:
+    """Higher throughput (within the MILP's tolerance), then fewer devices, then quicker."""
+    if abs(a[0] - b[0]) > 1e-6 * max(a[0], b[0]):
+        return a[0] > b[0]
+    return a[1:] > b[1:]
+
+
+def _allocate(problem: PlanProblem, combo: tuple[Option, ...], shared: set[int],
+              pools: dict) -> tuple[float, list[int], dict[str, int]] | None:
+    """Best throughput for fixed options and sharing: raise the bottleneck while devices last."""
+    h = problem.headroom
+    stages = problem.stages
+    left = {t: p.count for t, p in pools.items()}
+    replicas = [0 if i in shared else 1 for i in range(len(combo))]
+    pool: dict[str, int] = {}
+    load: dict[str, float] = {}  # device-seconds per request each pool must give
+    for i in shared:
+        t = combo[i].device_type
+        load[t] = load.get(t, 0.0) + stages[i].visits / (combo[i].shared_rate * h)
+        pool[t] = 1
+    for t in pool:
+        mem = sum(combo[i].cost.mem_per_device for i in shared if combo[i].device_type == t)
+        if mem > pools[t].memory_bytes:
+            return None
+    for i, o in enumerate(combo):
+        left[o.device_type] -= replicas[i] * o.devices
+    for t in pool:
+        left[t] -= 1
+    if any(v < 0 for v in left.values()):
+        return None
+
+    def capacities() -> dict[tuple[str, object], float]:
+        caps: dict[tuple[str, object], float] = {
+            ("stage", i): replicas[i] * combo[i].cost.throughput * h / stages[i].visits
+            for i in range(len(combo)) if i not in shared
+        }
+        caps.update({("pool", t): pool[t] / load[t] for t in pool})
+        return caps
+
+    while True:
+        caps = capacities()
+        x = min(caps.values())
+        bottlenecks = [k for k, v in caps.items() if v <= x * (1 + 1e-12)]
+        cost: dict[str, int] = {}
+        for kind, key in bottlenecks:
+            t, n = (combo[key].device_type, combo[key].devices) if kind == "stage" else (key, 1)
+            cost[t] = cost.get(t, 0) + n
+        if any(cost[t] > left[t] for t in cost):
+            return x, replicas, pool
+        for kind, key in bottlenecks:
+            if kind == "stage":
+                replicas[key] += 1
+            else:
+                pool[key] += 1
+        for t, n in cost.items():
+            left[t] -= n

@@ -1,14 +1,19 @@
 """Solve the planning problem (plan_problem.py) as a MILP with PuLP: HiGHS when highspy is
 installed, else the CBC that ships with PuLP.
 
-Two solves: first the highest throughput X, then, holding X, the fewest devices, so that a
-stage does not get replicas it cannot use. Options dominated by another of the same stage
+Two solves: first the highest throughput X, then, holding X, the fewest devices (and among
+those the quickest configs), so that a stage gets no replicas it cannot use and no batch
+that only adds waiting. Options dominated by another of the same stage
 (no faster, no smaller, no quicker to answer, on the same device type and group size) are
 dropped first; they can never be in an optimum and they slow the solver down.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 
 import pulp
 
@@ -26,8 +31,8 @@ def prune(problem: PlanProblem) -> PlanProblem:
     def key(o: Option, with_mem: bool) -> tuple[float, ...]:  # smaller is better everywhere
         c = o.cost
         k: tuple[float, ...] = (-c.throughput,)
-        if with_mem:
-            k += (c.mem_per_device,)  # matters only to a single-device option that may share
+        if with_mem:  # matter only to a single-device option that may share a pool
+            k += (-o.shared_rate, c.mem_per_device)
         if timed:
             k += (c.latency_s, c.first_output_s)
         return k
@@ -47,6 +52,30 @@ def prune(problem: PlanProblem) -> PlanProblem:
                 kept.append(o)
         stages.append(StageChoices(st.name, st.visits, tuple(kept), st.preds))
     return PlanProblem(tuple(stages), problem.pools, problem.latency_target_s, problem.headroom)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS prints a banner from C on creation, whatever msg says: hide fd 1 meanwhile."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured or replaced sys.stdout
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _solve(m: pulp.LpProblem, solver: pulp.LpSolver) -> int:
+    with _quiet_stdout():
+        return m.solve(solver)
 
 
 def _solver(time_limit: float) -> pulp.LpSolver:
@@ -87,8 +116,8 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolutio
             w[s, i] = m.add_variable(f"w_{s}_{i}", 0)
             m += z[s, i] <= y[s, i]
             m += r[s, i] <= most * (y[s, i] - z[s, i])
-            big = st.visits / (o.cost.throughput * h) * x_ub
-            m += w[s, i] >= st.visits / (o.cost.throughput * h) * X - big * (1 - z[s, i])
+            big = st.visits / (o.shared_rate * h) * x_ub
+            m += w[s, i] >= st.visits / (o.shared_rate * h) * X - big * (1 - z[s, i])
             m += r[s, i] >= y[s, i] - z[s, i]
         else:
             m += r[s, i] >= y[s, i]
@@ -116,13 +145,16 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolutio
                     + pulp.lpSum(S.values()))
     solver = _solver(time_limit)
     m.setObjective(X)
-    if m.solve(solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
+    if _solve(m, solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
         return None
     best = X.value()
     m += X >= best * (1 - 1e-6)
     m.sense = pulp.LpMinimize
-    m.setObjective(devices_used)
-    m.solve(solver)
+    # Fewest devices; among those, the quickest configs (a tie-break worth less than a device).
+    slowest = sum(max(o.cost.latency_s for o in st.options) for st in problem.stages) or 1.0
+    latency = pulp.lpSum(problem.stages[s].options[i].cost.latency_s * y[s, i] for s, i in idx)
+    m.setObjective(devices_used + 0.5 / slowest * latency)
+    _solve(m, solver)
 
     chosen: dict[str, StagePlan] = {}
     for s, st in enumerate(problem.stages):

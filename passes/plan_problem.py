@@ -28,10 +28,17 @@ EPS = 1e-9
 class Option:
     cost: StageCost
     device_type: str
+    # Requests/s the option gets per device when it shares a pool: below cost.throughput when
+    # too few requests reach each copy to fill its batch (see plan_parallel's refinement).
+    pool_rate: float = 0.0
 
     @property
     def devices(self) -> int:
         return self.cost.devices
+
+    @property
+    def shared_rate(self) -> float:
+        return self.pool_rate or self.cost.throughput
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,8 @@ def throughput_of(problem: PlanProblem, plan: dict[str, StagePlan], shared_devic
         sp = plan[st.name]
         mu = sp.option.cost.throughput * problem.headroom
         if sp.shared:
-            load[sp.option.device_type] = load.get(sp.option.device_type, 0.0) + st.visits / mu
+            rate = sp.option.shared_rate * problem.headroom
+            load[sp.option.device_type] = load.get(sp.option.device_type, 0.0) + st.visits / rate
         else:
             x = min(x, sp.replicas * mu / st.visits)
     for dtype, per_request in load.items():

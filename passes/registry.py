@@ -1,23 +1,48 @@
 """The pass list: every pass by name, and the default order the compiler runs them in.
 
-Later phases append to DEFAULT_PIPELINE in the order DESIGN.md gives:
-verify → infer-types → capture-stages → estimate-cost → plan-parallel →
-place-devices → plan-memory → fuse-ops.
+DESIGN.md's order: verify → infer-types → capture-stages → estimate-cost → plan-parallel →
+place-devices → plan-memory → fuse-ops. The planning passes run when the module names a
+target (`--target`); without one, compile stops after type inference.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from xdsl.passes import ModulePass, PassPipeline
 
+from omnigraph.passes.estimate_cost import EstimateCostPass
 from omnigraph.passes.infer_types import InferTypesPass
+from omnigraph.passes.place_devices import PlaceDevicesPass
+from omnigraph.passes.plan_memory import PlanMemoryPass
+from omnigraph.passes.plan_parallel import PlanParallelPass
 from omnigraph.passes.verify import VerifyPass
 
-PASSES: dict[str, type[ModulePass]] = {p.name: p for p in (VerifyPass, InferTypesPass)}
+PASSES: dict[str, type[ModulePass]] = {
+    p.name: p for p in (VerifyPass, InferTypesPass, EstimateCostPass, PlanParallelPass, PlaceDevicesPass,
+                        PlanMemoryPass)
+}
 DEFAULT_PIPELINE: tuple[str, ...] = ("verify", "infer-types")
+PLANNING_PIPELINE: tuple[str, ...] = ("estimate-cost", "plan-parallel", "place-devices", "plan-memory")
 
 
-def build_pipeline(spec: str | None = None, callback=None) -> PassPipeline:
-    """A PassPipeline from an MLIR-style spec (`verify,infer-types`); the default if None."""
-    text = ",".join(DEFAULT_PIPELINE) if spec is None else spec
+def default_pipeline(planned: bool) -> tuple[str, ...]:
+    return DEFAULT_PIPELINE + (PLANNING_PIPELINE if planned else ())
+
+
+def build_pipeline(spec: str | None = None, callback=None, options: dict[str, dict[str, Any]] | None = None,
+                   planned: bool = False) -> PassPipeline:
+    """A PassPipeline from an MLIR-style spec (`verify,infer-types`); the default if None.
+
+    `options` sets pass fields by pass name (e.g. {"plan-parallel": {"mix": "chat"}}),
+    over what the spec text gave.
+    """
+    text = ",".join(default_pipeline(planned)) if spec is None else spec
     if not text.strip():
         return PassPipeline((), callback)
-    return PassPipeline.parse_spec({n: (lambda p=p: p) for n, p in PASSES.items()}, text, callback)
+    pipeline = PassPipeline.parse_spec({n: (lambda p=p: p) for n, p in PASSES.items()}, text, callback)
+    if options:
+        passes = tuple(dataclasses.replace(p, **options[p.name]) if p.name in options else p
+                       for p in pipeline.passes)
+        pipeline = PassPipeline(passes, callback)
+    return pipeline

@@ -1,0 +1,105 @@
+"""`omnigraph plan SPEC --target T`: plan a pipeline and show what was decided.
+
+A table per stage (config, replicas, devices, memory per device, predicted times,
+utilisation at the planned rate) and the bottleneck; `--json` for machines.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+GIB = 1 << 30
+
+
+def planning_options(mix: str | None, slo: float | None, headroom: float | None = None) -> dict[str, dict[str, Any]]:
+    opts: dict[str, Any] = {}
+    if mix:
+        opts["mix"] = mix
+    if slo:
+        opts["slo"] = slo
+    if headroom:
+        opts["headroom"] = headroom
+    return {"plan-parallel": opts} if opts else {}
+
+
+def plan_spec(spec: str, target: str, mix: str | None = None, slo: float | None = None) -> dict[str, Any]:
+    """Compile and plan; the report of plan_report.py plus how long planning took."""
+    from omnigraph.compiler import compile_path
+    from omnigraph.passes.plan_report import plan_report
+    from omnigraph.target import load_target
+
+    load_target(target)  # an unknown target fails here, with the list of known ones
+    started = time.perf_counter()
+    comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo))
+    report = plan_report(comp.module)
+    report["planning_s"] = time.perf_counter() - started
+    report["mix"] = mix or "default"
+    report["slo_s"] = slo
+    return report
+
+
+def _devices(devs: list[str]) -> str:
+    """`node0:gpu0-3,6` for a list of device ids, node by node."""
+    by_node: dict[str, list[str]] = {}
+    for d in dict.fromkeys(devs):
+        node, _, name = d.partition(":")
+        by_node.setdefault(node, []).append(name)
+    parts = []
+    for node, names in by_node.items():
+        stem = names[0].rstrip("0123456789")
+        if all(n.rstrip("0123456789") == stem and n[len(stem):].isdigit() for n in names):
+            parts.append(f"{node}:{stem}{_ranges(sorted(int(n[len(stem):]) for n in names))}")
+        else:
+            parts.append(f"{node}:{','.join(names)}")
+    return " ".join(parts)
+
+
+def _ranges(ids: list[int]) -> str:
+    out, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur != prev + 1 if cur is not None else True:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(out)
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"{report['pipeline']} on {report['target']}  (memory in GiB per device)")
+    left = ("stage", "config", "devices")
+    for col in ("stage", "config", "×", "devices", "weights", "kv", "act", "offload", "time", "first",
+                "util"):
+        table.add_column(col, justify="left" if col in left else "right", overflow="fold")
+    for r in report["stages"]:
+        m = r["memory"]
+        mark = " ◀" if r["stage"] == report["bottleneck"] else ""
+        table.add_row(
+            r["stage"] + mark, r["config"] + (" shared" if r["shared"] else ""),
+            str(r["replicas"]), _devices(r["devices"]),
+            *(f"{m.get(k, 0) / GIB:.1f}" for k in ("weights", "kv", "arena", "offload")),
+            _secs(r["latency_s"]), _secs(r["first_output_s"]), f"{r['utilisation']:.0%}",
+        )
+    console.print(table)
+    console.print(
+        f"predicted throughput [bold]{report['throughput_rps']:.3g} req/s[/] on {report['devices_used']} "
+        f"device(s); bottleneck [bold]{report['bottleneck']}[/]; mix {report['mix']}"
+        + (f"; latency target {report['slo_s']:g} s" if report.get("slo_s") else "")
+        + f"; planned in {report['planning_s']:.2f} s"
+    )
+
+
+def _secs(s: float) -> str:
+    return f"{s * 1e3:.0f}ms" if s < 10 else f"{s:.1f}s"
+
+
+def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, as_json: bool) -> int:
+    report = plan_spec(spec, target, mix, slo)
+    console = Console(highlight=False, width=max(120, Console().width))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, console)
+    return 0

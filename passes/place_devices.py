@@ -1,0 +1,108 @@
+"""`place-devices`: put every replica group on concrete devices; `#omni.place<[…]>`.
+
+A replica of tp x pp x ep devices stays inside one NVLink domain of one node (its
+collectives run at NVLink speed). Groups go biggest first, each into the domain with the
+least room that still holds it (best fit), which packs power-of-two groups into
+power-of-two domains without holes. Ties go to the domain where the stage's producers sit,
+so neighbouring stages share a node. Stages that plan-parallel marked `shared` are colocated:
+one instance on each device of their type's shared pool, taken from what the groups left.
+
+`#omni.place` lists the devices of all replicas back to back, in rank order:
+replica i runs on devices[i*g:(i+1)*g], g = tp x pp x max(1, ep / tp).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+
+from omnigraph.dialect.attrs import PlaceAttr
+from omnigraph.dialect.values import from_attr
+from omnigraph.errors import IRError
+from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
+from omnigraph.target import Target, load_target
+
+
+@dataclass
+class _Domain:
+    node: str
+    type: str
+    free: list[str]  # device ids "node:device", in order
+
+
+def domains(target: Target) -> list[_Domain]:
+    out = []
+    for node in target.nodes:
+        groups = node.nvlink_domains or [[d.name for d in node.devices]]
+        kinds = {d.name: d.type for d in node.devices}
+        seen: set[str] = set()
+        for group in groups:
+            for t in dict.fromkeys(kinds[n] for n in group):
+                names = [n for n in group if kinds[n] == t and n not in seen]
+                seen.update(names)
+                out.append(_Domain(node.name, t, [f"{node.name}:{n}" for n in names]))
+        rest = [d for d in node.devices if d.name not in seen]  # devices outside every domain
+        out += [_Domain(node.name, d.type, [f"{node.name}:{d.name}"]) for d in rest]
+    return out
+
+
+def plan_of(st: StageInfo) -> dict:
+    attr = st.op.plan
+    if attr is None or st.op.parallel is None:
+        raise IRError(f"stage '{st.name}': place-devices needs plan-parallel to run first")
+    return from_attr(attr)
+
+
+def place(stages: list[StageInfo], target: Target) -> dict[str, list[str]]:
+    """Device ids per stage, replicas back to back."""
+    doms = domains(target)
+    groups = []  # (size, order, stage, type)
+    pools: dict[str, int] = {}
+    for order, st in enumerate(stages):
+        p = plan_of(st)
+        if p["shared"]:
+            pools[p["device_type"]] = st.op.parallel.get("replicas")
+            continue
+        for _ in range(st.op.parallel.get("replicas")):
+            groups.append((p["devices_per_replica"], order, st, p["device_type"]))
+    placed: dict[str, list[str]] = {st.name: [] for st in stages}
+    home: dict[str, set[str]] = {}  # nodes a stage landed on
+    groups.sort(key=lambda g: (-g[0], g[1]))
+    for size, _, st, dtype in groups:
+        near = {n for pred, _ in st.preds for n in home.get(pred, ())}
+        fit = [d for d in doms if d.type == dtype and len(d.free) >= size]
+        if not fit:
+            raise IRError(f"stage '{st.name}': no NVLink domain of {target.target} has {size} free "
+                          f"{dtype} devices left for a replica",
+                          hint="lower its tp, or give the target larger NVLink domains")
+        best = min(fit, key=lambda d: (len(d.free), d.node not in near))
+        placed[st.name] += best.free[:size]
+        del best.free[:size]
+        home.setdefault(st.name, set()).add(best.node)
+    for dtype, count in pools.items():
+        free = [dev for d in doms if d.type == dtype for dev in d.free]
+        if len(free) < count:
+            raise IRError(f"the shared {dtype} pool needs {count} devices, {len(free)} are left on {target.target}")
+        pool = free[:count]
+        for st in stages:
+            if plan_of(st)["shared"] and plan_of(st)["device_type"] == dtype:
+                placed[st.name] = list(pool)
+        for d in doms:
+            d.free = [x for x in d.free if x not in pool]
+    return placed
+
+
+@dataclass(frozen=True)
+class PlaceDevicesPass(ModulePass):
+    name = "place-devices"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        target_name = pipeline_of(op).target
+        if target_name is None:
+            return
+        stages = stage_graph(op)
+        for name, devices in place(stages, load_target(target_name.data)).items():
+            st = next(s for s in stages if s.name == name)
+            st.op.properties["place"] = PlaceAttr(devices)

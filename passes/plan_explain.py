@@ -1,0 +1,104 @@
+"""Why no plan exists, in the user's terms, with the smallest change that would make one.
+
+Called when a stage fits no device, or when the MILP finds no assignment. The answer names
+the stage, what it needs per device, what the target has, what other stages already took,
+and the fix: a larger TP degree, another device, fp8 weights, or a looser latency target.
+"""
+from __future__ import annotations
+
+from omnigraph.errors import IRError
+from omnigraph.passes.cost_types import StageCost
+from omnigraph.passes.plan_problem import Option, PlanProblem, path_latency
+from omnigraph.passes.stage_options import DeviceType
+
+GIB = 1 << 30
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _where(target: str, dt: DeviceType) -> str:
+    return f"on {target} ({dt.count} x {dt.type}, {dt.device.memory_gib:g} GiB each)"
+
+
+def no_fit(stage: str, target: str, misfits: list[tuple[DeviceType, StageCost]]) -> IRError:
+    """A stage that fits on no device of the target in any config."""
+    dt, smallest = min(misfits, key=lambda m: m[1].mem_per_device)
+    tp1 = min((c for d, c in misfits if d is dt and c.devices == 1), key=lambda c: c.mem_per_device,
+              default=smallest)
+    need = tp1.mem_per_device
+    fixes = []
+    degree = 2
+    while degree <= 64 and need / degree > dt.usable_bytes:
+        degree *= 2
+    if degree <= 64:
+        more = "" if degree <= dt.count else f" (the target has {dt.count} {dt.type}; needs {degree})"
+        fixes.append(f"tp={degree}{more}")
+    if tp1.weight_bytes_per_device > 0 and need - tp1.weight_bytes_per_device / 2 <= dt.usable_bytes:
+        fixes.append("fp8 weights (dtype: fp8)")
+    if not fixes:
+        fixes.append("a device with more memory")
+    return IRError(
+        f"stage '{stage}' needs {gib(need)} per device at tp=1 {_where(target, dt)}: "
+        f"{gib(tp1.weight_bytes_per_device)} weights + {gib(tp1.kv_bytes_per_device)} KV + "
+        f"{gib(tp1.activation_bytes)} activations, {gib(dt.usable_bytes)} usable; "
+        f"smallest config tried needs {gib(smallest.mem_per_device)} at {smallest.config.label()}",
+        hint="smallest fix: " + " or ".join(fixes),
+    )
+
+
+def no_plan(problem: PlanProblem, target: str, types: list[DeviceType]) -> IRError:
+    """Every stage fits somewhere, but not all of them together (or not in time)."""
+    if problem.latency_target_s is not None:
+        fastest = {st.name: min(st.options, key=lambda o: o.cost.latency_s) for st in problem.stages}
+        best = path_latency(problem, fastest)
+        if best > problem.latency_target_s:
+            slowest = max(fastest.items(), key=lambda kv: kv[1].cost.latency_s)
+            return IRError(
+                f"no plan meets the latency target of {problem.latency_target_s:g} s on {target}: the "
+                f"fastest configs take {best:.3g} s end to end ('{slowest[0]}' alone "
+                f"{slowest[1].cost.latency_s:.3g} s at {slowest[1].cost.config.label()})",
+                hint=f"smallest fix: a latency target of at least {best * 1.05:.3g} s, or faster devices",
+            )
+    return _packing(problem, target, {t.type: t for t in types})
+
+
+def _packing(problem: PlanProblem, target: str, types: dict[str, DeviceType]) -> IRError:
+    """Fill the devices stage by stage with each stage's leanest config; name the one that overflows."""
+    free: dict[str, list[int]] = {t: [dt.usable_bytes] * dt.count for t, dt in types.items()}
+    held: dict[tuple[str, int], list[str]] = {}
+    for st in problem.stages:
+        option = min(st.options, key=lambda o: (o.devices, o.cost.mem_per_device))
+        slots = free[option.device_type]
+        dt = types[option.device_type]
+        need = option.cost.mem_per_device
+        order = sorted(range(len(slots)), key=lambda i: -slots[i])
+        chosen = order[:option.devices]
+        if len(chosen) == option.devices and all(slots[i] >= need for i in chosen):
+            for i in chosen:
+                slots[i] -= need
+                held.setdefault((option.device_type, i), []).append(st.name)
+            continue
+        best = order[0] if order else 0
+        left = slots[best] if slots else 0
+        after = held.get((option.device_type, best), [])
+        fixes = _fixes(st.options, option, left, dt)
+        return IRError(
+            f"stage '{st.name}' needs {gib(need)} per device at {option.cost.config.label()} "
+            f"{_where(target, dt)}, {gib(left)} left"
+            + (f" after {', '.join(repr(a) for a in after)}" if after else ""),
+            hint="smallest fix: " + " or ".join(fixes),
+        )
+    return IRError(f"no plan fits the pipeline on {target}: the stages together need more devices "
+                   f"than it has", hint="smallest fix: more devices, or a smaller max_batch")
+
+
+def _fixes(options: tuple[Option, ...], leanest: Option, left: int, dt: DeviceType) -> list[str]:
+    fixes = []
+    for o in sorted(options, key=lambda o: o.devices):
+        if o.devices > leanest.devices and o.cost.mem_per_device <= left:
+            fixes.append(f"tp={o.cost.config.tp}" if o.cost.config.tp > 1 else o.cost.config.label())
+            break
+    fixes.append("a second device" if dt.count == 1 else f"{dt.count + leanest.devices} {dt.type} devices")
+    return fixes

@@ -1,0 +1,121 @@
+"""`plan-memory`: lay out every device's memory; `#omni.mem<weights, kv, arena, offload>`.
+
+Per device, for each stage instance on it: its weight shard; its activation arena (one
+transformer block's intermediates packed by liveness — arena.py — as the cost rules sized
+it when they checked the config fits); double-buffered inputs
+from its producers; then the KV-cache pool, sized from whatever is left (split between the
+AR stages on the device in proportion to what their planned batch needs, as vLLM gives the
+rest of gpu_memory_utilization to its KV blocks). When a device is short, the cold share of
+a MoE stage's routed experts moves to host memory (`offload`) before anything fails; if
+that is not enough either, the error says what the device holds and what is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import DictionaryAttr, ModuleOp
+from xdsl.passes import ModulePass
+
+from omnigraph.dialect.attrs import MemAttr
+from omnigraph.dialect.values import to_attr
+from omnigraph.errors import IRError
+from omnigraph.passes.arch_profile import profile_stage
+from omnigraph.passes.place_devices import plan_of
+from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
+from omnigraph.passes.offload import MAX_OFFLOAD
+from omnigraph.passes.stage_options import GIB, device_types
+from omnigraph.target import Target, load_target
+
+
+@dataclass
+class StageMemory:
+    weights: int
+    kv: int
+    arena: int
+    buffers: int
+    offload: int = 0
+
+
+@dataclass
+class DeviceMemory:
+    device: str
+    usable: int
+    stages: dict[str, StageMemory] = field(default_factory=dict)
+
+    @property
+    def used(self) -> int:
+        return sum(m.weights + m.kv + m.arena + m.buffers for m in self.stages.values())
+
+
+def _needs(st: StageInfo) -> StageMemory:
+    p = plan_of(st)
+    # The cost rules sized the activation arena (arena.py: one block's buffers packed by
+    # liveness, over the tokens of its largest forward) when they checked the config fits.
+    arena = int(p["activations"])
+    buffers = 2 * int(p["batch"]) * int(p["in_bytes"])
+    return StageMemory(weights=int(p["weights_per_device"]), kv=int(p["kv_per_device"]), arena=arena,
+                       buffers=buffers, offload=int(p.get("offload", 0)))
+
+
+def plan_memory(stages: list[StageInfo], target: Target) -> dict[str, DeviceMemory]:
+    usable = {t.type: t.usable_bytes for t in device_types(target)}
+    kind_of = {f"{n.name}:{d.name}": d.type for n in target.nodes for d in n.devices}
+    devices: dict[str, DeviceMemory] = {}
+    for st in stages:
+        if st.op.place is None:
+            raise IRError(f"stage '{st.name}': plan-memory needs place-devices to run first")
+        need = _needs(st)
+        for dev in dict.fromkeys(d.data for d in st.op.place.devices.data):
+            mem = devices.setdefault(dev, DeviceMemory(dev, usable[kind_of[dev]]))
+            mem.stages[st.name] = StageMemory(need.weights, need.kv, need.arena, need.buffers, need.offload)
+    by_name = {st.name: st for st in stages}
+    for mem in devices.values():
+        _fit(mem, by_name)
+    return devices
+
+
+def _fit(mem: DeviceMemory, stages: dict[str, StageInfo]) -> None:
+    """Offload cold experts if short, then hand what is left to the KV pools."""
+    short = mem.used - mem.usable
+    for name, sm in mem.stages.items():
+        if short <= 0:
+            break
+        profile = profile_stage(stages[name].kind, stages[name].model, stages[name].params)
+        if profile.expert_params and profile.params:
+            experts_here = int(sm.weights * profile.expert_params / profile.params)
+            moved = min(short, int(experts_here * MAX_OFFLOAD))
+            sm.weights -= moved
+            sm.offload += moved
+            short -= moved
+    if short > 0:
+        held = ", ".join(f"'{n}' {(m.weights + m.kv + m.arena + m.buffers) / GIB:.1f} GiB"
+                         for n, m in mem.stages.items())
+        raise IRError(f"device {mem.device} is {short / GIB:.1f} GiB short: it holds {held} of "
+                      f"{mem.usable / GIB:.1f} GiB usable",
+                      hint="give plan-parallel a smaller max_batch, or a target with more devices")
+    want = {n: m.kv for n, m in mem.stages.items() if m.kv > 0}
+    spare = mem.usable - mem.used
+    total = sum(want.values())
+    for n, kv in want.items():
+        mem.stages[n].kv += int(spare * kv / total)
+
+
+@dataclass(frozen=True)
+class PlanMemoryPass(ModulePass):
+    name = "plan-memory"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        target_name = pipeline_of(op).target
+        if target_name is None:
+            return
+        stages = stage_graph(op)
+        devices = plan_memory(stages, load_target(target_name.data))
+        for st in stages:
+            # Every device of a stage holds the same layout; the first speaks for all.
+            first = st.op.place.devices.data[0].data
+            sm = devices[first].stages[st.name]
+            st.op.properties["mem"] = MemAttr(weights=sm.weights, kv=sm.kv, arena=sm.arena, offload=sm.offload)
+            p = plan_of(st)
+            p["buffers"] = sm.buffers
+            st.op.properties["plan"] = DictionaryAttr({k: to_attr(v) for k, v in p.items()})

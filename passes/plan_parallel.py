@@ -1,0 +1,184 @@
+"""`plan-parallel`: choose each stage's parallel config and replica count for the target.
+
+Per stage, stage_options.py lists the configs that fit (tp divides heads, ep divides
+experts, TP x EP inside one NVLink domain, memory) scored by the cost rules for the request
+mix; plan_milp.py picks one per stage and the replica counts that maximise throughput under
+the device budget and the latency target. The result lands on each stage as
+`#omni.parallel<…>` plus a `plan` dictionary (batch, device type, sharing, predicted rate and
+times) that place-devices and plan-memory read. A module without a target is left alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import DictionaryAttr, ModuleOp
+from xdsl.passes import ModulePass
+
+from omnigraph.dialect.attrs import ParallelAttr
+from omnigraph.dialect.values import to_attr
+from omnigraph.errors import IRError
+from omnigraph.passes.plan_explain import no_fit, no_plan
+from omnigraph.passes.plan_milp import solve
+from omnigraph.passes.cost_types import StageWork
+from omnigraph.passes.plan_problem import PlanProblem, PlanSolution, StageChoices, StagePlan, throughput_of
+from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
+from omnigraph.passes.stage_options import (
+    DeviceType, device_types, latency_at, little_batch, stage_options, stage_works,
+)
+from omnigraph.passes.workload import parse_mix
+from omnigraph.target import Target, load_target
+
+
+REFINE_ROUNDS = 4  # solve, re-rate the shared pools, solve again: at most this many times
+
+
+@dataclass(frozen=True)
+class PlanParallelPass(ModulePass):
+    name = "plan-parallel"
+
+    mix: str = ""  # request mix: presets `chat:0.7,long:0.3` or a YAML file; "" = default
+    slo: float = 0.0  # end-to-end latency target in seconds; 0 = none
+    headroom: float = 0.9  # highest utilisation a stage is planned at
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        target_name = pipeline_of(op).target
+        if target_name is None:
+            return
+        solution, stages, works = plan(op, load_target(target_name.data), self.mix, self.slo or None,
+                                       self.headroom)
+        write_plan(stages, solution, works)
+
+
+@dataclass
+class Problem:
+    """A module's planning problem, with what building it learned along the way."""
+
+    problem: PlanProblem
+    stages: list[StageInfo]
+    works: dict[str, list[StageWork]]
+    types: list[DeviceType]
+    target: Target
+    mix: str | None = None
+
+
+def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
+                  headroom: float) -> Problem:
+    """Each stage's feasible options for the mix (raises IRError, explained, if one has none)."""
+    shapes = parse_mix(mix or None)
+    stages = stage_graph(module)
+    if not stages:
+        raise IRError("nothing to plan: the pipeline has no stages")
+    types = device_types(target)
+    works = stage_works(stages, shapes)
+    choices = []
+    for st in stages:
+        options, misfits = stage_options(st, works[st.name], shapes, types)
+        if not options:
+            raise no_fit(st.name, target.target, misfits)
+        choices.append(StageChoices(st.name, st.visits, tuple(options), tuple(st.preds)))
+    return Problem(PlanProblem(tuple(choices), tuple(t.pool() for t in types), slo, headroom),
+                   stages, works, types, target, mix)
+
+
+def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
+         headroom: float) -> tuple[PlanSolution, list[StageInfo], dict[str, list[StageWork]]]:
+    """The solved plan for a module (raises IRError, explained, when none exists)."""
+    built = build_problem(module, target, mix, slo, headroom)
+    solution = refine(built)
+    if solution is None:
+        raise no_plan(built.problem, target.target, built.types)
+    return solution, built.stages, built.works
+
+
+def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> PlanSolution | None:
+    """Solve, then re-rate the shared pools at the batches their traffic really fills, and
+    solve again until the plan stops changing; the best plan under its own rates wins.
+
+    A config's rate assumes a full batch. A stage that shares a pool sees only its share of
+    the traffic per device copy, so its batch fills as far as Little's law allows (rate x
+    time inside), and a half-empty batch costs the pool more device time per request. A
+    dedicated replica does not care: the time it idles is its own.
+    """
+    problem = built.problem
+    best: PlanSolution | None = None
+    for _ in range(rounds):
+        solution = solve(problem)
+        if solution is None:
+            break
+        rerated = _rerate(built, problem, solution)
+        solution.throughput = throughput_of(rerated, _same_options(rerated, solution), solution.shared_devices)
+        if best is None or solution.throughput > best.throughput * (1 + 1e-6):
+            best = solution
+        if rerated == problem:
+            break
+        problem = rerated
+    return best
+
+
+def _rerate(built: Problem, problem: PlanProblem, solution: PlanSolution) -> PlanProblem:
+    """Every single-device option's pool rate at the traffic `solution` sends each pool copy."""
+    types = {t.type: t for t in built.types}
+    by_name = {st.name: st for st in built.stages}
+    shapes = parse_mix(built.mix or None)
+    stages = []
+    for choice in problem.stages:
+        st, works = by_name[choice.name], built.works[choice.name]
+        options = []
+        for o in choice.options:
+            if o.devices != 1:
+                options.append(o)
+                continue
+            dt = types[o.device_type]
+            copies = solution.shared_devices.get(o.device_type) or dt.count
+            rate = solution.throughput * choice.visits / copies
+            cfg = o.cost.config
+
+            def latency(n: int, cfg=cfg, dt=dt) -> float:
+                return latency_at(st, works, shapes, dt, replace(cfg, batch=n))
+
+            n = little_batch(rate, latency, cfg.batch)
+            pool_rate = o.cost.throughput if n >= cfg.batch else n / latency(n)
+            options.append(replace(o, pool_rate=pool_rate))
+        stages.append(replace(choice, options=tuple(options)))
+    return replace(problem, stages=tuple(stages))
+
+
+def _same_options(problem: PlanProblem, solution: PlanSolution) -> dict[str, StagePlan]:
+    """The solution's choices, with their options as `problem` rates them."""
+    out = {}
+    for choice in problem.stages:
+        sp = solution.stages[choice.name]
+        option = next(o for o in choice.options if o.cost == sp.option.cost and o.device_type == sp.option.device_type)
+        out[choice.name] = replace(sp, option=option)
+    return out
+
+
+def write_plan(stages: list[StageInfo], solution: PlanSolution, works: dict[str, list[StageWork]]) -> None:
+    for st in stages:
+        # What plan-memory sizes buffers from: the longest forward, the largest hand-off in.
+        forward_tokens = max(w.tokens for w in works[st.name])
+        in_bytes = sum(max(w.out_bytes for w in works[p]) for p, _ in st.preds)
+        sp = solution.stages[st.name]
+        cfg, cost = sp.option.cost.config, sp.option.cost
+        replicas = solution.shared_devices[sp.option.device_type] if sp.shared else sp.replicas
+        st.op.properties["parallel"] = ParallelAttr(tp=cfg.tp, pp=cfg.pp, dp=1, ep=cfg.ep, replicas=replicas)
+        st.op.properties["plan"] = DictionaryAttr({k: to_attr(v) for k, v in {
+            "batch": cfg.batch,
+            "device_type": sp.option.device_type,
+            "devices_per_replica": cost.devices,
+            "shared": sp.shared,
+            "visits": st.visits,
+            "rate": cost.throughput,  # requests/s one replica sustains
+            "latency_s": cost.latency_s,
+            "first_output_s": cost.first_output_s,
+            "mem_per_device": cost.mem_per_device,
+            "weights_per_device": cost.weight_bytes_per_device,
+            "kv_per_device": cost.kv_bytes_per_device,
+            "activations": cost.activation_bytes,
+            "offload": int(cost.breakdown.get("offload_bytes", 0)),
+            "forward_tokens": forward_tokens,
+            "in_bytes": in_bytes,
+            "pipeline_rate": solution.throughput,
+            "solver": solution.solver,
+        }.items()})

@@ -1,0 +1,68 @@
+"""A planned module, summarised: per stage what was chosen and why it costs what it does.
+
+Read back from the IR attributes the planning passes wrote, so the report shows exactly
+what the runtime plan will run; `omnigraph plan` prints it, benchmarks compare it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from xdsl.dialects.builtin import ModuleOp
+
+from omnigraph.dialect.values import from_attr
+from omnigraph.passes.stage_graph import pipeline_of, stage_graph
+
+
+def plan_report(module: ModuleOp) -> dict[str, Any]:
+    pipe = pipeline_of(module)
+    rows: list[dict[str, Any]] = []
+    for st in stage_graph(module):
+        if st.op.plan is None or st.op.parallel is None:
+            continue
+        p = from_attr(st.op.plan)
+        par = st.op.parallel.as_dict()
+        mem = st.op.mem.as_dict() if st.op.mem is not None else {}
+        rows.append({
+            "stage": st.name, "kind": st.kind, "config": _label(par, p["batch"]),
+            "tp": par["tp"], "pp": par["pp"], "ep": par["ep"], "replicas": par["replicas"],
+            "batch": p["batch"], "shared": p["shared"], "device_type": p["device_type"],
+            "devices": [d.data for d in st.op.place.devices.data] if st.op.place is not None else [],
+            "memory": {**mem, "buffers": p.get("buffers", 0)},
+            "latency_s": p["latency_s"], "first_output_s": p["first_output_s"],
+            "rate_per_replica": p["rate"], "visits": p["visits"],
+        })
+    if not rows:
+        return {"pipeline": pipe.sym_name.data, "target": None, "stages": []}
+    rate = from_attr(next(s.op.plan for s in stage_graph(module) if s.op.plan is not None))["pipeline_rate"]
+    _utilisation(rows, rate)
+    # The busiest devices; within a shared pool, the stage that takes most of its time.
+    bottleneck = max(rows, key=lambda r: (round(r["utilisation"], 6), r["load_share"]))["stage"]
+    return {
+        "pipeline": pipe.sym_name.data,
+        "target": pipe.target.data if pipe.target else None,
+        "throughput_rps": rate,
+        "bottleneck": bottleneck,
+        "devices_used": len({d for r in rows for d in r["devices"]}),
+        "stages": rows,
+    }
+
+
+def _label(par: dict[str, int], batch: int) -> str:
+    parts = [f"tp{par['tp']}"] + [f"{k}{par[k]}" for k in ("pp", "ep") if par[k] > 1]
+    return "·".join(parts) + f" b{batch}"
+
+
+def _utilisation(rows: list[dict[str, Any]], rate: float) -> None:
+    """Busy fraction of each stage's devices at the planned rate (a shared pool: all of it)."""
+    pools: dict[str, float] = {}
+    for r in rows:
+        if r["shared"]:
+            pools[r["device_type"]] = pools.get(r["device_type"], 0.0) + rate * r["visits"] / r["rate_per_replica"]
+    for r in rows:
+        load = rate * r["visits"] / r["rate_per_replica"]  # device-seconds per second it needs
+        if r["shared"]:
+            r["utilisation"] = pools[r["device_type"]] / max(1, r["replicas"])
+            r["load_share"] = load / pools[r["device_type"]]
+        else:
+            r["utilisation"] = load / r["replicas"]
+            r["load_share"] = 1.0

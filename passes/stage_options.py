@@ -1,0 +1,149 @@
+"""Per stage: every parallel config that fits, on every device type of the target, scored
+for the request mix. The local half of the planner; plan_milp.py does the global half.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from omnigraph.passes.cost_rules import enumerate_configs, fits, stage_cost, stage_work
+from omnigraph.passes.arch_profile import profile_stage
+from omnigraph.passes.cost_types import ArchProfile, ParallelConfig, RequestShape, StageCost, StageWork
+from omnigraph.passes.offload import with_offload
+from omnigraph.passes.work_rules import chunked, stream_chunks
+from omnigraph.passes.plan_problem import DevicePool, Option
+from omnigraph.passes.stage_graph import StageInfo
+from omnigraph.kinds import KINDS
+from omnigraph.target import Device, Target
+
+GIB = 1 << 30
+# Memory a device keeps for the framework (CUDA context, allocator slack), as vLLM's
+# gpu_memory_utilization=0.9 does: the planner never plans the last 8%.
+USABLE_FRACTION = 0.92
+DEFAULT_MAX_BATCH = 8
+AR_KINDS = frozenset({"ar_llm"})  # the runtime's default batch for kinds without a max_batch param
+
+
+@dataclass(frozen=True)
+class DeviceType:
+    """All devices of one model in the target: how many, how big, how they link."""
+
+    type: str
+    device: Device  # a representative (devices of one type share their figures)
+    count: int
+    domain: int  # the largest NVLink domain among them: the biggest TP x EP group
+    link_gb_s: float  # intra-node bandwidth for TP/EP collectives
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(self.device.memory_gib * GIB * USABLE_FRACTION)
+
+    def pool(self) -> DevicePool:
+        return DevicePool(self.type, self.count, self.usable_bytes)
+
+
+def device_types(target: Target) -> list[DeviceType]:
+    found: dict[str, DeviceType] = {}
+    for node in target.nodes:
+        by_type: dict[str, list[Device]] = {}
+        for d in node.devices:
+            by_type.setdefault(d.type, []).append(d)
+        domains = node.nvlink_domains or [[d.name for d in node.devices]]
+        for t, devs in by_type.items():
+            names = {d.name for d in devs}
+            domain = max(len(names & set(dom)) for dom in domains) or 1
+            prev = found.get(t)
+            found[t] = DeviceType(t, devs[0], (prev.count if prev else 0) + len(devs),
+                                  max(domain, prev.domain if prev else 0),
+                                  node.intra_node_gb_s if prev is None else min(prev.link_gb_s, node.intra_node_gb_s))
+    return list(found.values())
+
+
+def stage_works(stages: list[StageInfo], mix: list[RequestShape]) -> dict[str, list[StageWork]]:
+    """Each stage's work for each request shape of the mix, flowing along the graph."""
+    works: dict[str, list[StageWork]] = {}
+    by_name = {st.name: st for st in stages}
+    for st in stages:
+        profile = profile_stage(st.kind, st.model, st.params)
+        works[st.name] = []
+        for i, shape in enumerate(mix):
+            work = stage_work(st.kind, st.params, profile, shape,
+                              [works[p][i] for p, _ in st.preds if p in works], st.feeds)
+            # Fed by an AR stream, a batch stage runs once per chunk (an AR consumer instead
+            # prefills as text arrives, which its own rule already counts).
+            drivers = [p for p, stream in st.preds if stream and by_name[p].kind in AR_KINDS]
+            if drivers and st.kind not in AR_KINDS:
+                work = chunked(work, max(stream_chunks(by_name[p].params, works[p][i]) for p in drivers))
+            works[st.name].append(work)
+    return works
+
+
+def mixed_cost(costs: list[StageCost], mix: list[RequestShape]) -> StageCost:
+    """One cost for the mix: rates combine harmonically, times by weight, memory by the worst."""
+    total = sum(s.weight for s in mix)
+    w = [s.weight / total for s in mix]
+    per_request = sum(wi / c.throughput for wi, c in zip(w, costs))
+    worst = max(costs, key=lambda c: c.mem_per_device)
+    return replace(
+        worst,
+        latency_s=sum(wi * c.latency_s for wi, c in zip(w, costs)),
+        first_output_s=sum(wi * c.first_output_s for wi, c in zip(w, costs)),
+        throughput=1.0 / per_request,
+    )
+
+
+def stage_options(st: StageInfo, works: list[StageWork], mix: list[RequestShape],
+                  types: list[DeviceType]) -> tuple[list[Option], list[tuple[DeviceType, StageCost]]]:
+    """(options that fit, the smallest config per device type that did not) for one stage."""
+    profile = profile_stage(st.kind, st.model, st.params)
+    options: list[Option] = []
+    misfits: list[tuple[DeviceType, StageCost]] = []
+    for dt in types:
+        for cfg in enumerate_configs(st.kind, profile, [dt.domain], dt.count, dt.device,
+                                     batches=_batches(st)):
+            costs = [stage_cost(st.kind, profile, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
+            cost = mixed_cost(costs, mix)
+            if fits(cost, dt.device) and cost.mem_per_device <= dt.usable_bytes:
+                options.append(Option(cost, dt.type))
+                continue
+            misfits.append((dt, cost))
+            offloaded = with_offload(cost, profile, works, dt.usable_bytes)
+            if offloaded is not None:
+                options.append(Option(offloaded, dt.type))
+    return options, misfits
+
+
+def _batches(st: StageInfo) -> tuple[int, ...]:
+    """1, 2, 4, ... up to the stage's max_batch (its kind's default when unset)."""
+    field = KINDS[st.kind].params.model_fields.get("max_batch") if st.kind in KINDS else None
+    cap = int(st.params.get("max_batch") or (field.default if field is not None else DEFAULT_MAX_BATCH))
+    out, b = [], 1
+    while b < cap:
+        out.append(b)
+        b *= 2
+    return tuple(out + [cap])
+
+
+def profile_of(st: StageInfo) -> ArchProfile:
+    return profile_stage(st.kind, st.model, st.params)
+
+
+def latency_at(st: StageInfo, works: list[StageWork], mix: list[RequestShape], dt: DeviceType,
+               cfg: ParallelConfig) -> float:
+    """Seconds one batch of `cfg.batch` requests of the mix spends in the stage."""
+    profile = profile_stage(st.kind, st.model, st.params)
+    costs = [stage_cost(st.kind, profile, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
+    return mixed_cost(costs, mix).latency_s
+
+
+def little_batch(rate: float, latency: Callable[[int], float], cap: int) -> int:
+    """The batch a stage settles at when `rate` requests/s reach one copy: by Little's law
+    the requests inside it are rate x time inside, and that time grows with the batch."""
+    n = 1
+    for _ in range(32):
+        m = max(1, min(cap, math.ceil(rate * latency(n))))
+        if m == n:
+            break
+        n = m
+    return n
