@@ -295,15 +295,11 @@ def _weights_fit(profile: ArchProfile, cfg: ParallelConfig, device: Device) -> b
     return weights <= usable_bytes(device)
 
 
-def infeasibility_hint(kind: str, profile: ArchProfile, work: StageWork, device: Device,
-                       device_counts: Sequence[int], max_devices: int) -> str:
-    """For a stage no config fits: how much it needs and the smallest change that would fit
-    it (a config on more devices, fp8, a bigger device). "" when batch 1 fits on one device."""
-    one = memory_per_device(kind, profile, work, ParallelConfig())
-    need = sum(one)
-    if need <= usable_bytes(device):
-        return ""
-    gib = lambda n: f"{n / GIB:.0f} GiB"  # noqa: E731
+def infeasibility_fixes(kind: str, profile: ArchProfile, work: StageWork, device: Device,
+                        device_counts: Sequence[int], max_devices: int) -> list[str]:
+    """The smallest changes that would fit a stage that fits no config of the target, best
+    first: a config on more devices, fp8 weights, a bigger device."""
+    need = sum(memory_per_device(kind, profile, work, ParallelConfig()))
     fixes: list[str] = []
     domain = max(1, max(device_counts, default=1))
     smallest = _smallest_fit(kind, profile, work, device, domain, max(max_devices, 64))
@@ -315,7 +311,20 @@ def infeasibility_hint(kind: str, profile: ArchProfile, work: StageWork, device:
         fp8 = replace(profile, dtype_bytes=1)
         if _smallest_fit(kind, fp8, work, device, domain, max_devices) is not None:
             fixes.append("dtype: fp8")
-    fixes.append(f"a device with at least {gib(need / MEMORY_UTILIZATION)}")
+    fixes.append(f"a device with at least {need / MEMORY_UTILIZATION / GIB:.0f} GiB")
+    return fixes
+
+
+def infeasibility_hint(kind: str, profile: ArchProfile, work: StageWork, device: Device,
+                       device_counts: Sequence[int], max_devices: int) -> str:
+    """For a stage no config fits: how much it needs and the smallest change that would fit
+    it. "" when batch 1 fits on one device."""
+    one = memory_per_device(kind, profile, work, ParallelConfig())
+    need = sum(one)
+    if need <= usable_bytes(device):
+        return ""
+    gib = lambda n: f"{n / GIB:.0f} GiB"  # noqa: E731
+    fixes = infeasibility_fixes(kind, profile, work, device, device_counts, max_devices)
     return (f"needs {gib(need)} on one device (weights {gib(one[0])}, KV {gib(one[1])}, "
             f"activations {gib(one[2])}); the {device.type} holds {gib(usable_bytes(device))}: use "
             + ", or ".join(fixes))

@@ -7,8 +7,11 @@ and the fix: a larger TP degree, another device, fp8 weights, or a looser latenc
 from __future__ import annotations
 
 from omnigraph.errors import IRError
-from omnigraph.passes.cost_types import StageCost
+from omnigraph.passes.arch_profile import profile_stage
+from omnigraph.passes.cost_rules import infeasibility_fixes
+from omnigraph.passes.cost_types import StageCost, StageWork
 from omnigraph.passes.plan_problem import Option, PlanProblem, path_latency
+from omnigraph.passes.stage_graph import StageInfo
 from omnigraph.passes.stage_options import DeviceType
 
 GIB = 1 << 30
@@ -22,28 +25,20 @@ def _where(target: str, dt: DeviceType) -> str:
     return f"on {target} ({dt.count} x {dt.type}, {dt.device.memory_gib:g} GiB each)"
 
 
-def no_fit(stage: str, target: str, misfits: list[tuple[DeviceType, StageCost]]) -> IRError:
+def no_fit(st: StageInfo, works: list[StageWork], target: str, types: list[DeviceType],
+           misfits: list[tuple[DeviceType, StageCost]]) -> IRError:
     """A stage that fits on no device of the target in any config."""
-    dt, smallest = min(misfits, key=lambda m: m[1].mem_per_device)
+    dt = max(types, key=lambda t: t.usable_bytes)  # the roomiest device type it could have had
     tp1 = min((c for d, c in misfits if d is dt and c.devices == 1), key=lambda c: c.mem_per_device,
-              default=smallest)
-    need = tp1.mem_per_device
-    fixes = []
-    degree = 2
-    while degree <= 64 and need / degree > dt.usable_bytes:
-        degree *= 2
-    if degree <= 64:
-        more = "" if degree <= dt.count else f" (the target has {dt.count} {dt.type}; needs {degree})"
-        fixes.append(f"tp={degree}{more}")
-    if tp1.weight_bytes_per_device > 0 and need - tp1.weight_bytes_per_device / 2 <= dt.usable_bytes:
-        fixes.append("fp8 weights (dtype: fp8)")
-    if not fixes:
-        fixes.append("a device with more memory")
+              default=min((c for _, c in misfits), key=lambda c: c.mem_per_device))
+    profile = profile_stage(st.kind, st.model, st.params)
+    work = max(works, key=lambda w: (w.tokens + w.decode_steps, w.repeats))
+    fixes = infeasibility_fixes(st.kind, profile, work, dt.device, [dt.domain], dt.count)
     return IRError(
-        f"stage '{stage}' needs {gib(need)} per device at tp=1 {_where(target, dt)}: "
-        f"{gib(tp1.weight_bytes_per_device)} weights + {gib(tp1.kv_bytes_per_device)} KV + "
-        f"{gib(tp1.activation_bytes)} activations, {gib(dt.usable_bytes)} usable; "
-        f"smallest config tried needs {gib(smallest.mem_per_device)} at {smallest.config.label()}",
+        f"stage '{st.name}' needs {gib(tp1.mem_per_device)} per device at {tp1.config.label()} "
+        f"{_where(target, dt)}: {gib(tp1.weight_bytes_per_device)} weights + "
+        f"{gib(tp1.kv_bytes_per_device)} KV + {gib(tp1.activation_bytes)} activations, "
+        f"{gib(dt.usable_bytes)} usable",
         hint="smallest fix: " + " or ".join(fixes),
     )
 

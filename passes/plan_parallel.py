@@ -75,7 +75,7 @@ def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float 
     for st in stages:
         options, misfits = stage_options(st, works[st.name], shapes, types)
         if not options:
-            raise no_fit(st.name, target.target, misfits)
+            raise no_fit(st, works[st.name], target.target, types, misfits)
         choices.append(StageChoices(st.name, st.visits, tuple(options), tuple(st.preds)))
     return Problem(PlanProblem(tuple(choices), tuple(t.pool() for t in types), slo, headroom),
                    stages, works, types, target, mix)
@@ -85,23 +85,25 @@ def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
          headroom: float) -> tuple[PlanSolution, list[StageInfo], dict[str, list[StageWork]]]:
     """The solved plan for a module (raises IRError, explained, when none exists)."""
     built = build_problem(module, target, mix, slo, headroom)
-    solution = refine(built)
+    solution, _ = refine(built)
     if solution is None:
         raise no_plan(built.problem, target.target, built.types)
     return solution, built.stages, built.works
 
 
-def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> PlanSolution | None:
+def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | None, PlanProblem]:
     """Solve, then re-rate the shared pools at the batches their traffic really fills, and
     solve again until the plan stops changing; the best plan under its own rates wins.
 
     A config's rate assumes a full batch. A stage that shares a pool sees only its share of
     the traffic per device copy, so its batch fills as far as Little's law allows (rate x
     time inside), and a half-empty batch costs the pool more device time per request. A
-    dedicated replica does not care: the time it idles is its own.
+    dedicated replica does not care: the time it idles is its own. Returns the best plan and
+    the problem whose rates its throughput is counted at.
     """
     problem = built.problem
     best: PlanSolution | None = None
+    best_problem = problem
     for _ in range(rounds):
         solution = solve(problem)
         if solution is None:
@@ -109,11 +111,11 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> PlanSolution | None:
         rerated = _rerate(built, problem, solution)
         solution.throughput = throughput_of(rerated, _same_options(rerated, solution), solution.shared_devices)
         if best is None or solution.throughput > best.throughput * (1 + 1e-6):
-            best = solution
+            best, best_problem = solution, rerated
         if rerated == problem:
             break
         problem = rerated
-    return best
+    return best, best_problem
 
 
 def _rerate(built: Problem, problem: PlanProblem, solution: PlanSolution) -> PlanProblem:

@@ -7,9 +7,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from omnigraph.passes.cost_rules import enumerate_configs, fits, stage_cost, stage_work
+from omnigraph.passes.cost_rules import enumerate_configs, fits, stage_cost, stage_work, usable_bytes
 from omnigraph.passes.arch_profile import profile_stage
-from omnigraph.passes.cost_types import ArchProfile, ParallelConfig, RequestShape, StageCost, StageWork
+from omnigraph.passes.cost_types import ParallelConfig, RequestShape, StageCost, StageWork
 from omnigraph.passes.offload import with_offload
 from omnigraph.passes.work_rules import chunked, stream_chunks
 from omnigraph.passes.plan_problem import DevicePool, Option
@@ -18,9 +18,6 @@ from omnigraph.kinds import KINDS
 from omnigraph.target import Device, Target
 
 GIB = 1 << 30
-# Memory a device keeps for the framework (CUDA context, allocator slack), as vLLM's
-# gpu_memory_utilization=0.9 does: the planner never plans the last 8%.
-USABLE_FRACTION = 0.92
 DEFAULT_MAX_BATCH = 8
 AR_KINDS = frozenset({"ar_llm"})  # the runtime's default batch for kinds without a max_batch param
 
@@ -37,7 +34,7 @@ class DeviceType:
 
     @property
     def usable_bytes(self) -> int:
-        return int(self.device.memory_gib * GIB * USABLE_FRACTION)
+        return usable_bytes(self.device)
 
     def pool(self) -> DevicePool:
         return DevicePool(self.type, self.count, self.usable_bytes)
@@ -104,7 +101,7 @@ def stage_options(st: StageInfo, works: list[StageWork], mix: list[RequestShape]
                                      batches=_batches(st)):
             costs = [stage_cost(st.kind, profile, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
             cost = mixed_cost(costs, mix)
-            if fits(cost, dt.device) and cost.mem_per_device <= dt.usable_bytes:
+            if fits(cost, dt.device):
                 options.append(Option(cost, dt.type))
                 continue
             misfits.append((dt, cost))
@@ -123,10 +120,6 @@ def _batches(st: StageInfo) -> tuple[int, ...]:
         out.append(b)
         b *= 2
     return tuple(out + [cap])
-
-
-def profile_of(st: StageInfo) -> ArchProfile:
-    return profile_stage(st.kind, st.model, st.params)
 
 
 def latency_at(st: StageInfo, works: list[StageWork], mix: list[RequestShape], dt: DeviceType,
