@@ -119,20 +119,24 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
 
 
 def _rerate(built: Problem, problem: PlanProblem, solution: PlanSolution) -> PlanProblem:
-    """Every single-device option's pool rate at the traffic `solution` sends each pool copy."""
+    """The pool rates of the stages `solution` shares, at the traffic it sends each pool copy
+    (the other stages' rates stay: their traffic per copy is not known until they share)."""
     types = {t.type: t for t in built.types}
     by_name = {st.name: st for st in built.stages}
     shapes = parse_mix(built.mix or None)
     stages = []
     for choice in problem.stages:
         st, works = by_name[choice.name], built.works[choice.name]
+        if not solution.stages[choice.name].shared:  # its pool rates stay as they were
+            stages.append(choice)
+            continue
         options = []
         for o in choice.options:
             if o.devices != 1:
                 options.append(o)
                 continue
             dt = types[o.device_type]
-            copies = solution.shared_devices.get(o.device_type) or dt.count
+            copies = solution.shared_devices.get(o.device_type) or dt.count  # a type it does not use
             rate = solution.throughput * choice.visits / copies
             cfg = o.cost.config
 
