@@ -1,0 +1,178 @@
+"""`fuse-ops`: group each captured graph's ops into kernels, greedily, to a fixed point.
+
+Per stage entry (from capture-stages): lower to the ATen ops fusion knows (fx_lower),
+start with one group per compute op, then repeatedly merge the legal pair of groups
+(fusion_legality) that saves the most bytes (fusion_score) until no legal merge saves
+any. Candidate pairs share a buffer: producer and consumer, or two readers of one
+input. Each final group becomes one Triton kernel (codegen/kernel_emitter); a group
+the emitter cannot express stays as its eager ops, and a matmul with nothing fused
+into it stays with the vendor library. The stage's `fusion` attribute counts kernels
+and fused ops per entry; the kernels themselves go in a side table for codegen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import DictionaryAttr, ModuleOp
+from xdsl.passes import ModulePass
+
+from omnigraph.dialect.ops import StageOp
+from omnigraph.dialect.values import to_attr
+from omnigraph.passes.capture_stages import CAPTURES, key_of
+
+if TYPE_CHECKING:  # torch is imported only when the pass runs: compiling without it stays fast
+    import torch
+    from torch import fx
+
+    from omnigraph.passes.fusion_state import FusionState
+
+
+@dataclass
+class FusedGraph:
+    """One entry's graph after fusion: the lowered program, its groups and their kernels."""
+
+    program: torch.export.ExportedProgram
+    kernels: list[Any]  # codegen.kernel_emitter.Kernel, in schedule order
+    eager_groups: list[list[fx.Node]]  # groups left as eager ops
+    compute_ops: int  # compute ops in the graph
+    merges: int
+
+
+@dataclass
+class StageFusion:
+    stage: str
+    kind: str
+    entries: dict[str, FusedGraph] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+FUSED: dict[str, StageFusion] = {}  # side table: stage_key -> fusion
+
+
+def _emittable(state: FusionState, gid: int) -> str | None:
+    from omnigraph.codegen.kernel_emitter import CannotEmit, emit
+
+    group = state.groups[gid]
+    try:
+        emit("probe", group.kind, group.nodes, render=False)
+    except CannotEmit as exc:
+        return str(exc)
+    return None
+
+
+def _candidates(state: FusionState) -> list[tuple[int, int]]:
+    """Pairs of groups that share a buffer: (producer, consumer) or two readers of one input."""
+    pairs: set[tuple[int, int]] = set()
+    readers: dict[fx.Node, set[int]] = {}
+    for gid, group in state.groups.items():
+        for node in group.nodes:
+            for src in state.sources(node):
+                other = state.group_of.get(src)
+                if other is not None and other != gid:
+                    pairs.add((other, gid))
+                elif other is None:
+                    readers.setdefault(src, set()).add(gid)
+    for gids in readers.values():
+        ordered = sorted(gids, key=lambda g: state.order[state.groups[g].nodes[0]])
+        for i, a in enumerate(ordered):
+            for b in ordered[i + 1:]:
+                pairs.add((a, b))
+    return sorted(pairs)
+
+
+def fuse_graph(graph: fx.Graph) -> tuple[FusionState, int]:
+    """Greedy merging to a fixed point; returns the final state and how many merges it made."""
+    from omnigraph.passes import fusion_legality, fusion_score
+    from omnigraph.passes.fusion_state import FusionState
+
+    state = FusionState.of(graph)
+    # A refusal stands while neither group changes: a cycle through third groups stays one
+    # whatever they merge with, and a merge elsewhere rarely lowers the peak it would raise
+    # (missing such a merge is safe; making an illegal one is not possible).
+    rejected: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+    gains: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # a score depends only on the two groups
+    merges = 0
+    while True:
+        scored = []
+        for a, b in _candidates(state):
+            key = (tuple(n.name for n in state.groups[a].nodes), tuple(n.name for n in state.groups[b].nodes))
+            if key not in gains:
+                gains[key] = fusion_score.bytes_saved(state, a, b)
+            if gains[key] > 0 and key not in rejected:
+                scored.append((-gains[key], state.order[state.groups[b].nodes[0]], a, b, key))
+        scored.sort()
+        for _, _, a, b, key in scored:
+            if key in rejected:
+                continue
+            verdict = fusion_legality.check(state, a, b, _emittable)
+            if verdict.ok:
+                state = state.merged(a, b)
+                state.groups[a].kind = verdict.kind
+                merges += 1
+                break
+            rejected.add(key)
+        else:
+            return state, merges
+
+
+def fuse_program(program: torch.export.ExportedProgram) -> FusedGraph:
+    """Lower, fuse and emit one captured entry."""
+    from omnigraph.codegen.kernel_emitter import CannotEmit, emit
+    from omnigraph.passes.fx_classify import is_compute
+    from omnigraph.passes.fx_lower import lower
+
+    lowered = lower(program)
+    state, merges = fuse_graph(lowered.graph)
+    kernels, eager = [], []
+    for unit in state.schedule():
+        if not isinstance(unit, int):
+            continue
+        group = state.groups[unit]
+        try:
+            kernels.append(emit(f"k{len(kernels)}", group.kind, group.nodes))
+        except CannotEmit:
+            eager.append(group.nodes)
+    compute = sum(1 for n in lowered.graph.nodes if is_compute(state.classes[n]))
+    return FusedGraph(lowered, kernels, eager, compute, merges)
+
+
+def fuse_stage(key: str) -> StageFusion | None:
+    capture = CAPTURES.get(key)
+    if capture is None:
+        return None
+    if key in FUSED:
+        return FUSED[key]
+    fusion = StageFusion(capture.stage, capture.kind, notes=dict(capture.notes))
+    for name, program in capture.programs.items():
+        try:
+            fusion.entries[name] = fuse_program(program)
+        except Exception as exc:  # lowering a graph fusion cannot handle: the entry runs unfused
+            fusion.notes[name] = f"not fused: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    FUSED[key] = fusion
+    return fusion
+
+
+def fusion_summary(fusion: StageFusion) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, fused in fusion.entries.items():
+        in_kernels = sum(len(k.nodes) for k in fused.kernels)
+        out[name] = {"kernels": len(fused.kernels), "fused_ops": in_kernels, "compute_ops": fused.compute_ops}
+    for name, why in fusion.notes.items():
+        out.setdefault(name, {"note": why})
+    return out
+
+
+@dataclass(frozen=True)
+class FuseOpsPass(ModulePass):
+    name = "fuse-ops"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        for stage in op.walk():
+            if isinstance(stage, StageOp):
+                fusion = fuse_stage(key_of(stage))
+                if fusion is not None:
+                    summary = fusion_summary(fusion)
+                    if summary:
+                        stage.properties["fusion"] = DictionaryAttr({k: to_attr(v) for k, v in summary.items()})
