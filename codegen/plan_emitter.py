@@ -60,17 +60,20 @@ class _Emitter:
                          instances=self.instances(op), batching=batching)
 
     def instances(self, op: StageOp) -> list[Instance]:
-        """One per replica; `#omni.place` lists the replicas' devices back to back."""
-        if op.place is None:
-            return [Instance(devices=self.devices[:1], tp=1)]
-        devices = [d.data for d in op.place.devices.data]
+        """One per replica; `#omni.place` lists the replicas' devices back to back. Without
+        a placement, a stage that asks for `parallel: {tp, ep}` gets one instance with a
+        rank slot per rank on the first device's node (on a CPU a device is just a slot)."""
         par = op.parallel
         tp = par.get("tp") if par is not None else 1
+        ep = par.get("ep") if par is not None else 1
+        if op.place is None:
+            return [Instance(devices=_rank_slots(self.devices[0], max(tp, ep)), tp=tp, ep=ep)]
+        devices = [d.data for d in op.place.devices.data]
         replicas = par.get("replicas") if par is not None else 1
         if replicas <= 0 or len(devices) % replicas:
-            return [Instance(devices=devices, tp=tp)]  # hand-written IR: one instance on them all
+            return [Instance(devices=devices, tp=tp, ep=ep)]  # hand-written IR: one instance on them all
         g = len(devices) // replicas
-        return [Instance(devices=devices[i * g:(i + 1) * g], tp=tp) for i in range(replicas)]
+        return [Instance(devices=devices[i * g:(i + 1) * g], tp=tp, ep=ep) for i in range(replicas)]
 
     def route(self, op: RouteOp) -> RouteNode:
         params = params_of(op)
@@ -97,6 +100,15 @@ class _Emitter:
             elif isinstance(op, LoopOp):
                 nodes.append(self.loop(op))
         return nodes
+
+
+def _rank_slots(first: str, ranks: int) -> list[str]:
+    """`ranks` device names on the node of `first`: node0:cpu0, node0:cpu1, ..."""
+    if ranks == 1:
+        return [first]
+    node, _, device = first.rpartition(":")
+    stem = device.rstrip("0123456789") or "dev"
+    return [f"{node}:{stem}{i}" if node else f"{stem}{i}" for i in range(ranks)]
 
 
 def emit_plan(module: ModuleOp, devices: list[str] | None = None) -> RuntimePlan:

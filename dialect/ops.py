@@ -146,6 +146,8 @@ class StageOp(PortedOp):
     mem = opt_prop_def(MemAttr)
     cost = opt_prop_def(DictionaryAttr)  # estimate-cost: what the cost rules know of the module
     plan = opt_prop_def(DictionaryAttr)  # plan-parallel: batch, sharing, predicted rate and time
+    graphs = opt_prop_def(DictionaryAttr)  # capture-stages: each entry point's FX graph, summarized
+    fusion = opt_prop_def(DictionaryAttr)  # fuse-ops: kernels and fused ops per entry point
     inputs = var_operand_def(_EdgeType)
     outputs = var_result_def(_EdgeType)
 

@@ -5,6 +5,9 @@
         out = pipe.run({"prompt": "The capital of France is"})
         for kind, name, value in pipe.stream({"prompt": "Hi"}):
             ...
+
+`backend="ray"` runs the same pipeline on a Ray cluster (`address`: "auto", "HOST:PORT",
+or None to start a local one); see omnigraph/runtime/ray_backend.py.
 """
 from __future__ import annotations
 
@@ -12,13 +15,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.local import LoadHook, LocalBackend, RequestHandle
 from omnigraph.runtime.plan import RuntimePlan
 
 
 def compile_plan(spec: str | Path, target: str | None = None,
-                 plan_options: dict[str, dict[str, Any]] | None = None) -> RuntimePlan:
-    """Compile a spec file (.yaml, .og, .mlir) down to its runtime plan."""
+                 plan_options: dict[str, dict[str, Any]] | None = None,
+                 kernels_dir: str | Path | None = None) -> RuntimePlan:
+    """Compile a spec file (.yaml, .og, .mlir) down to its runtime plan; with `kernels_dir`,
+    fuse its stages too, write their Triton kernels there and point the plan at them."""
     from omnigraph.codegen.plan_emitter import emit_plan
     from omnigraph.compiler import compile_path
 
@@ -27,17 +33,32 @@ def compile_plan(spec: str | Path, target: str | None = None,
         from omnigraph.target import load_target
 
         devices = load_target(target).devices
-    plan = emit_plan(compile_path(spec, target=target, plan_options=plan_options).module, devices)
+    pipeline = None
+    if kernels_dir is not None:
+        from omnigraph.passes.registry import default_pipeline
+
+        pipeline = ",".join(default_pipeline(planned=target is not None, fused=True))
+    module = compile_path(spec, target=target, plan_options=plan_options, pass_pipeline=pipeline).module
+    plan = emit_plan(module, devices)
+    if kernels_dir is not None:
+        from omnigraph.codegen.kernel_module import attach_kernels
+
+        attach_kernels(plan, module, Path(kernels_dir))
     plan.module_paths = [str(Path(spec).resolve().parent)]  # `py:` modules beside the spec
     return plan
 
 
-class Pipeline:
-    """A loaded pipeline, ready to serve requests on this machine."""
+BACKENDS = ("local", "ray")
 
-    def __init__(self, plan: RuntimePlan, *, on_load: LoadHook | None = None, max_inflight: int = 256) -> None:
+
+class Pipeline:
+    """A loaded pipeline, ready to serve requests (on this machine, or on a Ray cluster)."""
+
+    def __init__(self, plan: RuntimePlan, *, on_load: LoadHook | None = None, max_inflight: int = 256,
+                 backend: str = "local", address: str | None = None, device_resource: str | None = None) -> None:
         self.plan = plan
-        self.backend = LocalBackend(plan, on_load=on_load, max_inflight=max_inflight)
+        self.backend: Any = _backend(plan, backend, address, device_resource, on_load=on_load,
+                                     max_inflight=max_inflight)
         self.on_close: list[Callable[[], None]] = []  # e.g. deleting an unpacked bundle
 
     def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
@@ -62,19 +83,37 @@ class Pipeline:
         self.close()
 
 
+def _backend(plan: RuntimePlan, backend: str, address: str | None, device_resource: str | None,
+             **options: Any) -> Any:
+    if backend == "local":
+        if address is not None or device_resource is not None:
+            raise OmnigraphError("--address and --device-resource are options of the Ray backend",
+                                 hint="add --backend ray")
+        return LocalBackend(plan, **options)
+    if backend == "ray":
+        from omnigraph.runtime.ray_backend import RayBackend
+
+        return RayBackend(plan, address=address, device_resource_name=device_resource, **options)
+    raise OmnigraphError(f"unknown backend '{backend}'", hint="backends: " + ", ".join(BACKENDS))
+
+
 def load(spec: str | Path | RuntimePlan, *, target: str | None = None, on_load: LoadHook | None = None,
-         trust_code: bool = False) -> Pipeline:
+         trust_code: bool = False, backend: str = "local", address: str | None = None,
+         device_resource: str | None = None) -> Pipeline:
     """Compile (if needed) and load a pipeline: a spec file, a bundle (a directory or a .ogb
-    file, run without the compiler; `trust_code` lets it run the Python it carries) or a plan."""
+    file, run without the compiler; `trust_code` lets it run the Python it carries) or a plan.
+    `backend="ray"` runs it on a Ray cluster at `address` (see Pipeline)."""
+    options: dict[str, Any] = {"on_load": on_load, "backend": backend, "address": address,
+                               "device_resource": device_resource}
     if isinstance(spec, RuntimePlan):
-        return Pipeline(spec, on_load=on_load)
+        return Pipeline(spec, **options)
     from omnigraph.runtime.bundle import is_bundle, open_bundle
 
     if not is_bundle(spec):
-        return Pipeline(compile_plan(spec, target), on_load=on_load)
+        return Pipeline(compile_plan(spec, target), **options)
     bundle = open_bundle(spec)
     try:
-        pipe = Pipeline(bundle.runnable_plan(trust_code), on_load=on_load)
+        pipe = Pipeline(bundle.runnable_plan(trust_code), **options)
     except BaseException:
         bundle.close()
         raise

@@ -66,6 +66,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from omnigraph.target import load_target
 
         load_target(args.target)  # fails early, listing the known targets
+    if args.emit == "kernels" or args.dump_kernels:
+        from omnigraph.kernels_command import kernels_command
+
+        return kernels_command(args.spec, args.target, options, args.emit == "kernels", args.dump_kernels,
+                               args.output)
     if args.emit == "plan":
         from omnigraph.api import compile_plan
 
@@ -120,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from omnigraph.run_command import run_command
 
     return run_command(args.spec, args.input or [], target=args.target, output_dir=args.output_dir,
-                       as_json=args.json, stats=args.stats, timeout=args.timeout, trust_code=args.trust_code)
+                       as_json=args.json, stats=args.stats, timeout=args.timeout, trust_code=args.trust_code,
+                       backend=args.backend, address=args.address, device_resource=args.device_resource)
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
@@ -170,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a spec and emit a stage of the flow")
     p.add_argument("spec")
     p.add_argument("--target", help="target name (see targets/) or YAML file")
-    p.add_argument("--emit", choices=["spec", "ir", "plan", "bundle"], default="ir",
-                   help="bundle: a standalone directory (or -o FILE.ogb, one zip file) the runtime runs alone")
+    p.add_argument("--emit", choices=["spec", "ir", "plan", "bundle", "kernels"], default="ir",
+                   help="bundle: a standalone directory (or -o FILE.ogb, one zip file) the runtime runs alone; "
+                   "kernels: the generated Triton kernels of every fused stage")
+    p.add_argument("--dump-kernels", metavar="DIR", help="write the generated kernels to DIR (one file per "
+                   "stage entry, plus index.json)")
     p.add_argument("--mix", help="request mix the planner optimises for (with --target)")
     p.add_argument("--slo", type=float, help="end-to-end latency target in seconds (with --target)")
     p.add_argument("-o", "--output", help="write here instead of stdout")
@@ -189,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("run", help="run a pipeline (a spec, or a compiled bundle) on this machine")
+    p = sub.add_parser("run", help="run a pipeline (a spec, or a compiled bundle) here or on a Ray cluster")
     p.add_argument("spec", help="a spec (.yaml, .og, .mlir), or a bundle directory or .ogb file")
     p.add_argument("--input", "-i", action="append", metavar="NAME=VALUE",
                    help="an input; NAME=@FILE reads a file (repeat for each input)")
@@ -199,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true", help="print a per-stage timing table")
     p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
     p.add_argument("--trust-code", action="store_true", help="let a bundle run the Python code it carries")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: one Ray actor per stage instance")
+    p.add_argument("--address", help="with --backend ray: the cluster (auto, or HOST:PORT of `ray start --head`); "
+                   "default: start a local one")
+    p.add_argument("--device-resource", metavar="NAME",
+                   help="with --backend ray: the Ray resource one plan device takes (default GPU or CPU)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="show a bundle: manifest, stages, plan, sizes (and check its files)")

@@ -92,3 +92,8 @@ class BundleError(OmnigraphError):
     Raised by the runtime (``omnigraph.runtime.bundle``); this module imports nothing, so the
     runtime may use it without depending on the compiler.
     """
+
+
+class BackendError(OmnigraphError):
+    """A backend that cannot start as asked: Ray missing, a cluster that cannot be reached or
+    cannot place the plan's devices. Raised by the runtime (this module imports nothing)."""

@@ -42,6 +42,9 @@ class Params(BaseModel):
     # Architecture config passed to the model class (hidden_size, num_attention_heads,
     # num_experts, ...); read by type inference, cost rules and parallelism checks.
     config: dict[str, Any] = Field(default_factory=dict)
+    # Run the stage through its fused Triton kernels where it has them (a debugging switch:
+    # false runs the module's own ops, and fuse-ops leaves the stage alone).
+    fusion: bool = True
 
 
 class EncoderParams(Params):

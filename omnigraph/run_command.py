@@ -53,8 +53,11 @@ def _read_value(value: str, ptype: PortType, name: str) -> Any:
 
 
 def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
-                as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False) -> int:
-    """Run one request through a spec (compiled here) or a bundle (checked, then run as it is)."""
+                as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False,
+                backend: str = "local", address: str | None = None, device_resource: str | None = None) -> int:
+    """Run one request through a spec (compiled here) or a bundle (checked, then run as it is),
+    on this machine or (backend "ray") on a Ray cluster."""
+    where = {"backend": backend, "address": address, "device_resource": device_resource}
     from omnigraph.runtime.bundle import is_bundle, open_bundle
 
     if is_bundle(spec):  # no compiler from here on: a bundle runs with the runtime alone
@@ -63,15 +66,16 @@ def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: 
                                  hint="recompile the spec: omnigraph compile SPEC --target T --emit bundle")
         with open_bundle(spec) as bundle:
             return run_plan(bundle.runnable_plan(trust_code), pairs, output_dir=output_dir, as_json=as_json,
-                            stats=stats, timeout=timeout)
+                            stats=stats, timeout=timeout, **where)
     from omnigraph.api import compile_plan
 
     return run_plan(compile_plan(spec, target), pairs, output_dir=output_dir, as_json=as_json, stats=stats,
-                    timeout=timeout)
+                    timeout=timeout, **where)
 
 
 def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
-             timeout: float | None) -> int:
+             timeout: float | None, backend: str = "local", address: str | None = None,
+             device_resource: str | None = None) -> int:
     """Load `plan`'s stages (with progress), run one request, show and save its outputs."""
     from omnigraph.api import Pipeline
     from omnigraph.runtime.local import StageLoadError
@@ -92,7 +96,8 @@ def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_
 
         t0 = time.monotonic()
         try:
-            pipe = Pipeline(plan, on_load=on_load)
+            pipe = Pipeline(plan, on_load=on_load, backend=backend, address=address,
+                            device_resource=device_resource)
         except StageLoadError as exc:
             raise OmnigraphError(str(exc)) from None
     load_s = time.monotonic() - t0

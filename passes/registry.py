@@ -11,7 +11,9 @@ from typing import Any
 
 from xdsl.passes import ModulePass, PassPipeline
 
+from omnigraph.passes.capture_stages import CaptureStagesPass
 from omnigraph.passes.estimate_cost import EstimateCostPass
+from omnigraph.passes.fuse_ops import FuseOpsPass
 from omnigraph.passes.infer_types import InferTypesPass
 from omnigraph.passes.place_devices import PlaceDevicesPass
 from omnigraph.passes.plan_memory import PlanMemoryPass
@@ -19,15 +21,21 @@ from omnigraph.passes.plan_parallel import PlanParallelPass
 from omnigraph.passes.verify import VerifyPass
 
 PASSES: dict[str, type[ModulePass]] = {
-    p.name: p for p in (VerifyPass, InferTypesPass, EstimateCostPass, PlanParallelPass, PlaceDevicesPass,
-                        PlanMemoryPass)
+    p.name: p for p in (VerifyPass, InferTypesPass, CaptureStagesPass, EstimateCostPass, PlanParallelPass,
+                        PlaceDevicesPass, PlanMemoryPass, FuseOpsPass)
 }
 DEFAULT_PIPELINE: tuple[str, ...] = ("verify", "infer-types")
 PLANNING_PIPELINE: tuple[str, ...] = ("estimate-cost", "plan-parallel", "place-devices", "plan-memory")
+# Exporting every stage takes seconds, so only when kernels are asked for (--emit kernels).
+FUSION_PIPELINE: tuple[str, ...] = ("capture-stages", "fuse-ops")
 
 
-def default_pipeline(planned: bool) -> tuple[str, ...]:
-    return DEFAULT_PIPELINE + (PLANNING_PIPELINE if planned else ())
+def default_pipeline(planned: bool, fused: bool = False) -> tuple[str, ...]:
+    """DESIGN.md's order: capture-stages right after infer-types, fuse-ops last."""
+    planning = PLANNING_PIPELINE if planned else ()
+    if not fused:
+        return DEFAULT_PIPELINE + planning
+    return DEFAULT_PIPELINE + FUSION_PIPELINE[:1] + planning + FUSION_PIPELINE[1:]
 
 
 def build_pipeline(spec: str | None = None, callback=None, options: dict[str, dict[str, Any]] | None = None,

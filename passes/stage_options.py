@@ -96,9 +96,12 @@ def stage_options(st: StageInfo, works: list[StageWork], mix: list[RequestShape]
     profile = profile_stage(st.kind, st.model, st.params)
     options: list[Option] = []
     misfits: list[tuple[DeviceType, StageCost]] = []
+    pinned = pinned_degrees(st)
     for dt in types:
         for cfg in enumerate_configs(st.kind, profile, [dt.domain], dt.count, dt.device,
                                      batches=_batches(st)):
+            if any(getattr(cfg, k) != v for k, v in pinned.items()):
+                continue
             costs = [stage_cost(st.kind, profile, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
             cost = mixed_cost(costs, mix)
             if fits(cost, dt.device):
@@ -109,6 +112,15 @@ def stage_options(st: StageInfo, works: list[StageWork], mix: list[RequestShape]
             if offloaded is not None:
                 options.append(Option(offloaded, dt.type))
     return options, misfits
+
+
+def pinned_degrees(st: StageInfo) -> dict[str, int]:
+    """The degrees a spec asked for (`parallel: {tp: 2}`), which the planner keeps; 1 is
+    the default, so only a degree above it pins anything."""
+    par = st.op.parallel
+    if par is None or st.op.plan is not None:  # planned already: these are the planner's own
+        return {}
+    return {k: par.get(k) for k in ("tp", "ep") if par.get(k) > 1}
 
 
 def _batches(st: StageInfo) -> tuple[int, ...]:

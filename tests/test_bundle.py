@@ -144,10 +144,12 @@ def test_bundle_holds_programs_weights_code_and_hashes(work: Path) -> None:
 def test_inspect_prints_manifest_stages_plan_and_sizes(work: Path, capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps table cells to the terminal's width
+    from omnigraph.runtime.plan import PLAN_VERSION
+
     assert main(["inspect", str(work / "vision_chat.ogb")]) == 0
     out = capsys.readouterr().out
     for text in ("vision_chat_tiny", "bundle format 1", "verified: 5 files", "vision", "pt2", "projector",
-                 "weights", "x: float32[?, 3, 32, 32]", "KV cache", "plan v2", "inputs prompt: text, image: image",
+                 "weights", "x: float32[?, 3, 32, 32]", "KV cache", f"plan v{PLAN_VERSION}", "inputs prompt: text, image: image",
                  "weights/llm.safetensors", "kB", "requires:"):
         assert text in out, text
     assert main(["inspect", str(work / "refine_loop_tiny")]) == 0

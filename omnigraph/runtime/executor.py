@@ -104,6 +104,9 @@ class Executor(ABC):
     def load(self) -> None:
         """Load weights; called once, before the first step (with progress shown)."""
 
+    def close(self) -> None:
+        """Release what `load` started (a tensor-parallel instance's rank processes)."""
+
     def bundle_facts(self) -> dict[str, Any]:
         """What `load` read off the module that an exported program cannot tell it (sizes,
         scales); a bundle records these, and `load` takes them back from an ExportedStage."""

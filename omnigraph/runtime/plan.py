@@ -4,7 +4,8 @@ A plan is self-contained: stage instances with their devices, the values each
 stage reads (so the channels between instances), batching per stage, routes and
 bounded loops, and the pipeline's inputs and outputs. Nodes are listed in
 dependency order. It is plain JSON, versioned; a newer version is refused.
-Version 2 added `StageNode.program`, set only in a bundle's plan.
+Version 2 added `StageNode.program`, set only in a bundle's plan; version 3 added
+`Instance.ep`; version 4 added `StageNode.kernels`.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PLAN_VERSION = 2
+PLAN_VERSION = 4
 
 
 class _Model(BaseModel):
@@ -42,8 +43,17 @@ class Batching(_Model):
 
 
 class Instance(_Model):
+    """One copy of a stage: its ranks run on `devices` (in rank order), tensor-parallel over
+    `tp` of them or, for a moe stage, expert-parallel over `ep`."""
+
     devices: list[str] = Field(min_length=1)
-    tp: int = 1
+    tp: int = Field(1, ge=1)
+    ep: int = Field(1, ge=1)
+
+    @property
+    def ranks(self) -> int:
+        """Processes this instance runs as (one per rank; 1 runs in the backend's own process)."""
+        return max(self.tp, self.ep)
 
 
 class StageProgram(_Model):
@@ -64,6 +74,15 @@ class StageProgram(_Model):
     reason: str = ""  # why this form (shown by `omnigraph inspect`)
 
 
+class StageKernels(_Model):
+    """A stage's generated Triton kernels: per entry point (`forward`, `denoise_step`, …) a
+    kernel file, plain Python + triton, that runs the entry's fused graph (fused_stage.py);
+    and the safetensors of the graph's constant tensors, where it has any."""
+
+    files: dict[str, str]  # entry -> kernel file
+    constants: dict[str, str] = Field(default_factory=dict)  # entry -> safetensors
+
+
 class StageNode(_Model):
     type: Literal["stage"] = "stage"
     name: str
@@ -75,6 +94,7 @@ class StageNode(_Model):
     instances: list[Instance] = Field(min_length=1)
     batching: Batching = Field(default_factory=Batching)
     program: StageProgram | None = None  # bundles only
+    kernels: StageKernels | None = None  # when compiled with fusion (compile_plan(kernels_dir=…))
 
 
 class RouteNode(_Model):

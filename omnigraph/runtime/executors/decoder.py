@@ -21,6 +21,7 @@ from omnigraph.runtime.executors.media import to_uint8
 from omnigraph.runtime.executors.modules import config_value, load_module, main_output, stage_dtype
 from omnigraph.runtime.programs import recorded_facts
 from omnigraph.runtime.values import Audio
+from omnigraph.runtime.fused_stage import fused_entry
 
 DEFAULT_RATE = 22050  # as the audio stages default to
 
@@ -59,6 +60,9 @@ class DecoderExecutor(GroupedExecutor[torch.Tensor]):
         if self.decode and self.modality == "image" and blocks and 2 ** (len(blocks) - 1) != self.upsample:
             raise ValueError(f"upsample is {self.upsample}, but this VAE upsamples by {2 ** (len(blocks) - 1)} "
                              f"({len(blocks)} blocks)")
+        fused = fused_entry(self.node, "decode", self.model, self.ctx.device)
+        if fused is not None:  # the captured entry is the decode itself
+            self.model, self.decode = fused, None
 
     def bundle_facts(self) -> dict[str, Any]:
         return {"scale": self.scale, "shift": self.shift}

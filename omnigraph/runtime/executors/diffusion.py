@@ -31,6 +31,7 @@ from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.media import byte_ids
 from omnigraph.runtime.executors.modules import config_value, load_module, main_output, stage_dtype, stage_seed
+from omnigraph.runtime.fused_stage import fused_entry
 from omnigraph.runtime.programs import recorded_facts
 
 SCHEDULERS: dict[str, str] = {
@@ -99,6 +100,9 @@ class DiffusionExecutor(GroupedExecutor[Job]):
         if self.denoise is _sd3 and pooled != self.cond_width:
             raise ValueError(f"the mean conditioning stands in for the pooled one: set pooled_projection_dim "
                              f"to joint_attention_dim ({self.cond_width}), not {pooled}")
+        fused = fused_entry(self.node, "denoise_step", self.model, self.ctx.device)
+        if fused is not None:  # the captured step is called as (x, t, cond), like an exported one
+            self.model, self.denoise = fused, _module
         self.byte_table: torch.Tensor | None = None
         if self.cond_width is not None:  # for text conditionings
             g = torch.Generator().manual_seed(self.seed)

@@ -25,6 +25,7 @@ from omnigraph.runtime.executors.media import (
     DEFAULT_NORM, IMAGE_NORM, MeanStd, as_rgb, byte_ids, image_pixels, image_size, log_mel)
 from omnigraph.runtime.executors.modules import call, config_value, load_module, stage_dtype
 from omnigraph.runtime.programs import recorded_facts
+from omnigraph.runtime.fused_stage import fused_entry
 
 DEFAULT_MELS = 80  # Whisper's, for modules that do not say
 
@@ -93,6 +94,7 @@ class EncoderExecutor(GroupedExecutor[torch.Tensor]):
             raise ValueError(f"encoders read {', '.join(FEEDS)}, not {self.modality}")
         facts = recorded_facts(self.model)  # an exported program has no config to read
         self.frontend = Frontend.of(self.model) if facts is None else Frontend.from_facts(facts)
+        self.model = fused_entry(self.node, "forward", self.model, self.ctx.device) or self.model
 
     def bundle_facts(self) -> dict[str, Any]:
         return asdict(self.frontend)

@@ -19,6 +19,7 @@ from torch import nn
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.modules import load_module, main_output, stage_dtype
+from omnigraph.runtime.fused_stage import fused_entry
 
 _SIZES = ("hidden_size", "num_experts", "top_k", "top_p", "shared_experts", "null_experts", "routing")
 
@@ -83,6 +84,7 @@ class MoeExecutor(GroupedExecutor[torch.Tensor]):
         self.dtype = stage_dtype(self.params)
         sizes = {k: self.params.get(k) for k in _SIZES}
         self.model = load_module(self.node, self.ctx.device, sizes, self.ctx.seed)
+        self.model = fused_entry(self.node, "forward", self.model, self.ctx.device) or self.model
 
     def prepare(self, item: WorkItem) -> torch.Tensor:
         x = torch.as_tensor(item.inputs["x"])

@@ -16,6 +16,7 @@ import torch
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.modules import load_module, main_output, stage_dtype
+from omnigraph.runtime.fused_stage import fused_entry
 
 _IN_NAMES = ("in_features", "in_dim", "input_dim", "dim_in")
 _OUT_NAMES = ("out_features", "out_dim", "output_dim", "dim_out")
@@ -27,6 +28,7 @@ class ProjectorExecutor(GroupedExecutor[torch.Tensor]):
         self.out_dim = self.params.get("out_dim")
         sizes = {**dict.fromkeys(_IN_NAMES, self.in_dim), **dict.fromkeys(_OUT_NAMES, self.out_dim)}
         self.model = load_module(self.node, self.ctx.device, sizes, self.ctx.seed)
+        self.model = fused_entry(self.node, "forward", self.model, self.ctx.device) or self.model
         self.dtype = stage_dtype(self.params)
 
     def prepare(self, item: WorkItem) -> torch.Tensor:

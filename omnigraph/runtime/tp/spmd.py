@@ -1,0 +1,151 @@
+"""The leader's executor wrapper and the followers' loop: every rank steps the same executor
+on the same view (see mirror.py), so the sharded layers' collectives line up.
+
+A rank that dies makes the leader's next collective raise (or `check` notice first): the
+step's items fail, naming the stage, and so does every later step of that instance, with
+`RankFailed`. The backend's other stages are not affected.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from omnigraph.runtime.executor import Executor, WorkItem
+from omnigraph.runtime.plan import Instance, StageNode
+from omnigraph.runtime.tp.comm import RankComm, RankFailed
+from omnigraph.runtime.tp.mirror import Mirror, Snapshots, StepMessage
+
+log = logging.getLogger(__name__)
+
+TP_KINDS = frozenset({"ar_llm", "encoder"})  # Megatron-sharded attention and MLPs
+EP_KINDS = frozenset({"moe"})  # experts split across the ranks
+_DEATH_GRACE_S = 1.0  # after a failed step: time for a crashed rank's exit to show
+
+
+class Followers(Protocol):
+    """How a leader reaches the other ranks of its instance."""
+
+    def send(self, message: StepMessage) -> None: ...
+
+    def check(self) -> None:
+        """Raise RankFailed if a rank is gone."""
+
+    def settle(self) -> None:
+        """After the leader's own step: raise RankFailed if a rank died during it."""
+
+    def close(self) -> None: ...
+
+
+def check_shardable(node: StageNode, instance: Instance) -> None:
+    """Fail before any rank starts if this stage cannot run on `instance.ranks` ranks."""
+    if node.kind in TP_KINDS and instance.ep > 1:
+        raise ValueError(f"ep={instance.ep}: a {node.kind} stage has no experts to split (use tp)")
+    if node.kind not in TP_KINDS | EP_KINDS:
+        raise ValueError(f"the runtime shards ar_llm and encoder stages (tp) and moe stages (ep), "
+                         f"not a {node.kind} stage: give it tp=1, ep=1")
+
+
+def shard_executor(executor: Executor, comm: RankComm) -> None:
+    """Replace the loaded executor's model by this rank's shard of it."""
+    model = getattr(executor, "model", None)
+    if model is None:
+        raise ValueError(f"a {executor.node.kind} executor without a torch model cannot be sharded")
+    if executor.node.kind in EP_KINDS:
+        from omnigraph.runtime.tp.experts import shard_experts
+
+        executor.model = shard_experts(model, comm)  # type: ignore[attr-defined]
+        return
+    from omnigraph.runtime.tp.shard import shard_transformer
+
+    if shard_transformer(model, comm) == 0:
+        raise ValueError(f"{type(model).__name__} has no attention or MLP layers this runtime can shard")
+
+
+def rank_device(base: str, instance: Instance, rank: int) -> str:
+    """The torch device of one rank: on GPUs, the plan device's index (cuda:N); else cpu."""
+    if not base.startswith("cuda"):
+        return base
+    name = instance.devices[rank % len(instance.devices)]
+    digits = "".join(c for c in name.rpartition(":")[2] if c.isdigit())
+    return f"cuda:{int(digits)}" if digits else "cuda"
+
+
+class SpmdLeader(Executor):
+    """Rank 0: steps the real items through the mirror, the followers on the same view."""
+
+    def __init__(self, inner: Executor, comm: RankComm, followers: Followers) -> None:
+        super().__init__(inner.node, inner.ctx)
+        self.inner = inner
+        self.continuous = inner.continuous  # type: ignore[misc]  # the worker reads it per instance
+        self.comm = comm
+        self.followers = followers
+        self.mirror = Mirror()
+        self.snapshots = Snapshots()
+        self.broken: str | None = None
+
+    @property
+    def model(self):
+        return getattr(self.inner, "model", None)
+
+    def bundle_facts(self) -> dict:
+        return self.inner.bundle_facts()
+
+    def step(self, items: list[WorkItem]) -> bool:
+        if self.broken is not None:
+            raise RankFailed(self.broken)
+        try:
+            self.followers.check()
+        except RankFailed as exc:
+            self.broken = str(exc)
+            raise
+        whole = 0 if self.continuous else self.node.batching.max_batch
+        message = self.snapshots.message(items, read_whole=whole)
+        try:
+            self.followers.send(message)
+        except Exception as exc:  # a broken pipe or a dead actor: a rank is gone
+            self.broken = f"a tensor-parallel rank is unreachable: {exc}"
+            raise RankFailed(self.broken) from exc
+        views = self.mirror.apply(message, items)
+        try:
+            progressed = self.inner.step(views)
+        except Exception:
+            # A collective that failed because a rank died: name the rank, not the socket.
+            self._settle(grace=_DEATH_GRACE_S)
+            raise
+        self._settle()
+        return progressed
+
+    def _settle(self, grace: float = 0.0) -> None:
+        deadline = time.monotonic() + grace
+        while True:
+            try:
+                self.followers.settle()
+                if time.monotonic() >= deadline:
+                    return
+            except RankFailed as exc:
+                self.broken = str(exc)
+                raise
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.followers.close()
+        self.comm.close()
+
+
+def follow(executor: Executor, receive: Callable[[], StepMessage | None]) -> None:
+    """A follower's loop: step on each message until `receive` returns None (stop)."""
+    mirror = Mirror()
+    while (message := receive()) is not None:
+        step(executor, mirror, message)
+
+
+def step(executor: Executor, mirror: Mirror, message: StepMessage) -> None:
+    """One follower step. Its outputs go nowhere; an error is the leader's to report (the
+    leader raises it too, on the same view)."""
+    views = mirror.apply(message)
+    try:
+        executor.step(views)
+    except Exception as exc:
+        log.debug("follower step failed: %s", exc)
