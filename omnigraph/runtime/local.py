@@ -12,13 +12,15 @@ import sys
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from omnigraph.runtime.engine import Engine, Request, RequestFailed
-from omnigraph.runtime.executor import ExecContext, Executor, WorkItem, executor_class
+from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
 from omnigraph.runtime.plan import RuntimePlan, StageNode
+from omnigraph.runtime.stage_loader import load_executor
 
 LoadHook = Callable[[str, str], None]  # (stage, event: "start" | "done")
 
@@ -33,6 +35,21 @@ class StageLoadError(Exception):
         self.cause = cause
 
 
+@dataclass(frozen=True)
+class StepTiming:
+    """One executor step that moved work: how many items it ran, how many of those were
+    new since the previous step (an AR stage prefills these), when it started
+    (time.monotonic()) and how long it took."""
+
+    batch: int
+    new: int
+    seconds: float
+    started: float = 0.0
+
+
+_TIMING_RECORDS = 100_000  # per stage: a long-running server keeps the latest ones
+
+
 class _Worker(threading.Thread):
     def __init__(self, node: StageNode, executor: Executor) -> None:
         super().__init__(name=f"omnigraph-{node.name}", daemon=True)
@@ -43,6 +60,9 @@ class _Worker(threading.Thread):
         self.active: list[WorkItem] = []
         self.stopping = False
         self.busy_seconds = 0.0
+        self.timings: deque[StepTiming] = deque(maxlen=_TIMING_RECORDS)
+        self.timings_lock = threading.Lock()  # read and cleared from other threads
+        self._stepped: list[WorkItem] = []  # the items of the last step, held so their ids stay unique
 
     def submit(self, item: WorkItem) -> None:
         self.inbox.put(item)
@@ -73,6 +93,9 @@ class _Worker(threading.Thread):
                 self.wake.clear()
                 continue
             self.wake.clear()
+            seen = {id(i) for i in self._stepped}
+            new = sum(id(i) not in seen for i in self.active)
+            batch = len(self.active) if self.executor.continuous else min(len(self.active), batching.max_batch)
             started = time.monotonic()
             try:
                 progressed = self.executor.step(self.active)
@@ -80,7 +103,12 @@ class _Worker(threading.Thread):
                 progressed = True
                 for item in self.active:
                     item.fail(exc)
-            self.busy_seconds += time.monotonic() - started
+            elapsed = time.monotonic() - started
+            self.busy_seconds += elapsed
+            if progressed:
+                with self.timings_lock:
+                    self.timings.append(StepTiming(batch, min(new, batch), elapsed, started))
+            self._stepped = self.active
             self.active = [i for i in self.active if not i.dead]
             if not progressed:
                 self.wake.wait(0.02)  # waiting on streams; a chunk or a new item wakes us
@@ -145,9 +173,10 @@ class LocalBackend:
             if on_load:
                 on_load(node.name, "start")
             try:
-                executor = executor_class(node.kind)(node, ctx)
-                executor.load()
+                executor = load_executor(node, ctx, plan.module_paths)
             except Exception as exc:  # a missing package or file, a bad config: name the stage
+                for loaded in self.workers.values():
+                    loaded.executor.close()  # e.g. the rank processes of a TP stage loaded before
                 raise StageLoadError(node.name, node.model, exc) from exc
             if on_load:
                 on_load(node.name, "done")
@@ -208,6 +237,20 @@ class LocalBackend:
         """Seconds each stage's worker spent computing."""
         return {name: w.busy_seconds for name, w in self.workers.items()}
 
+    def stage_timings(self) -> dict[str, list[StepTiming]]:
+        """Each stage's recorded steps (the latest ones), oldest first: for calibrating a
+        simulator against this machine."""
+        out: dict[str, list[StepTiming]] = {}
+        for name, worker in self.workers.items():
+            with worker.timings_lock:
+                out[name] = list(worker.timings)
+        return out
+
+    def clear_stage_timings(self) -> None:
+        for worker in self.workers.values():
+            with worker.timings_lock:
+                worker.timings.clear()
+
     def close(self) -> None:
         self._closed = True
         with self._timer_cv:
@@ -217,6 +260,7 @@ class LocalBackend:
             worker.wake.set()
         for worker in self.workers.values():
             worker.join(timeout=5)
+            worker.executor.close()
 
     def __enter__(self) -> LocalBackend:
         return self

@@ -1,0 +1,409 @@
+"""A RuntimePlan as a SimPipeline: stages, edges, replicas, and what each step costs.
+
+Two sources of step times:
+
+- `sim_pipeline_from_plan`: the cost rules (arch_profile + cost_rules) on the
+  target's devices, for any plan the compiler or the planner writes;
+- `sim_pipeline_from_measurements`: step times measured on this machine
+  (LocalBackend.stage_timings), the calibrated `cpu-local` model.
+
+Both return the pipeline and a work function giving each request's StageWork per
+stage, and `make_requests` turns a mix and arrival times into SimRequests;
+`simulate_plan` does all of it for a plan on a target (the planner's judge).
+
+Control flow is modelled in expectation, not executed:
+- a route takes one case per request, drawn by `route_weights` (even by default);
+  the stages of the other cases are skipped for that request, as the runtime skips
+  them (also those whose only readers are skipped);
+- a loop's body runs once, with its work multiplied by the loop's expected
+  iterations (`loop_iters`; by default max_iters, the upper bound, as the planner
+  provisions for it): prompts and decode steps for AR stages, repeats for the others.
+"""
+from __future__ import annotations
+
+import bisect
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+from omnigraph.passes.cost_types import ParallelConfig, RequestShape, StageWork
+from omnigraph.passes.simulator import (
+    SimEdge, SimPipeline, SimReport, SimRequest, SimStage, SimulationError, burst_arrivals, poisson_arrivals, simulate,
+)
+from omnigraph.passes.workload import sample_shapes
+from omnigraph.runtime.plan import LoopNode, RouteNode, RuntimePlan, StageNode
+from omnigraph.target import Device, Target
+
+WorkFn = Callable[[RequestShape, random.Random], dict[str, StageWork]]
+
+# Executors that batch continuously or step per request: no max_wait to fill a batch.
+_CONTINUOUS = frozenset({"ar_llm", "tts", "vocoder"})
+# Tokens per streamed chunk for ar_llm's stream_chunk setting (a sentence: ~20 tokens).
+_CHUNK_TOKENS = {"token": 1, "word": 2, "sentence": 20}
+_DECODE_PROBE = 16  # decode steps costed to take a per-step time from the cost rules
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Measured steps of one stage: (batch, new, seconds) each, as LocalBackend records them."""
+
+    samples: tuple[tuple[int, int, float], ...]
+
+    @classmethod
+    def of(cls, records: Sequence[Any]) -> StageTimings:
+        """From LocalBackend.stage_timings() records (or (batch, new, seconds) tuples)."""
+        return cls(tuple((int(r[0]), int(r[1]), float(r[2])) if isinstance(r, tuple)
+                         else (r.batch, r.new, r.seconds) for r in records))
+
+
+@dataclass
+class Deps:
+    """What a value or a stage waits on, with routes and loops looked through."""
+
+    reads: list[tuple[str, bool]] = field(default_factory=list)  # (producer stage, stream edge)
+    inputs: list[str] = field(default_factory=list)  # pipeline inputs read
+    gates: set[str] = field(default_factory=set)  # route cases ("route.case") passed on the way
+
+
+@dataclass
+class FlatStage(Deps):
+    node: StageNode | None = None
+    iters: float = 1.0  # expected runs per request (loop bodies)
+
+
+@dataclass
+class PlanGraph:
+    """The plan's stages with routes looked through and loops unrolled once."""
+
+    stages: dict[str, FlatStage]  # in dependency order
+    outputs: list[str]
+    text_output: str | None
+    audio_output: str | None
+    routes: dict[str, list[str]]  # route -> its cases
+
+    def choose(self, rng: random.Random, weights: dict[str, dict[str, float]]) -> list[str]:
+        """The stages one request runs: draw each route's case, skip what it rules out."""
+        taken = set()
+        for route, cases in self.routes.items():
+            w = weights.get(route, {})
+            taken.add(f"{route}.{rng.choices(cases, [w.get(c, 1.0) for c in cases])[0]}")
+        doomed: set[str] = set()
+        for name, st in self.stages.items():
+            if any(g not in taken for g in st.gates) or any(p in doomed for p, _ in st.reads):
+                doomed.add(name)
+        needed: set[str] = set()
+        readers: dict[str, list[str]] = {n: [] for n in self.stages}
+        for name, st in self.stages.items():
+            for p, _ in st.reads:
+                readers[p].append(name)
+        for name in reversed(self.stages):
+            if name not in doomed and (name in self.outputs or any(r in needed for r in readers[name])):
+                needed.add(name)
+        return [n for n in self.stages if n in needed]
+
+
+def plan_graph(plan: RuntimePlan, loop_iters: dict[str, float] | None = None) -> PlanGraph:
+    """Flatten the plan: stage-to-stage edges through routes, loop bodies as stages."""
+    nodes: dict[str, Any] = {}
+    for node in plan.nodes:
+        nodes[node.name] = node
+        if isinstance(node, LoopNode):
+            nodes.update({n.name: n for n in node.body})
+    iters = loop_iters or {}
+    for name in iters:
+        if not isinstance(nodes.get(name), LoopNode):
+            raise SimulationError(f"loop_iters names '{name}', which is not a loop of '{plan.pipeline}'")
+
+    def resolve(source: str, carry: dict[str, str], stream: bool, into: Deps) -> None:
+        if source in carry:
+            resolve(carry[source], {}, stream, into)
+            return
+        name, dot, port = source.partition(".")
+        node = nodes.get(name)
+        if not dot or node is None:
+            if source not in into.inputs:
+                into.inputs.append(source)
+        elif isinstance(node, StageNode):
+            if (name, stream) not in into.reads:
+                into.reads.append((name, stream))
+        elif isinstance(node, RouteNode):
+            into.gates.add(f"{name}.{port}")
+            for b in node.inputs:  # the data, and the key that decides
+                resolve(b.source, carry, False, into)
+        else:  # a loop's result: everything in its body
+            for n in node.body:
+                if isinstance(n, StageNode) and (n.name, False) not in into.reads:
+                    into.reads.append((n.name, False))
+
+    stages: dict[str, FlatStage] = {}
+    routes: dict[str, list[str]] = {}
+    for node in plan.nodes:
+        body = node.body if isinstance(node, LoopNode) else [node]
+        carry = {b.port: b.source for b in node.carry} if isinstance(node, LoopNode) else {}
+        expected = 1.0
+        if isinstance(node, LoopNode):
+            expected = float(iters.get(node.name, node.max_iters))
+            if not 0 < expected <= node.max_iters:
+                raise SimulationError(f"loop '{node.name}': expected iterations {expected:g} must be "
+                                      f"in (0, {node.max_iters}] (its max_iters)")
+        for n in body:
+            if isinstance(n, RouteNode):
+                routes[n.name] = list(n.cases)
+                continue
+            st = FlatStage(node=n, iters=expected)
+            for b in n.inputs:
+                resolve(b.source, carry, b.stream, st)
+            for source in carry.values():  # a loop starts once all its carries are in
+                resolve(source, {}, False, st)
+            stages[n.name] = st
+
+    outputs: list[str] = []
+    text = audio = None
+    for out, source in plan.outputs.items():
+        probe = Deps()
+        resolve(source, {}, False, probe)
+        producers = [p for p, _ in probe.reads]
+        outputs += [p for p in producers if p not in outputs]
+        modality = plan.output_types[out].modality
+        if len(producers) == 1:
+            if modality == "text" and text is None:
+                text = producers[0]
+            elif modality == "audio" and audio is None:
+                audio = producers[0]
+    return PlanGraph(stages, outputs, text, audio, routes)
+
+
+def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestShape], *,
+                           route_weights: dict[str, dict[str, float]] | None = None,
+                           loop_iters: dict[str, float] | None = None,
+                           device_capacity: float = 1.0, handoff_s: float = 0.0) -> tuple[SimPipeline, WorkFn]:
+    """The plan on `target`, timed by the cost rules. Replicas are the plan's instances
+    (timed as the first one: the planner gives a stage's replicas one configuration);
+    stages on one device share it (see simulator.py)."""
+    from omnigraph.passes.arch_profile import profile_stage
+    from omnigraph.passes.cost_rules import stage_cost, stage_work
+
+    graph = plan_graph(plan, loop_iters)
+    profiles = {name: profile_stage(st.node.kind, st.node.model, st.node.params) for name, st in graph.stages.items()}
+    stages = []
+    for name, st in graph.stages.items():
+        node = st.node
+        inst = node.instances[0]
+        device, link, inter = _device(target, node.name, inst.devices)
+        cost = _Costs(stage_cost, node.kind, profiles[name], inst.tp, device, link, inter)
+        stages.append(_sim_stage(graph, st, batch_time=cost.batch, prefill_time=cost.prefill, step_time=cost.step))
+
+    def works(shape: RequestShape, rng: random.Random) -> dict[str, StageWork]:
+        out: dict[str, StageWork] = {}
+        for name in graph.choose(rng, route_weights or {}):
+            st = graph.stages[name]
+            inputs = [out[p] for p, _ in st.reads if p in out]
+            feeds = [plan.inputs[i].modality for i in st.inputs if i in plan.inputs]
+            base = stage_work(st.node.kind, st.node.params, profiles[name], shape, inputs, feeds)
+            out[name] = _repeat(st.node.kind, base, st.iters)
+        return out
+
+    for shape in mix:  # every shape of the mix costs out here, not midway through a simulation
+        works(shape, random.Random(0))
+    return _pipeline(graph, stages, device_capacity, handoff_s), works
+
+
+def sim_pipeline_from_measurements(plan: RuntimePlan, measured: dict[str, StageTimings], *,
+                                   route_weights: dict[str, dict[str, float]] | None = None,
+                                   loop_iters: dict[str, float] | None = None,
+                                   device_capacity: float = 1.0, handoff_s: float = 0.0) -> tuple[SimPipeline, WorkFn]:
+    """The plan timed by measured steps (see fit_batch, fit_ar): per batch size for batch
+    stages; per running batch (a decode step) and per admitted count (a prefill) for AR
+    stages. Decode steps per request come from max_new_tokens (the prefill writes the
+    first token)."""
+    graph = plan_graph(plan, loop_iters)
+    missing = [n for n in graph.stages if n not in measured or not measured[n].samples]
+    if missing:
+        raise SimulationError(f"no measured steps for stage(s) {', '.join(missing)}")
+    stages = []
+    for name, st in graph.stages.items():
+        samples = measured[name].samples
+        if st.node.kind == "ar_llm":
+            prefill_only = st.node.params.get("max_new_tokens", 64) <= 1
+            prefill, step = fit_ar(samples, prefill_only)
+            stages.append(_sim_stage(graph, st, prefill_time=prefill, step_time=step))
+        else:
+            per_batch = fit_batch(samples)
+            stages.append(_sim_stage(graph, st, batch_time=lambda ws, f=per_batch: f(len(ws)) * _mean_repeats(ws)))
+
+    def works(shape: RequestShape, rng: random.Random) -> dict[str, StageWork]:
+        out = {}
+        for name in graph.choose(rng, route_weights or {}):
+            node = graph.stages[name].node
+            decode = max(0, int(node.params.get("max_new_tokens", 64)) - 1) if node.kind == "ar_llm" else 0
+            base = StageWork(tokens=shape.prompt_tokens, decode_steps=decode)
+            out[name] = _repeat(node.kind, base, graph.stages[name].iters)
+        return out
+
+    return _pipeline(graph, stages, device_capacity, handoff_s), works
+
+
+def simulate_plan(plan: RuntimePlan, target: Target, mix: list[RequestShape], *, rate: float | None = None,
+                  requests: int = 200, seed: int = 0, slo_s: float | None = None, **options: Any) -> SimReport:
+    """A plan timed by the cost rules under Poisson arrivals at `rate` (None or 0: a burst).
+    `options` go to sim_pipeline_from_plan (route_weights, loop_iters, device_capacity)."""
+    pipeline, work_fn = sim_pipeline_from_plan(plan, target, mix, **options)
+    arrivals = poisson_arrivals(rate, requests, seed) if rate else burst_arrivals(requests)
+    return simulate(pipeline, make_requests(work_fn, mix, arrivals, seed), slo_s=slo_s)
+
+
+def make_requests(work_fn: WorkFn, mix: list[RequestShape], arrivals: Sequence[float],
+                  seed: int = 0) -> list[SimRequest]:
+    """One SimRequest per arrival, shapes drawn from the mix; the same seed, the same list."""
+    shapes = sample_shapes(mix, len(arrivals), seed)
+    rng = random.Random(seed + 1)  # route choices
+    return [SimRequest(i, t, work_fn(shape, rng)) for i, (t, shape) in enumerate(zip(arrivals, shapes))]
+
+
+# -- fitting measured steps ----------------------------------------------------------------
+
+def fit_batch(samples: Sequence[tuple[int, int, float]]) -> Callable[[int], float]:
+    """Seconds per batch size, from measured (batch, new, seconds) steps."""
+    return _curve([(batch, seconds) for batch, _, seconds in samples])
+
+
+def fit_ar(samples: Sequence[tuple[int, int, float]],
+           prefill_only: bool = False) -> tuple[Callable[[Sequence[StageWork]], float], Callable[[int, float], float]]:
+    """(prefill_time, step_time) for an AR stage from its measured steps. A step that
+    admitted nobody is one decode step of its batch; one that admitted `new` requests
+    prefilled them and then decoded the whole batch (unless the stage only prefills,
+    max_new_tokens 1), so what it took beyond that decode step is their prefill."""
+    decode = [(batch, seconds) for batch, new, seconds in samples if new == 0]
+    step_at = _curve(decode) if decode else (lambda n: 0.0)
+    extra = [(new, seconds - (0.0 if prefill_only else step_at(batch))) for batch, new, seconds in samples if new > 0]
+    if not extra:
+        raise SimulationError("no measured step admitted a request: cannot time the prefill")
+    prefill_at = _curve(extra)
+    return (lambda works: max(prefill_at(len(works)), 1e-6)), (lambda n, ctx=0.0: max(step_at(n), 1e-6))
+
+
+def _curve(points: Sequence[tuple[float, float]], min_count: int = 3) -> Callable[[float], float]:
+    """y as a function of x: the median y at each x seen at least `min_count` times (all
+    x when none is), linear in between, continued along the last segment beyond (never
+    falling), and held at the first value below. Medians: a stall (a GC pause) now and
+    then does not move the curve."""
+    by: dict[float, list[float]] = {}
+    for x, y in points:
+        by.setdefault(x, []).append(y)
+    knots = sorted(x for x, ys in by.items() if len(ys) >= min_count) or sorted(by)
+    xs = [float(x) for x in knots]
+    ys = [statistics.median(by[x]) for x in knots]
+    slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])) if len(xs) > 1 else 0.0
+
+    def at(x: float) -> float:
+        if x <= xs[0]:
+            return ys[0]
+        if x >= xs[-1]:
+            return ys[-1] + slope * (x - xs[-1])
+        i = bisect.bisect_left(xs, x)
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+
+    return at
+
+
+# -- shared pieces ---------------------------------------------------------------------------
+
+def _sim_stage(graph: PlanGraph, st: FlatStage, **timing: Any) -> SimStage:
+    node = st.node
+    ar = node.kind == "ar_llm"
+    streams_out = any(s and graph.stages[c].node.kind != "ar_llm"
+                      for c, other in graph.stages.items() for p, s in other.reads if p == node.name)
+    chunk = _CHUNK_TOKENS.get(str(node.params.get("stream_chunk", "sentence")), 20) if ar and streams_out else 0
+    wanted = ("prefill_time", "step_time") if ar else ("batch_time",)
+    return SimStage(
+        name=node.name, mode="ar" if ar else "batch", replicas=len(node.instances),
+        max_batch=node.batching.max_batch, chunk_tokens=chunk,
+        max_wait_s=0.0 if node.kind in _CONTINUOUS else node.batching.max_wait_ms / 1000,
+        placement=tuple(tuple(i.devices) for i in node.instances),
+        **{k: timing[k] for k in wanted})
+
+
+def _pipeline(graph: PlanGraph, stages: list[SimStage], capacity: float, handoff_s: float) -> SimPipeline:
+    edges = [SimEdge(p, name, stream) for name, st in graph.stages.items() for p, stream in st.reads]
+    inputs: dict[str, list[str]] = {}
+    for name, st in graph.stages.items():
+        for i in st.inputs:
+            inputs.setdefault(i, []).append(name)
+    devices = {d for s in stages for rep in s.placement for d in rep}
+    return SimPipeline(stages, edges, inputs, graph.outputs, graph.text_output, graph.audio_output,
+                       device_capacity={d: capacity for d in devices}, handoff_s=handoff_s)
+
+
+def _repeat(kind: str, work: StageWork, iters: float) -> StageWork:
+    """A loop body's work over its expected iterations, run as one."""
+    if iters == 1:
+        return work
+    if kind == "ar_llm":
+        return replace(work, tokens=max(1, round(work.tokens * iters)),
+                       decode_steps=max(0, round((work.decode_steps + 1) * iters) - 1))
+    return replace(work, repeats=max(1, round(work.repeats * iters)))
+
+
+def _mean_repeats(works: Sequence[StageWork]) -> float:
+    return sum(w.repeats for w in works) / len(works)
+
+
+def _mean_work(works: Sequence[StageWork]) -> StageWork:
+    n = len(works)
+    avg = (lambda attr: round(sum(getattr(w, attr) for w in works) / n))
+    return StageWork(tokens=avg("tokens"), repeats=max(1, avg("repeats")), decode_steps=avg("decode_steps"),
+                     out_tokens=avg("out_tokens"), out_bytes=avg("out_bytes"))
+
+
+def _device(target: Target, stage: str, devices: list[str]) -> tuple[Device, float, bool]:
+    """The Device an instance runs on (its first), and the link its ranks talk over."""
+    nodes = {n.name: n for n in target.nodes}
+    found = []
+    for ref in devices:
+        node_name, _, dev_name = ref.partition(":")
+        node = nodes.get(node_name)
+        dev = next((d for d in node.devices if d.name == dev_name), None) if node else None
+        if dev is None:
+            raise SimulationError(f"stage '{stage}' is placed on '{ref}', which target '{target.target}' "
+                                  f"does not have (devices: {', '.join(target.devices)})")
+        found.append((node, dev))
+    inter = len({n.name for n, _ in found}) > 1
+    link = target.inter_node_gb_s if inter else found[0][0].intra_node_gb_s
+    return found[0][1], link, inter
+
+
+class _Costs:
+    """A stage's step times from the cost rules, cached by batch and (bucketed) size."""
+
+    def __init__(self, stage_cost: Callable[..., Any], kind: str, profile: Any, tp: int,
+                 device: Device, link: float, inter: bool) -> None:
+        self.stage_cost, self.kind, self.profile = stage_cost, kind, profile
+        self.tp, self.device, self.link, self.inter = tp, device, link, inter
+        self._latency = lru_cache(maxsize=4096)(self._latency_uncached)
+
+    def _latency_uncached(self, work: StageWork, batch: int) -> float:
+        cfg = ParallelConfig(tp=self.tp, batch=batch)
+        return self.stage_cost(self.kind, self.profile, work, cfg, self.device, self.link, self.inter).latency_s
+
+    def batch(self, works: Sequence[StageWork]) -> float:
+        return self._latency(_mean_work(works), len(works))
+
+    def prefill(self, works: Sequence[StageWork]) -> float:
+        return self._latency(replace(_mean_work(works), decode_steps=0), len(works))
+
+    def step(self, running: int, context: float) -> float:
+        tokens = _bucket(context)
+        base = self._latency(StageWork(tokens=tokens), running)
+        probe = self._latency(StageWork(tokens=tokens, decode_steps=_DECODE_PROBE), running)
+        return (probe - base) / _DECODE_PROBE
+
+
+def _bucket(x: float) -> int:
+    """Round a context length to within 1/8, so the step-time cache stays small."""
+    n = max(16, int(x))
+    q = 1 << max(0, n.bit_length() - 4)
+    return (n // q) * q
+

@@ -1,0 +1,673 @@
+"""A discrete-event simulator of a pipeline serving requests: the judge of a plan.
+
+The model is the runtime's, one mechanism at a time:
+
+- Each stage has `replicas` servers sharing one FIFO queue. A **batch** stage runs up
+  to `max_batch` queued jobs at once, waiting up to `max_wait_s` for a batch to fill
+  (as LocalBackend's worker does). An **ar** stage batches continuously, like the
+  ar_llm executor: between decode steps it admits waiting requests (up to
+  `max_batch` running), prefills them together, and every step decodes one token
+  for each running request; requests leave as they finish.
+- Edges: a consumer starts when all its producers are done, except over a
+  **stream** edge into a batch stage: an AR producer emits a chunk every
+  `chunk_tokens` tokens, and the consumer runs a job on whatever chunks have come in
+  since its last one (in order, batched with other requests' jobs), so the first
+  audio can leave before the reply ends. A stream into an AR stage is read whole,
+  as ar_llm reads it.
+- A stage absent from a request's `works` is skipped for it (a route not taken).
+- Stages whose replicas name the same device share it (processor sharing): a step
+  alone runs at full speed; k > 1 steps at once each run at min(1, C/k), C being the
+  device's capacity. C = 1 time-slices a GPU between colocated stages; C < 1 says
+  that running together wastes some of the device (threads fighting over two CPU
+  cores and the GIL); C > 1, that it has room for more than one step.
+
+Times come from callables (the cost rules, or measured timings): the simulator
+knows nothing of models. It is deterministic: same inputs, same report.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from omnigraph.errors import OmnigraphError
+from omnigraph.passes.cost_types import StageWork
+
+BatchTime = Callable[[Sequence[StageWork]], float]  # seconds to run these requests as one batch
+StepTime = Callable[[int, float], float]  # (running sequences, mean KV context) -> one decode step
+
+
+class SimulationError(OmnigraphError):
+    """The pipeline or workload cannot be simulated (bad stage, bad timing, runaway loop)."""
+
+
+@dataclass(frozen=True)
+class SimStage:
+    name: str
+    mode: Literal["batch", "ar"] = "batch"
+    replicas: int = 1
+    max_batch: int = 1
+    batch_time: BatchTime | None = None  # batch mode
+    prefill_time: BatchTime | None = None  # ar mode: the admitted requests' prompts, together
+    step_time: StepTime | None = None  # ar mode: one decode step of the running batch
+    chunk_tokens: int = 0  # ar mode: a streamed chunk every this many tokens (0: one, at the end)
+    max_wait_s: float = 0.0  # batch mode: how long a free server waits for a batch to fill
+    placement: tuple[tuple[str, ...], ...] = ()  # per replica, the devices it runs on (empty: its own)
+
+
+@dataclass(frozen=True)
+class SimEdge:
+    src: str
+    dst: str
+    stream: bool = False
+
+
+@dataclass
+class SimPipeline:
+    stages: list[SimStage]
+    edges: list[SimEdge]
+    inputs: dict[str, list[str]]  # pipeline input -> the stages that read it
+    outputs: list[str]  # stages whose results are the request's outputs
+    text_output: str | None = None  # its first token is the TTFT
+    audio_output: str | None = None  # its first chunk is the TTFA
+    device_capacity: dict[str, float] = field(default_factory=dict)  # C per device (default 1)
+    # From a stage's inputs being in to its servers seeing the work (a runtime's dispatch and
+    # thread wake-up): a delay on the way to each queue that occupies no server.
+    handoff_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    id: int
+    arrival_s: float
+    works: dict[str, StageWork]  # per stage it visits; a stage left out is skipped
+
+
+@dataclass(frozen=True)
+class Latency:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+@dataclass(frozen=True)
+class StageReport:
+    name: str
+    replicas: int
+    utilisation: float  # busy replica-time / (replicas x makespan)
+    mean_queue_wait_s: float  # from ready to started (ar: to admitted)
+    mean_batch: float  # jobs per batch (ar: sequences per decode step)
+    jobs: int
+
+
+@dataclass(frozen=True)
+class RequestReport:
+    id: int
+    arrival_s: float
+    finish_s: float
+    ttft_s: float | None
+    ttfa_s: float | None
+
+    @property
+    def jct_s(self) -> float:
+        return self.finish_s - self.arrival_s
+
+
+@dataclass(frozen=True)
+class SimReport:
+    requests: int
+    makespan_s: float  # first arrival to last completion
+    throughput: float  # completed requests per second over the makespan
+    goodput: float  # those within slo_s per second (= throughput without an SLO)
+    slo_s: float | None
+    jct: Latency
+    ttft: Latency | None
+    ttfa: Latency | None
+    stages: dict[str, StageReport]
+    per_request: list[RequestReport]
+    events: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the summary and per-stage figures (not the per-request list)."""
+        lat = (lambda x: None if x is None else {k: round(v, 6) for k, v in vars(x).items()})
+        return {
+            "requests": self.requests, "makespan_s": round(self.makespan_s, 6),
+            "throughput_req_s": round(self.throughput, 6), "goodput_req_s": round(self.goodput, 6),
+            "slo_s": self.slo_s, "jct_s": lat(self.jct), "ttft_s": lat(self.ttft), "ttfa_s": lat(self.ttfa),
+            "stages": {name: {"replicas": s.replicas, "utilisation": round(s.utilisation, 6),
+                              "mean_queue_wait_s": round(s.mean_queue_wait_s, 6),
+                              "mean_batch": round(s.mean_batch, 4), "jobs": s.jobs}
+                       for name, s in self.stages.items()},
+            "events": self.events,
+        }
+
+
+def poisson_arrivals(rate: float, n: int, seed: int = 0) -> list[float]:
+    """`n` arrival times of a Poisson process of `rate` per second (the first after 0)."""
+    if not rate > 0 or math.isinf(rate):
+        raise SimulationError(f"arrival rate must be a positive number of requests/s, not {rate!r}")
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
+
+
+def burst_arrivals(n: int) -> list[float]:
+    """`n` requests all at t = 0."""
+    return [0.0] * n
+
+
+def simulate(pipeline: SimPipeline, requests: Sequence[SimRequest], *, slo_s: float | None = None,
+             max_events: int | None = None) -> SimReport:
+    """Serve `requests` on `pipeline`, event by event, and report what happened."""
+    if slo_s is not None and not slo_s > 0:
+        raise SimulationError(f"the SLO must be a positive number of seconds, not {slo_s!r}")
+    if not requests:
+        raise SimulationError("no requests to simulate")
+    return _Sim(pipeline, requests, max_events).run(slo_s)
+
+
+# --------------------------------------------------------------------------------------
+# The engine. A _Task is one request at one stage; a _Job is one unit a batch stage runs
+# (a task, or one chunk of it); a _Run is one timed step on a replica (a batch, a
+# prefill, a decode step).
+
+
+@dataclass(eq=False)
+class _Req:
+    spec: SimRequest
+    tasks: dict[str, _Task] = field(default_factory=dict)
+    pending_outputs: int = 0
+    finish: float | None = None
+    ttft: float | None = None
+    ttfa: float | None = None
+
+
+@dataclass(eq=False)
+class _Task:
+    req: _Req
+    stage: _Stage
+    work: StageWork
+    fracs: list[float]  # the share of the work in each output chunk
+    waiting_on: int = 0  # producers (read whole) not yet done
+    driver: _Task | None = None  # the stream producer whose chunks this task follows
+    driven: list[_Task] = field(default_factory=list)
+    waiters: list[_Task] = field(default_factory=list)
+    chunks_out: int = 0
+    next_chunk: int = 0
+    in_flight: bool = False
+    done: bool = False
+    queued_at: float = 0.0
+    # ar mode
+    generated: int = 0
+    context: float = 0.0
+
+
+@dataclass(eq=False)
+class _Job:
+    task: _Task
+    work: StageWork
+    ready_at: float
+    chunks: int = 1  # of the task's output chunks this job makes
+
+
+@dataclass(eq=False)
+class _Replica:
+    index: int
+    devices: tuple[str, ...]
+    busy: bool = False
+    running: list[_Task] = field(default_factory=list)  # ar mode
+
+
+@dataclass(eq=False)
+class _Stage:
+    spec: SimStage
+    replicas: list[_Replica]
+    queue: deque = field(default_factory=deque)  # _Job (batch) or _Task (ar)
+    fill_token: int | None = None
+    fill_ready: bool = False
+    busy_s: float = 0.0
+    waits: float = 0.0
+    jobs: int = 0
+    batches: int = 0
+    batched: int = 0
+    text: bool = False
+    audio: bool = False
+    outputs: bool = False
+
+
+@dataclass(eq=False)
+class _Run:
+    stage: _Stage
+    replica: _Replica
+    remaining: float
+    on_done: Callable[[], None]
+    started: float
+    since: float
+    rate: float = 1.0
+    version: int = 0
+
+
+class _Sim:
+    def __init__(self, pipeline: SimPipeline, requests: Sequence[SimRequest], max_events: int | None) -> None:
+        self.p = pipeline
+        self.order = _validate(pipeline)
+        self.stages = {s.name: _Stage(s, [_Replica(i, s.placement[i] if s.placement else ())
+                                          for i in range(s.replicas)]) for s in pipeline.stages}
+        for name in pipeline.outputs:
+            self.stages[name].outputs = True
+        if pipeline.text_output:
+            self.stages[pipeline.text_output].text = True
+        if pipeline.audio_output:
+            self.stages[pipeline.audio_output].audio = True
+        self.in_edges: dict[str, list[SimEdge]] = {s.name: [] for s in pipeline.stages}
+        for e in pipeline.edges:
+            self.in_edges[e.dst].append(e)
+        for r in requests:
+            unknown = sorted(set(r.works) - set(self.stages))
+            if unknown:
+                raise SimulationError(f"request {r.id}: no stage named {', '.join(unknown)}")
+            if not (r.arrival_s >= 0 and math.isfinite(r.arrival_s)):
+                raise SimulationError(f"request {r.id}: arrival time {r.arrival_s!r} is not a time")
+        self.requests = [_Req(r) for r in requests]
+        self.now = 0.0
+        self.heap: list[tuple[float, int, str, Any]] = []
+        self.seq = itertools.count()
+        self.events = 0
+        self.max_events = max_events or _event_budget(requests, pipeline)
+        self.device_runs: dict[str, list[_Run]] = {}
+        # Stages with new work or a free server: dispatched once every event at this instant is
+        # in, so that requests arriving together are batched together.
+        self.dirty: dict[_Stage, None] = {}
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self, slo_s: float | None) -> SimReport:
+        for req in self.requests:
+            self._at(req.spec.arrival_s, "arrive", req)
+        while self.heap:
+            self.events += 1
+            if self.events > self.max_events:
+                raise SimulationError(f"simulation did not finish within {self.max_events} events "
+                                      f"(a timing function may return tiny times); stopped at t={self.now:.3f}s")
+            t, _, kind, payload = heapq.heappop(self.heap)
+            self.now = t
+            if kind == "arrive":
+                self._arrive(payload)
+            elif kind == "run":
+                run, version = payload
+                if version == run.version:
+                    self._finish_run(run)
+            elif kind == "enqueue":
+                stage, item = payload
+                self._enqueue(stage, item, handed_off=True)
+            elif kind == "fill":
+                stage, token = payload
+                if stage.fill_token == token:
+                    stage.fill_token, stage.fill_ready = None, True
+                    self.dirty[stage] = None
+            while self.dirty and (not self.heap or self.heap[0][0] > self.now):
+                stage = next(iter(self.dirty))
+                del self.dirty[stage]
+                self._dispatch(stage)
+        stuck = [r.spec.id for r in self.requests if r.finish is None]
+        if stuck:
+            raise SimulationError(f"{len(stuck)} request(s) never finished (first: {stuck[0]}); "
+                                  "a stage waits on an input nothing produces")
+        return self._report(slo_s)
+
+    def _at(self, t: float, kind: str, payload: Any) -> None:
+        heapq.heappush(self.heap, (t, next(self.seq), kind, payload))
+
+    # -- requests and tasks -----------------------------------------------------------
+    def _arrive(self, req: _Req) -> None:
+        for name in self.order:
+            work = req.spec.works.get(name)
+            if work is None:
+                continue  # skipped for this request
+            stage = self.stages[name]
+            task = _Task(req, stage, work, fracs=[1.0])
+            producers = [(e, req.tasks[e.src]) for e in self.in_edges[name] if e.src in req.tasks]
+            driver = next((t for e, t in producers if e.stream and stage.spec.mode == "batch"), None)
+            for _, prod in producers:
+                if prod is driver:
+                    prod.driven.append(task)
+                else:
+                    prod.waiters.append(task)
+                    task.waiting_on += 1
+            task.driver = driver
+            task.fracs = driver.fracs if driver is not None else _ar_fracs(stage.spec, work)
+            req.tasks[name] = task
+            req.pending_outputs += stage.outputs
+        if req.pending_outputs == 0:
+            req.finish = self.now
+        for task in list(req.tasks.values()):
+            self._try_ready(task)
+
+    def _try_ready(self, task: _Task) -> None:
+        if task.waiting_on or task.in_flight or task.done:
+            return
+        stage = task.stage
+        if stage.spec.mode == "ar":
+            task.in_flight = True
+            self._enqueue(stage, task)
+        else:
+            # Every chunk that has come in since its last job, at once: a streaming consumer
+            # reads what has arrived, so one that lags catches up in bigger pieces.
+            j = task.next_chunk
+            arrived = len(task.fracs) if task.driver is None else task.driver.chunks_out
+            if j >= arrived:
+                return
+            work = task.work if len(task.fracs) == 1 else _scale(task.work, sum(task.fracs[j:arrived]))
+            task.in_flight, task.next_chunk = True, arrived
+            self._enqueue(stage, _Job(task, work, self.now, arrived - j))
+
+    def _enqueue(self, stage: _Stage, item: _Job | _Task, handed_off: bool = False) -> None:
+        if self.p.handoff_s > 0 and not handed_off:
+            self._at(self.now + self.p.handoff_s, "enqueue", (stage, item))
+            return
+        if isinstance(item, _Job):
+            item.ready_at = self.now
+        else:
+            item.queued_at = self.now
+        stage.queue.append(item)
+        self.dirty[stage] = None
+
+    def _emit(self, task: _Task, chunks: int = 1) -> None:
+        """`chunks` more output chunks of `task` are out."""
+        first = task.chunks_out == 0
+        task.chunks_out += chunks
+        req = task.req
+        if first:
+            if task.stage.audio and req.ttfa is None:
+                req.ttfa = self.now - req.spec.arrival_s
+            if task.stage.text and req.ttft is None:
+                req.ttft = self.now - req.spec.arrival_s
+        for consumer in task.driven:
+            self._try_ready(consumer)
+        if task.chunks_out == len(task.fracs):
+            task.done = True
+            for consumer in task.waiters:
+                consumer.waiting_on -= 1
+                self._try_ready(consumer)
+            if task.stage.outputs:
+                req.pending_outputs -= 1
+                if req.pending_outputs == 0:
+                    req.finish = self.now
+
+    # -- dispatch -----------------------------------------------------------------------
+    def _dispatch(self, stage: _Stage) -> None:
+        if stage.spec.mode == "ar":
+            for rep in stage.replicas:
+                if not rep.busy and (rep.running or stage.queue):
+                    self._ar_iteration(stage, rep)
+            return
+        spec = stage.spec
+        for rep in stage.replicas:
+            if not stage.queue:
+                break
+            if rep.busy:
+                continue
+            if len(stage.queue) < spec.max_batch and spec.max_wait_s > 0 and not stage.fill_ready:
+                if stage.fill_token is None:  # give the batch a moment to fill
+                    stage.fill_token = next(self.seq)
+                    self._at(self.now + spec.max_wait_s, "fill", (stage, stage.fill_token))
+                break
+            jobs = [stage.queue.popleft() for _ in range(min(spec.max_batch, len(stage.queue)))]
+            stage.fill_token, stage.fill_ready = None, False
+            self._start_batch(stage, rep, jobs)
+        stage.fill_ready = False
+
+    def _start_batch(self, stage: _Stage, rep: _Replica, jobs: list[_Job]) -> None:
+        for job in jobs:
+            stage.waits += self.now - job.ready_at
+        stage.jobs += len(jobs)
+        stage.batches += 1
+        stage.batched += len(jobs)
+        seconds = _timed(stage, "batch_time", stage.spec.batch_time, [j.work for j in jobs])
+
+        def done() -> None:
+            for job in jobs:
+                job.task.in_flight = False
+                self._emit(job.task, job.chunks)
+            for job in jobs:  # their next chunks, if in
+                self._try_ready(job.task)
+            self.dirty[stage] = None
+
+        self._start_run(stage, rep, seconds, done)
+
+    def _ar_iteration(self, stage: _Stage, rep: _Replica) -> None:
+        """Admit and prefill what fits, then one decode step for everything running."""
+        room = stage.spec.max_batch - len(rep.running)
+        admitted = [stage.queue.popleft() for _ in range(min(room, len(stage.queue)))]
+        if admitted:
+            for task in admitted:
+                stage.waits += self.now - task.queued_at
+            stage.jobs += len(admitted)
+            seconds = _timed(stage, "prefill_time", stage.spec.prefill_time, [t.work for t in admitted])
+
+            def prefilled() -> None:
+                rep.busy = True  # held through to the decode step of this iteration
+                for task in admitted:
+                    task.context = task.work.tokens
+                    self._token(task)
+                    if not task.done:
+                        rep.running.append(task)
+                self._ar_decode(stage, rep)
+
+            self._start_run(stage, rep, seconds, prefilled)
+        else:
+            self._ar_decode(stage, rep)
+
+    def _ar_decode(self, stage: _Stage, rep: _Replica) -> None:
+        running = list(rep.running)
+        if not running:
+            rep.busy = False
+            self.dirty[stage] = None
+            return
+        context = sum(t.context for t in running) / len(running)
+        stage.batches += 1
+        stage.batched += len(running)
+        seconds = _timed(stage, "step_time", stage.spec.step_time, len(running), context)
+
+        def stepped() -> None:
+            for task in running:
+                task.context += 1
+                self._token(task)
+            rep.running = [t for t in rep.running if not t.done]
+            self.dirty[stage] = None
+
+        self._start_run(stage, rep, seconds, stepped)
+
+    def _token(self, task: _Task) -> None:
+        """One more token out of an AR task: a chunk at each boundary, done at the last."""
+        task.generated += 1
+        total = task.work.decode_steps + 1  # the prefill writes the first token
+        if task.generated == 1 and task.stage.text and task.req.ttft is None:
+            task.req.ttft = self.now - task.req.spec.arrival_s
+        size = task.stage.spec.chunk_tokens
+        if task.generated == total or (size and task.generated % size == 0):
+            self._emit(task)
+
+    # -- timed runs, with devices shared by processor sharing -----------------------------
+    def _start_run(self, stage: _Stage, rep: _Replica, seconds: float, on_done: Callable[[], None]) -> None:
+        rep.busy = True
+        run = _Run(stage, rep, seconds, on_done, started=self.now, since=self.now)
+        if rep.devices:
+            self._reshare(rep.devices, add=run)
+        else:
+            self._at(self.now + seconds, "run", (run, run.version))
+
+    def _finish_run(self, run: _Run) -> None:
+        if run.replica.devices:
+            self._reshare(run.replica.devices, remove=run)
+        run.stage.busy_s += self.now - run.started
+        run.replica.busy = False
+        run.on_done()
+
+    def _reshare(self, devices: tuple[str, ...], add: _Run | None = None, remove: _Run | None = None) -> None:
+        affected = {id(r): r for d in devices for r in self.device_runs.get(d, [])}
+        for run in affected.values():  # progress so far, at the old rates
+            run.remaining = max(0.0, run.remaining - run.rate * (self.now - run.since))
+            run.since = self.now
+        for d in devices:
+            runs = self.device_runs.setdefault(d, [])
+            if add is not None:
+                runs.append(add)
+            if remove is not None:
+                runs.remove(remove)
+        if add is not None:
+            affected[id(add)] = add
+        affected.pop(id(remove), None)
+        for run in affected.values():
+            run.rate = min(shared_speed(self.p.device_capacity.get(d, 1.0), len(self.device_runs[d]))
+                           for d in run.replica.devices)
+            run.version += 1
+            self._at(self.now + run.remaining / run.rate, "run", (run, run.version))
+
+    # -- the report -----------------------------------------------------------------------
+    def _report(self, slo_s: float | None) -> SimReport:
+        per = [RequestReport(r.spec.id, r.spec.arrival_s, r.finish, r.ttft, r.ttfa)  # type: ignore[arg-type]
+               for r in self.requests]
+        start = min(r.arrival_s for r in per)
+        makespan = max(r.finish_s for r in per) - start
+        span = max(makespan, self.now - start)
+        rate = (lambda k: k / makespan if makespan > 0 else math.inf)
+        good = len(per) if slo_s is None else sum(r.jct_s <= slo_s for r in per)
+        stages = {}
+        for name, st in self.stages.items():
+            cap = st.spec.replicas * span
+            stages[name] = StageReport(
+                name, st.spec.replicas, st.busy_s / cap if cap > 0 else 0.0,
+                st.waits / st.jobs if st.jobs else 0.0, st.batched / st.batches if st.batches else 0.0, st.jobs)
+        ttft = [r.ttft_s for r in per if r.ttft_s is not None]
+        ttfa = [r.ttfa_s for r in per if r.ttfa_s is not None]
+        return SimReport(
+            requests=len(per), makespan_s=makespan, throughput=rate(len(per)), goodput=rate(good), slo_s=slo_s,
+            jct=latency([r.jct_s for r in per]), ttft=latency(ttft) if ttft else None,
+            ttfa=latency(ttfa) if ttfa else None, stages=stages, per_request=per, events=self.events)
+
+
+def latency(values: Sequence[float]) -> Latency:
+    """Mean and percentiles (linear interpolation between ranks, as numpy's default)."""
+    xs = sorted(values)
+
+    def pct(q: float) -> float:
+        pos = (len(xs) - 1) * q
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    return Latency(sum(xs) / len(xs), pct(0.5), pct(0.9), pct(0.99), xs[-1])
+
+
+def _timed(stage: _Stage, what: str, fn: Callable[..., float] | None, *args: Any) -> float:
+    assert fn is not None  # _validate checked the mode's functions are there
+    seconds = fn(*args)
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        n = args[0] if isinstance(args[0], int) else len(args[0])
+        raise SimulationError(f"stage '{stage.spec.name}': {what} returned {seconds!r} for a batch of {n}; "
+                              "times must be positive seconds")
+    return float(seconds)
+
+
+def shared_speed(capacity: float, k: int) -> float:
+    """The speed of each of k steps sharing a device: alone, full speed; together, the
+    device's capacity split evenly (never faster than alone)."""
+    return 1.0 if k == 1 else min(1.0, capacity / k)
+
+
+def _ar_fracs(stage: SimStage, work: StageWork) -> list[float]:
+    """Output chunks of a task: AR stages stream every chunk_tokens tokens, others emit once."""
+    if stage.mode != "ar" or not stage.chunk_tokens:
+        return [1.0]
+    total = work.decode_steps + 1
+    sizes = [stage.chunk_tokens] * (total // stage.chunk_tokens)
+    if total % stage.chunk_tokens:
+        sizes.append(total % stage.chunk_tokens)
+    return [s / total for s in sizes]
+
+
+def _scale(work: StageWork, frac: float) -> StageWork:
+    """The part of a request's work that one chunk brings."""
+    part = (lambda n: max(1, round(n * frac)) if n > 0 else 0)
+    return replace(work, tokens=part(work.tokens), decode_steps=part(work.decode_steps),
+                   out_tokens=part(work.out_tokens), out_bytes=part(work.out_bytes))
+
+
+def _event_budget(requests: Sequence[SimRequest], pipeline: SimPipeline) -> int:
+    """Generous: every run is an event, plus re-timings when devices are shared."""
+    units = sum(w.decode_steps + 3 for r in requests for w in r.works.values())
+    shared = 1 + sum(s.replicas for s in pipeline.stages if s.placement)
+    return 10_000 + 8 * units * shared
+
+
+def _validate(p: SimPipeline) -> list[str]:
+    """Check the pipeline; return its stage names in dependency order."""
+    names = [s.name for s in p.stages]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise SimulationError(f"two stages are named '{dup}'")
+    known = set(names)
+    for s in p.stages:
+        if s.replicas < 1:
+            raise SimulationError(f"stage '{s.name}' has {s.replicas} replicas; it needs at least one")
+        if s.max_batch < 1:
+            raise SimulationError(f"stage '{s.name}': max_batch must be at least 1, not {s.max_batch}")
+        if s.mode not in ("batch", "ar"):
+            raise SimulationError(f"stage '{s.name}': mode is 'batch' or 'ar', not {s.mode!r}")
+        need = ("batch_time",) if s.mode == "batch" else ("prefill_time", "step_time")
+        missing = [f for f in need if getattr(s, f) is None]
+        if missing:
+            raise SimulationError(f"stage '{s.name}' ({s.mode}) needs {' and '.join(missing)}")
+        if s.placement and len(s.placement) != s.replicas:
+            raise SimulationError(f"stage '{s.name}': placement lists {len(s.placement)} replicas, "
+                                  f"not {s.replicas}")
+        if s.chunk_tokens < 0 or not s.max_wait_s >= 0:
+            raise SimulationError(f"stage '{s.name}': chunk_tokens and max_wait_s cannot be negative")
+    if not (p.handoff_s >= 0 and math.isfinite(p.handoff_s)):
+        raise SimulationError(f"handoff_s must be a non-negative time, not {p.handoff_s!r}")
+    for d, c in p.device_capacity.items():
+        if not c > 0:
+            raise SimulationError(f"device '{d}': capacity must be positive, not {c!r}")
+    for e in p.edges:
+        for end in (e.src, e.dst):
+            if end not in known:
+                raise SimulationError(f"edge {e.src} -> {e.dst}: no stage named '{end}'")
+    fed = {s for stages in p.inputs.values() for s in stages}
+    for s in sorted(fed - known):
+        raise SimulationError(f"an input feeds '{s}', which is not a stage")
+    for name in [*p.outputs, p.text_output, p.audio_output]:
+        if name is not None and name not in known:
+            raise SimulationError(f"output stage '{name}' is not a stage")
+    for name in (p.text_output, p.audio_output):
+        if name is not None and name not in p.outputs:
+            raise SimulationError(f"'{name}' is named as the text or audio output but is not an output")
+    has_in = {e.dst for e in p.edges}
+    for s in names:
+        if s not in has_in and s not in fed:
+            raise SimulationError(f"stage '{s}' reads nothing: no edge or pipeline input feeds it")
+    # Kahn's algorithm, in the stages' listed order: a cycle leaves stages unvisited.
+    indeg = {n: 0 for n in names}
+    for e in p.edges:
+        indeg[e.dst] += 1
+    order, ready = [], deque(n for n in names if indeg[n] == 0)
+    while ready:
+        n = ready.popleft()
+        order.append(n)
+        for e in p.edges:
+            if e.src == n:
+                indeg[e.dst] -= 1
+                if indeg[e.dst] == 0:
+                    ready.append(e.dst)
+    if len(order) != len(names):
+        raise SimulationError(f"the stage graph has a cycle through {', '.join(n for n in names if indeg[n])}")
+    return order
