@@ -1,5 +1,5 @@
-"""Request timeouts: one thread fails each request whose deadline passes, naming the stages
-it was still in (the same rule as LocalBackend's)."""
+"""Request timeouts for both backends: one thread fails each request whose deadline passes,
+naming the stages it was still in."""
 from __future__ import annotations
 
 import heapq

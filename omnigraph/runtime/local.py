@@ -7,7 +7,6 @@ wherever its work is; in-flight work for it is dropped at the next step.
 """
 from __future__ import annotations
 
-import heapq
 import sys
 import queue
 import threading
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from omnigraph.runtime.deadlines import Deadlines
 from omnigraph.runtime.engine import Engine, Request, RequestFailed
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
 from omnigraph.runtime.plan import RuntimePlan, StageNode
@@ -184,13 +184,10 @@ class LocalBackend:
         self.engine = Engine(plan, self._enqueue, lambda node: self.workers[node.name].wake.set)
         self._slots = threading.BoundedSemaphore(max_inflight)
         self.engine.on_end.append(lambda r: self._slots.release())
-        self._timers: list[tuple[float, int, Request]] = []
-        self._timer_cv = threading.Condition()
         self._closed = False
         for worker in self.workers.values():
             worker.start()
-        self._timer = threading.Thread(target=self._expire, name="omnigraph-timeouts", daemon=True)
-        self._timer.start()
+        self.deadlines = Deadlines(self.engine)
 
     def _enqueue(self, node: StageNode, item: WorkItem) -> None:
         self.workers[node.name].submit(item)
@@ -201,10 +198,7 @@ class LocalBackend:
             raise RuntimeError("backend is closed")
         self._slots.acquire()
         request = Request(inputs, timeout)
-        if request.deadline is not None:
-            with self._timer_cv:
-                heapq.heappush(self._timers, (request.deadline, request.id, request))
-                self._timer_cv.notify()
+        self.deadlines.add(request)
         try:
             self.engine.start(request)
         except Exception as exc:  # a bug in the engine must still end the request
@@ -213,25 +207,6 @@ class LocalBackend:
 
     def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         return self.submit(inputs, timeout=timeout).result()
-
-    def _expire(self) -> None:
-        while not self._closed:
-            with self._timer_cv:
-                while not self._timers and not self._closed:
-                    self._timer_cv.wait(0.5)
-                if self._closed:
-                    return
-                deadline, _, request = self._timers[0]
-                now = time.monotonic()
-                if deadline > now:
-                    self._timer_cv.wait(deadline - now)
-                    continue
-                heapq.heappop(self._timers)
-            if not request.done:
-                running = [s for s, t in request.timings.items() if t.finished is None]
-                where = f" (in {', '.join(running)})" if running else ""
-                self.engine.fail(request, RequestFailed(
-                    f"timed out after {deadline - request.submitted:.1f}s{where}", running[0] if running else None))
 
     def stats(self) -> dict[str, float]:
         """Seconds each stage's worker spent computing."""
@@ -253,8 +228,7 @@ class LocalBackend:
 
     def close(self) -> None:
         self._closed = True
-        with self._timer_cv:
-            self._timer_cv.notify_all()
+        self.deadlines.close()
         for worker in self.workers.values():
             worker.stopping = True
             worker.wake.set()
