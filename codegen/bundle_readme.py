@@ -66,6 +66,10 @@ def render_readme(manifest: Manifest, plan: RuntimePlan) -> str:
     ]
     if manifest.code:
         lines.append("- `code/`: Python source: " + ", ".join(f"`{c}`" for c in manifest.code) + ".")
+    if manifest.kernels:
+        lines += ["- `kernels/`: generated Triton kernels (Python) that run stages fused: "
+                  + ", ".join(f"`{k}`" for k in manifest.kernels) + ".",
+                  "  They run only with `--trust-code`; without it the stages run unfused (same results)."]
     lines += [
         "",
         "Nothing is unpickled: weights load through safetensors (or `torch.load(weights_only=True)`),",

@@ -23,10 +23,10 @@ from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.bundle import ARCHIVE_SUFFIX, torch_minor
 from omnigraph.runtime.bundle_files import sha256_file
 from omnigraph.runtime.bundle_manifest import (
-    CODE_DIR, FORMAT, FORMAT_VERSION, MANIFEST_NAME, PLAN_NAME, README_NAME,
+    CODE_DIR, FORMAT, FORMAT_VERSION, KERNELS_DIR, MANIFEST_NAME, PLAN_NAME, README_NAME,
     BuiltWith, FileEntry, Manifest, StageEntry,
 )
-from omnigraph.runtime.plan import RuntimePlan
+from omnigraph.runtime.plan import RuntimePlan, StageKernels
 
 from omnigraph.codegen.bundle_readme import render_readme
 from omnigraph.codegen.stage_packer import StagePacker
@@ -43,16 +43,19 @@ class WrittenBundle:
 
 
 def write_bundle(spec: str | Path, output: str | Path, target: str | None = None,
-                 plan_options: dict[str, dict[str, Any]] | None = None) -> WrittenBundle:
-    """Compile `spec` and write its bundle to `output` (a directory, or a file ending .ogb)."""
+                 plan_options: dict[str, dict[str, Any]] | None = None, kernels: bool = False) -> WrittenBundle:
+    """Compile `spec` and write its bundle to `output` (a directory, or a file ending .ogb);
+    with `kernels`, fuse its stages too and ship their Triton kernels in kernels/ (code: they
+    run only with --trust-code)."""
     from omnigraph.api import compile_plan
 
-    plan = compile_plan(spec, target, plan_options=plan_options)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".omnigraph-bundle-", dir=out.parent) as tmp:
         staging = Path(tmp, "bundle")
         staging.mkdir()
+        plan = compile_plan(spec, target, plan_options=plan_options,
+                            kernels_dir=staging / KERNELS_DIR if kernels else None)
         manifest = _build(plan, staging)
         if out.suffix == ARCHIVE_SUFFIX:
             _zip(staging, manifest, Path(tmp, "bundle.ogb"))
@@ -66,8 +69,10 @@ def _build(plan: RuntimePlan, root: Path) -> Manifest:
     packer = StagePacker(root, plan)
     stages, requires = [], {"torch", "safetensors", "pydantic", "numpy", "rich", "pillow"}
     for node in plan.stages():
+        kernels, node.kernels = node.kernels, None  # packed (exported) as the unfused module
         packed = packer.pack(node)
         node.program = packed.program
+        node.kernels = _bundle_kernels(kernels, root)
         requires |= packed.requires
         stages.append(StageEntry(name=node.name, kind=node.kind, form=packed.program.form,
                                  reason=packed.program.reason, files=_stage_files(packed.program.files, root),
@@ -76,7 +81,7 @@ def _build(plan: RuntimePlan, root: Path) -> Manifest:
     (root / PLAN_NAME).write_text(plan.to_json(), encoding="utf-8")
     built = _built_with()
     manifest = Manifest(format=FORMAT, format_version=FORMAT_VERSION, pipeline=plan.pipeline, target=plan.target,
-                        built_with=built, stages=stages, code=sorted(packer.code),
+                        built_with=built, stages=stages, code=sorted(packer.code), kernels=_kernel_files(root),
                         requires=_requirements(requires, built.torch), files={})
     (root / README_NAME).write_text(render_readme(manifest, plan), encoding="utf-8")
     for path in root.rglob("*"):  # readable by whoever receives it (some writers make files 0600)
@@ -95,6 +100,24 @@ def _stage_files(files: dict[str, str], root: Path) -> list[str]:
         listed += [rel] if path.is_file() else sorted(p.relative_to(root).as_posix()
                                                       for p in path.rglob("*") if p.is_file())
     return listed
+
+
+def _bundle_kernels(kernels: StageKernels | None, root: Path) -> StageKernels | None:
+    """A stage's kernels with paths relative to the bundle (they were written inside it)."""
+    if kernels is None:
+        return None
+    base = root.resolve()
+
+    def rel(path: str) -> str:
+        return Path(path).resolve().relative_to(base).as_posix()
+
+    return StageKernels(files={e: rel(p) for e, p in kernels.files.items()},
+                        constants={e: rel(p) for e, p in kernels.constants.items()})
+
+
+def _kernel_files(root: Path) -> list[str]:
+    folder = root / KERNELS_DIR
+    return sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 
 def _all_files(root: Path) -> list[str]:

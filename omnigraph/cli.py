@@ -66,6 +66,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from omnigraph.target import load_target
 
         load_target(args.target)  # fails early, listing the known targets
+    if args.kernels and args.emit != "bundle":
+        raise OmnigraphError("--kernels ships fusion kernels in a bundle: use it with --emit bundle",
+                             hint="to see or write kernels alone: --emit kernels, or --dump-kernels DIR")
     if args.emit == "kernels" or args.dump_kernels:
         from omnigraph.kernels_command import kernels_command
 
@@ -102,7 +105,7 @@ def _emit_bundle(args: argparse.Namespace, options: dict | None) -> int:
 
     if not args.output or args.output == "-":
         raise OmnigraphError("--emit bundle writes files: name them with -o DIR or -o FILE.ogb")
-    written = write_bundle(args.spec, args.output, args.target, plan_options=options)
+    written = write_bundle(args.spec, args.output, args.target, plan_options=options, kernels=args.kernels)
     forms = ", ".join(f"{s.name}: {s.form}" for s in written.manifest.stages)
     _console(stderr=True).print(f"[green]wrote[/] bundle {written.path} "
                                 f"({written.manifest.total_size() / 1e6:.1f} MB; {forms})")
@@ -181,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "kernels: the generated Triton kernels of every fused stage")
     p.add_argument("--dump-kernels", metavar="DIR", help="write the generated kernels to DIR (one file per "
                    "stage entry, plus index.json)")
+    p.add_argument("--kernels", action="store_true", help="with --emit bundle: fuse the stages and ship their "
+                   "Triton kernels in the bundle (kernels/; they run only with `run --trust-code`)")
     p.add_argument("--mix", help="request mix the planner optimises for (with --target)")
     p.add_argument("--slo", type=float, help="end-to-end latency target in seconds (with --target)")
     p.add_argument("-o", "--output", help="write here instead of stdout")

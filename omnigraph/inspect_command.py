@@ -12,7 +12,7 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
-from omnigraph.runtime.bundle import Bundle, code_stages, open_bundle, torch_minor
+from omnigraph.runtime.bundle import Bundle, code_stages, kernel_stages, open_bundle, torch_minor
 from omnigraph.runtime.plan import LoopNode, RouteNode
 
 
@@ -26,6 +26,7 @@ def inspect_command(path: str, *, as_json: bool = False) -> int:
         console.print(_stage_table(bundle))
         _reasons(console, bundle)
         _plan_summary(console, bundle)
+        _kernels(console, bundle)
         console.print(_file_table(bundle))
         _warnings(console, bundle)
     return 0
@@ -71,6 +72,17 @@ def _plan_summary(console: Console, bundle: Bundle) -> None:
                   f"{counts[RouteNode.__name__]} route(s), {counts[LoopNode.__name__]} loop(s)")
 
 
+def _kernels(console: Console, bundle: Bundle) -> None:
+    if not bundle.manifest.kernels:
+        return
+    console.print(f"kernels ({len(bundle.manifest.kernels)} files, run only with --trust-code):")
+    for node in bundle.plan.stages():
+        if node.kernels is not None:
+            for entry, rel in node.kernels.files.items():
+                const = node.kernels.constants.get(entry)
+                console.print(f"  [bold]{node.name}[/].{entry}: {rel}" + (f" (constants: {const})" if const else ""))
+
+
 def _file_table(bundle: Bundle) -> Table:
     table = Table(title="files")
     table.add_column("file")
@@ -87,6 +99,10 @@ def _warnings(console: Console, bundle: Bundle) -> None:
         console.print(f"[yellow]runs Python code[/]: {'; '.join(code)}"
                       + (f" (source: {', '.join(bundle.manifest.code)})" if bundle.manifest.code else "")
                       + "; `omnigraph run` needs --trust-code")
+    fused = kernel_stages(bundle.plan)
+    if fused:
+        console.print(f"[yellow]carries Triton kernels[/] (Python code) for {', '.join(fused)}: they run only with "
+                      f"--trust-code; without it those stages run unfused")
     if any(s.form == "pt2" for s in bundle.manifest.stages):
         import torch
 

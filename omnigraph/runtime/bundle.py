@@ -5,12 +5,19 @@ plan. `Bundle.runnable_plan` then refuses what would be unsafe or would crash la
 a stage form its kind cannot load, a file outside the bundle, .pt2 programs from
 another torch minor version, and — unless the caller trusts it — Python code the
 bundle would run. The plan it returns names absolute paths inside the bundle.
+
+Generated Triton kernels (kernels/, from `compile --emit bundle --kernels`) are Python
+too, so they run only with trust. Without it the bundle is not refused: a kernel file
+runs a stage's own graph, fused, so the stages run their unfused ops instead (the same
+results, as without kernels or on a CPU without the interpreter) and one line on stderr
+says so.
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +27,7 @@ from pydantic import ValidationError
 from omnigraph.errors import BundleError
 from omnigraph.runtime.bundle_files import read_directory, unpack_archive
 from omnigraph.runtime.bundle_manifest import CODE_DIR, PLAN_NAME, Manifest
-from omnigraph.runtime.plan import RuntimePlan, StageNode
+from omnigraph.runtime.plan import RuntimePlan, StageKernels, StageNode
 
 ARCHIVE_SUFFIX = ".ogb"
 
@@ -68,7 +75,15 @@ class Bundle:
         if code and not trust_code:
             raise BundleError(f"the bundle runs Python code: {'; '.join(code)}; code in a bundle runs with your "
                               f"privileges", hint="read it (`omnigraph inspect` lists it), then pass --trust-code")
-        return _localize(self.plan, self.root, set(self.manifest.files))
+        plan = _localize(self.plan, self.root, set(self.manifest.files), set(self.manifest.kernels))
+        fused = kernel_stages(plan)
+        if fused and not trust_code:
+            for node in plan.stages():
+                node.kernels = None
+            sys.stderr.write(f"omnigraph: the bundle's Triton kernels ({', '.join(fused)}) were not used: kernel "
+                             f"files are Python code, which runs only with --trust-code; running the stages "
+                             f"unfused\n")
+        return plan
 
     def close(self) -> None:
         """Delete the unpacked copy of a .ogb (a directory bundle is left as it is)."""
@@ -154,6 +169,11 @@ def code_stages(plan: RuntimePlan) -> list[str]:
     return found
 
 
+def kernel_stages(plan: RuntimePlan) -> list[str]:
+    """The stages that carry generated kernels."""
+    return [node.name for node in plan.stages() if node.kernels is not None and node.kernels.files]
+
+
 def library_class(ref: str) -> bool:
     """Whether `ref` names a class a bundle may rebuild without trust: transformers', diffusers',
     torch's or the runtime's own (an nn.Module check follows when it is loaded)."""
@@ -163,14 +183,28 @@ def library_class(ref: str) -> bool:
     return scheme == "py" and bool(_SAFE_MODULES.fullmatch(target.partition(":")[0]))
 
 
-def _localize(plan: RuntimePlan, root: Path, listed: set[str]) -> RuntimePlan:
+def _localize(plan: RuntimePlan, root: Path, listed: set[str], kernels: set[str]) -> RuntimePlan:
     plan = plan.model_copy(deep=True)
     for node in plan.stages():
         _localize_stage(node, root, listed)
+        if node.kernels is not None:
+            node.kernels = _localize_kernels(node, node.kernels, root, listed & kernels)
     if plan.module_paths not in ([], [CODE_DIR]):
         raise BundleError(f"{PLAN_NAME}: module_paths {plan.module_paths} point outside the bundle's {CODE_DIR}/")
     plan.module_paths = [str(root / CODE_DIR)] if plan.module_paths else []
     return plan
+
+
+def _localize_kernels(node: StageNode, kernels: StageKernels, root: Path, listed: set[str]) -> StageKernels:
+    """The stage's kernel files as absolute paths, each one a kernel file the manifest lists."""
+    def local(rel: str) -> str:
+        if rel not in listed:
+            raise BundleError(f"{PLAN_NAME}: stage '{node.name}': kernel file '{rel}' is not one of the "
+                              f"bundle's kernels")
+        return os.fspath(root.joinpath(*rel.split("/")))
+
+    return StageKernels(files={e: local(p) for e, p in kernels.files.items()},
+                        constants={e: local(p) for e, p in kernels.constants.items()})
 
 
 def _localize_stage(node: StageNode, root: Path, listed: set[str]) -> None:

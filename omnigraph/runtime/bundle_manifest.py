@@ -21,6 +21,7 @@ MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "plan.json"
 README_NAME = "README.md"
 CODE_DIR = "code"
+KERNELS_DIR = "kernels"  # generated Triton kernels (compile --emit bundle --kernels): code, run only when trusted
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB; refuse to parse a giant one
 
 # A bundle path: "/"-separated names of letters, digits, "_", "-", "+", "." that do not
@@ -63,7 +64,7 @@ class Manifest(_Model):
     built_with: BuiltWith
     stages: list[StageEntry]
     code: list[str] = Field(default_factory=list)  # Python source the bundle's stages import
-    kernels: list[str] = Field(default_factory=list)  # generated kernels (none before the fusion pass)
+    kernels: list[str] = Field(default_factory=list)  # generated Triton kernels' files (--kernels; else none)
     requires: list[str] = Field(default_factory=list)  # what to pip install to run it
     files: dict[str, FileEntry]  # every file but manifest.json itself
 

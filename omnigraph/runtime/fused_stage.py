@@ -156,6 +156,11 @@ def fused_entry(node: Any, entry: str, model: nn.Module, device: str | torch.dev
     kernels = getattr(node, "kernels", None)
     if kernels is None or entry not in kernels.files or not kernels_apply(device, node.params):
         return None
-    holder = nn.Module()
-    holder.model = model
+    from omnigraph.runtime.programs import ExportedStage
+
+    if isinstance(model, ExportedStage):
+        holder = model.program  # a bundle's exported program: its weights are `model.…`, as captured
+    else:
+        holder = nn.Module()
+        holder.model = model
     return bind(kernels.files[entry], holder, device, kernels.constants.get(entry))
