@@ -60,8 +60,9 @@ def place(stages: list[StageInfo], target: Target) -> dict[str, list[str]]:
     doms = domains(target)
     groups = []  # (size, order, stage, type)
     pools: dict[str, int] = {}
+    plans = {st.name: plan_of(st) for st in stages}
     for order, st in enumerate(stages):
-        p = plan_of(st)
+        p = plans[st.name]
         if p["shared"]:
             pools[p["device_type"]] = st.op.parallel.get("replicas")
             continue
@@ -87,7 +88,7 @@ def place(stages: list[StageInfo], target: Target) -> dict[str, list[str]]:
             raise IRError(f"the shared {dtype} pool needs {count} devices, {len(free)} are left on {target.target}")
         pool = free[:count]
         for st in stages:
-            if plan_of(st)["shared"] and plan_of(st)["device_type"] == dtype:
+            if plans[st.name]["shared"] and plans[st.name]["device_type"] == dtype:
                 placed[st.name] = list(pool)
         for d in doms:
             d.free = [x for x in d.free if x not in pool]

@@ -16,10 +16,12 @@ from omnigraph.passes.stage_graph import pipeline_of, stage_graph
 def plan_report(module: ModuleOp) -> dict[str, Any]:
     pipe = pipeline_of(module)
     rows: list[dict[str, Any]] = []
+    rate = 0.0
     for st in stage_graph(module):
         if st.op.plan is None or st.op.parallel is None:
             continue
         p = from_attr(st.op.plan)
+        rate = p["pipeline_rate"]
         par = st.op.parallel.as_dict()
         mem = st.op.mem.as_dict() if st.op.mem is not None else {}
         rows.append({
@@ -33,7 +35,6 @@ def plan_report(module: ModuleOp) -> dict[str, Any]:
         })
     if not rows:
         return {"pipeline": pipe.sym_name.data, "target": None, "stages": []}
-    rate = from_attr(next(s.op.plan for s in stage_graph(module) if s.op.plan is not None))["pipeline_rate"]
     _utilisation(rows, rate)
     # The busiest devices; within a shared pool, the stage that takes most of its time.
     bottleneck = max(rows, key=lambda r: (round(r["utilisation"], 6), r["load_share"]))["stage"]

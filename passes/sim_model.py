@@ -33,6 +33,7 @@ from omnigraph.passes.cost_types import ParallelConfig, RequestShape, StageWork
 from omnigraph.passes.simulator import (
     SimEdge, SimPipeline, SimReport, SimRequest, SimStage, SimulationError, burst_arrivals, poisson_arrivals, simulate,
 )
+from omnigraph.passes.work_rules import chunk_tokens
 from omnigraph.passes.workload import sample_shapes
 from omnigraph.runtime.plan import LoopNode, RouteNode, RuntimePlan, StageNode
 from omnigraph.target import Device, Target
@@ -41,8 +42,6 @@ WorkFn = Callable[[RequestShape, random.Random], dict[str, StageWork]]
 
 # Executors that batch continuously or step per request: no max_wait to fill a batch.
 _CONTINUOUS = frozenset({"ar_llm", "tts", "vocoder"})
-# Tokens per streamed chunk for ar_llm's stream_chunk setting (a sentence: ~20 tokens).
-_CHUNK_TOKENS = {"token": 1, "word": 2, "sentence": 20}
 _DECODE_PROBE = 16  # decode steps costed to take a per-step time from the cost rules
 
 
@@ -316,7 +315,7 @@ def _sim_stage(graph: PlanGraph, st: FlatStage, **timing: Any) -> SimStage:
     ar = node.kind == "ar_llm"
     streams_out = any(s and graph.stages[c].node.kind != "ar_llm"
                       for c, other in graph.stages.items() for p, s in other.reads if p == node.name)
-    chunk = _CHUNK_TOKENS.get(str(node.params.get("stream_chunk", "sentence")), 20) if ar and streams_out else 0
+    chunk = chunk_tokens(node.params) if ar and streams_out else 0
     wanted = ("prefill_time", "step_time") if ar else ("batch_time",)
     return SimStage(
         name=node.name, mode="ar" if ar else "batch", replicas=len(node.instances),

@@ -195,10 +195,14 @@ def stage_work(kind: str, params: Mapping[str, Any], profile: ArchProfile, shape
 STREAM_CHUNK_TOKENS: dict[str, int] = {"token": 1, "word": 2, "sentence": 20}
 
 
+def chunk_tokens(producer_params: Mapping[str, Any]) -> int:
+    """Tokens per streamed chunk of an AR stage, from its stream_chunk setting."""
+    return STREAM_CHUNK_TOKENS.get(str(producer_params.get("stream_chunk", "sentence")), 20)
+
+
 def stream_chunks(producer_params: Mapping[str, Any], producer: StageWork) -> int:
     """How many chunks an AR producer streams for one request (one per chunk of tokens)."""
-    size = STREAM_CHUNK_TOKENS.get(str(producer_params.get("stream_chunk", "sentence")), 20)
-    return max(1, -(-(producer.decode_steps + 1) // size))
+    return max(1, -(-(producer.decode_steps + 1) // chunk_tokens(producer_params)))
 
 
 def chunked(work: StageWork, chunks: int) -> StageWork:

@@ -159,7 +159,43 @@ class RequestHandle:
                     req.changed.wait(poll)
 
 
-class LocalBackend:
+class Admission:
+    """What both backends do with a new request: bound how many are in flight, arm its
+    deadline, start it on the engine, and hand back a handle of the backend's kind."""
+
+    HANDLE: type[RequestHandle] = RequestHandle
+    engine: Engine
+    deadlines: Deadlines
+    _slots: threading.BoundedSemaphore
+    _closed: bool
+
+    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
+        """Start a request; blocks while `max_inflight` requests are already running."""
+        if self._closed:
+            raise RuntimeError("backend is closed")
+        self._slots.acquire()
+        request = Request(inputs, timeout)
+        self.deadlines.add(request)
+        try:
+            self.engine.start(request)
+        except Exception as exc:  # a bug in the engine must still end the request
+            self.engine.fail(request, exc)
+        return self.HANDLE(request, self)  # type: ignore[arg-type]  # either backend
+
+    def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        return self.submit(inputs, timeout=timeout).result()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # noqa: ANN204 - the backend itself
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalBackend(Admission):
     """Executes a RuntimePlan in this process."""
 
     def __init__(self, plan: RuntimePlan, *, max_inflight: int = 256, on_load: LoadHook | None = None) -> None:
@@ -192,22 +228,6 @@ class LocalBackend:
     def _enqueue(self, node: StageNode, item: WorkItem) -> None:
         self.workers[node.name].submit(item)
 
-    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
-        """Start a request; blocks while `max_inflight` requests are already running."""
-        if self._closed:
-            raise RuntimeError("backend is closed")
-        self._slots.acquire()
-        request = Request(inputs, timeout)
-        self.deadlines.add(request)
-        try:
-            self.engine.start(request)
-        except Exception as exc:  # a bug in the engine must still end the request
-            self.engine.fail(request, exc)
-        return RequestHandle(request, self)
-
-    def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-        return self.submit(inputs, timeout=timeout).result()
-
     def stats(self) -> dict[str, float]:
         """Seconds each stage's worker spent computing."""
         return {name: w.busy_seconds for name, w in self.workers.items()}
@@ -236,11 +256,6 @@ class LocalBackend:
             worker.join(timeout=5)
             worker.executor.close()
 
-    def __enter__(self) -> LocalBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _device_of(plan: RuntimePlan) -> str:

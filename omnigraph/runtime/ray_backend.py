@@ -19,7 +19,7 @@ from typing import Any
 from omnigraph.runtime.deadlines import Deadlines
 from omnigraph.runtime.engine import Engine, Request
 from omnigraph.runtime.executor import WorkItem
-from omnigraph.runtime.local import LoadHook, RequestHandle, StageLoadError, StepTiming
+from omnigraph.runtime.local import Admission, LoadHook, RequestHandle, StageLoadError, StepTiming
 from omnigraph.runtime.plan import LoopNode, RouteNode, RuntimePlan, StageNode
 from omnigraph.runtime.ray_cluster import (
     Placement,
@@ -52,9 +52,11 @@ class RayRequestHandle(RequestHandle):
             yield kind, name, value
 
 
-class RayBackend:
+class RayBackend(Admission):
     """Executes a RuntimePlan on a Ray cluster (`address`: "auto", "HOST:PORT", or None to
     join the cluster this process is in, else start a local one)."""
+
+    HANDLE = RayRequestHandle
 
     def __init__(self, plan: RuntimePlan, *, address: str | None = None, device_resource_name: str | None = None,
                  max_inflight: int = 256, on_load: LoadHook | None = None,
@@ -130,22 +132,6 @@ class RayBackend:
             for inst in instances:
                 inst.forget(request.id)
 
-    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RayRequestHandle:
-        """Start a request; blocks while `max_inflight` requests are already running."""
-        if self._closed:
-            raise RuntimeError("backend is closed")
-        self._slots.acquire()
-        request = Request(inputs, timeout)
-        self.deadlines.add(request)
-        try:
-            self.engine.start(request)
-        except Exception as exc:  # a bug in the engine must still end the request
-            self.engine.fail(request, exc)
-        return RayRequestHandle(request, self)  # type: ignore[arg-type]  # duck-typed backend
-
-    def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-        return self.submit(inputs, timeout=timeout).result()
-
     # -- inspection ----------------------------------------------------------------------
     def stats(self) -> dict[str, float]:
         """Seconds each stage's actors spent computing (all its instances)."""
@@ -178,11 +164,6 @@ class RayBackend:
             self.placement.remove()
         disconnect()
 
-    def __enter__(self) -> RayBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _torch_threads() -> int:
