@@ -61,7 +61,7 @@ def _collect(module: ModuleOp) -> tuple[str, _Graph]:
                 _wire(op, op.carry_names)
                 walk(op.body.block, op.label)
             elif isinstance(op, YieldOp) and cluster:
-                for v, port in zip(op.values, ["until", *[f"next" for _ in op.values[1:]]]):
+                for v, port in zip(op.values, ["until", *["next" for _ in op.values[1:]]]):
                     g.edges.append((_node_id(v, block_owner), cluster, port, False))
 
     def _wire(op: Operation, ports: list[str]) -> None:

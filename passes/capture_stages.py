@@ -9,7 +9,8 @@ Batch and sequence dims are dynamic (`Dim.AUTO`: dynamic where the module allows
 Modules are built the way their executor builds them: tiny configs for real, with
 seeded weights; a module over `META_BYTES` on the `meta` device, so a 7B config
 captures without allocating its weights. Stages with `params.fusion: false`, file
-models (GGUF, ONNX) and kinds without a torch module get a note instead.
+models other than a GGUF LLM (which loads as a transformers module) and kinds without
+a torch module get a note instead.
 
 The programs go in a side table keyed by the stage's kind, model and params (the IR
 holds a summary in the stage's `graphs` attribute); fuse-ops reads them from there.
@@ -84,7 +85,7 @@ def _capture(op: StageOp, plan: Any) -> StageCapture:
         capture.notes["stage"] = f"{kind} stages have no torch entry point to capture"
         return capture
     scheme = (model or "").partition(":")[0]
-    if scheme in FILE_SCHEMES:
+    if scheme in FILE_SCHEMES and not (scheme == "gguf" and kind == "ar_llm"):  # a GGUF LLM loads as a torch module
         capture.notes["stage"] = f"a {scheme} file: its graph is not a torch module's"
         return capture
     node = next((s for s in plan.stages() if s.name == op.label), None)

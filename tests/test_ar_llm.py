@@ -325,14 +325,16 @@ stages:
 
 def test_batched_prefill_matches_each_prompt_alone() -> None:
     from omnigraph.runtime.executors.llm_batch import prefill
+    from omnigraph.runtime.executors.llm_calls import ModuleCalls
 
     model = build_from_config("transformers", "LlamaForCausalLM", CONFIG, seed=0)
     embed = model.get_input_embeddings()
+    calls = ModuleCalls(model)
     with torch.no_grad():
         for batch in (prompts(), [embed(p) for p in prompts()]):  # token ids, then embeddings
-            fwd, caches = prefill(model, True, batch)
+            fwd, caches = prefill(calls, True, batch)
             for row, prompt in enumerate(batch):
-                alone, (kv,) = prefill(model, True, [prompt])
+                alone, (kv,) = prefill(calls, True, [prompt])
                 torch.testing.assert_close(fwd.logits[row], alone.logits[0], atol=1e-5, rtol=1e-4)
                 torch.testing.assert_close(fwd.hidden[row], alone.hidden[0], atol=1e-5, rtol=1e-4)
                 assert [k.shape[2] for k, _ in caches[row]] == [len(prompt)] * len(kv)

@@ -107,6 +107,13 @@ class Executor(ABC):
     def close(self) -> None:
         """Release what `load` started (a tensor-parallel instance's rank processes)."""
 
+    def unfuse(self) -> None:
+        """Run the module's own ops from now on, not its fused graph: the graph was bound to
+        the weights as loaded, and sharding is about to replace them."""
+        unfused = getattr(getattr(self, "model", None), "unfused", None)
+        if unfused is not None:
+            self.model = unfused
+
     def bundle_facts(self) -> dict[str, Any]:
         """What `load` read off the module that an exported program cannot tell it (sizes,
         scales); a bundle records these, and `load` takes them back from an ExportedStage."""

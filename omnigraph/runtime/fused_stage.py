@@ -93,6 +93,7 @@ class FusedProgram(nn.Module):
                  device: str | torch.device, interpret: bool = False) -> None:
         super().__init__()
         self.interpret = interpret
+        self.unfused: nn.Module | None = None  # the module this replaces, when bound by fused_entry
         sig = kernels.SIGNATURE
         if not sig.get("forward"):
             raise ValueError(f"{kernels.__file__}: the kernel file has no forward graph")
@@ -163,4 +164,6 @@ def fused_entry(node: Any, entry: str, model: nn.Module, device: str | torch.dev
     else:
         holder = nn.Module()
         holder.model = model
-    return bind(kernels.files[entry], holder, device, kernels.constants.get(entry))
+    program = bind(kernels.files[entry], holder, device, kernels.constants.get(entry))
+    object.__setattr__(program, "unfused", model)  # a plain reference, not a second submodule
+    return program

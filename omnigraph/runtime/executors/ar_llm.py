@@ -1,9 +1,14 @@
 """`ar_llm`: an autoregressive LLM with continuous batching.
 
 Each `step` prefills the work items that just arrived, together in one left-padded
-forward pass (their first token comes from the prefill), and then runs one batched decode step for every running request whose
-output streams have room. Requests join and leave the running batch at any step;
-see llm_batch.py for how their KV caches of different lengths decode together.
+forward pass (their first token comes from the prefill), and then runs one batched
+decode step for every running request whose output streams have room. Requests join
+and leave the running batch at any step; see llm_batch.py for how their KV caches of
+different lengths decode together.
+
+The forward passes run through the stage's fused prefill and decode-step graphs when the
+plan carries kernels for both and they apply here (a GPU, or the Triton interpreter asked
+for; see runtime/fused_stage.py), else through the module's own forward (llm_calls.py).
 
 Ports: `prompt` (text, formatted with the chat template unless chat is false, or
 tokens used as is) and optional `context` embeddings [seq, hidden], prepended to the
@@ -29,8 +34,10 @@ from omnigraph.kinds import ArLlmParams
 from omnigraph.runtime.channel import StreamReader
 from omnigraph.runtime.executor import Executor, WorkItem
 from omnigraph.runtime.executors.llm_batch import KV, DecodeBatch, choose_token, prefill
+from omnigraph.runtime.executors.llm_calls import FusedCalls, LlmCalls, ModuleCalls
 from omnigraph.runtime.executors.llm_loading import load_causal_lm
 from omnigraph.runtime.executors.llm_text import TextStream, prompt_ids
+from omnigraph.runtime.fused_stage import fused_entry
 from omnigraph.runtime.values import join_chunks
 
 _STATE = "ar_llm"  # key of a request's _Request in WorkItem.state
@@ -73,8 +80,23 @@ class ArLlmExecutor(Executor):
         self.takes_embeds = "inputs_embeds" in inspect.signature(self.model.forward).parameters
         self.max_positions: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.modality = {b.port: b.modality for b in self.node.inputs}
+        self.calls: LlmCalls = self._fused_calls() or ModuleCalls(self.model)
         self._batch: DecodeBatch | None = None
         self._members: list[_Request] = []  # the batch's rows, in order
+
+    def _fused_calls(self) -> FusedCalls | None:
+        """The fused prefill and decode-step graphs, when the plan has kernels for both
+        and they apply here (see fused_stage.fused_entry); else None."""
+        prefill_graph = fused_entry(self.node, "prefill", self.model, self.ctx.device)
+        decode_graph = fused_entry(self.node, "decode_step", self.model, self.ctx.device)
+        if prefill_graph is None or decode_graph is None:
+            return None
+        return FusedCalls(prefill_graph, decode_graph, self.embed)
+
+    def unfuse(self) -> None:
+        """Back to the module's own forward (its weights are about to change: sharding)."""
+        self.calls = ModuleCalls(self.model)
+        self._batch, self._members = None, []
 
     # -- the step ----------------------------------------------------------------------
     def step(self, items: list[WorkItem]) -> bool:
@@ -121,7 +143,7 @@ class ArLlmExecutor(Executor):
 
     def _prefill(self, group: list[_Prefill]) -> None:
         try:
-            fwd, caches = prefill(self.model, any(p.item.wants("hidden") for p in group), [p.prompt for p in group])
+            fwd, caches = prefill(self.calls, any(p.item.wants("hidden") for p in group), [p.prompt for p in group])
         except Exception as exc:
             if len(group) > 1:  # find the request that fails: each alone
                 for p in group:
@@ -140,7 +162,7 @@ class ArLlmExecutor(Executor):
     def _decode(self, reqs: list[_Request]) -> None:
         batch = self._batch_for(reqs)
         try:
-            fwd = batch.step(self.model, [r.tokens[-1] for r in reqs], any(r.item.wants("hidden") for r in reqs))
+            fwd = batch.step([r.tokens[-1] for r in reqs], any(r.item.wants("hidden") for r in reqs))
         except Exception:
             self._batch, self._members = None, []  # the caches are in an unknown state
             raise  # a batched forward cannot be pinned on one request: the worker fails them all
@@ -160,7 +182,7 @@ class ArLlmExecutor(Executor):
         if self._batch is not None:
             for req, kv in zip(self._members, self._batch.split()):
                 req.kv = kv
-        self._batch = DecodeBatch([r.kv for r in reqs])  # type: ignore[misc]  # each has one by now
+        self._batch = DecodeBatch(self.calls, [r.kv for r in reqs])  # type: ignore[misc]  # each has one by now
         for req in reqs:
             req.kv = None
         for req in self._members:

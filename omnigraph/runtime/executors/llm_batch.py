@@ -6,33 +6,22 @@ common length and stacked; the attention mask hides the padding and position ids
 carry each request's own position, so every row computes what it would alone.
 The stacked cache is kept across steps while the same requests decode, and is
 split back into per-request caches only when one joins or leaves.
+
+The model is reached through `LlmCalls` (llm_calls.py): its own forward, or its fused
+prefill and decode-step graphs; the batching here is the same for both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+
+from omnigraph.runtime.executors.llm_calls import Forward, LlmCalls
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, len, dim]
 
 
-@dataclass
-class Forward:
-    logits: torch.Tensor  # [batch, vocab], at the last position
-    hidden: torch.Tensor | None  # [batch, hidden], last layer at the last position
-
-
-def run_model(model: Any, want_hidden: bool, **inputs: Any) -> tuple[Forward, DynamicCache]:
-    """One forward pass; logits only at the last position (prefill would otherwise
-    project every prompt position onto the vocabulary)."""
-    out = model(**inputs, use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
-    hidden = out.hidden_states[-1][:, -1] if want_hidden else None
-    return Forward(out.logits[:, -1], hidden), out.past_key_values
-
-
-def prefill(model: Any, want_hidden: bool, prompts: list[torch.Tensor]) -> tuple[Forward, list[KV]]:
+def prefill(calls: LlmCalls, want_hidden: bool, prompts: list[torch.Tensor]) -> tuple[Forward, list[KV]]:
     """Prefill several prompts in one forward pass, all token ids [len] or all embeddings
     [len, hidden], left-padded to a common length (the mask hides the padding, position
     ids start at each prompt's first position); returns each prompt's own KV cache."""
@@ -41,16 +30,15 @@ def prefill(model: Any, want_hidden: bool, prompts: list[torch.Tensor]) -> tuple
     width = stacked.shape[1]
     mask = (torch.arange(width, device=stacked.device)[None]
             >= torch.tensor(pad, device=stacked.device)[:, None]).long()
-    inputs = {"input_ids" if stacked.dim() == 2 else "inputs_embeds": stacked}
-    fwd, cache = run_model(model, want_hidden, **inputs, attention_mask=mask,
-                           position_ids=(mask.cumsum(1) - 1).clamp(min=0))
-    return fwd, _split(cache, pad)
+    fwd, cache = calls.prefill(stacked, mask, (mask.cumsum(1) - 1).clamp(min=0), want_hidden)
+    return fwd, _split(calls.layers(cache), pad)
 
 
 class DecodeBatch:
     """A left-padded, stacked KV cache for a fixed list of requests (rows in order)."""
 
-    def __init__(self, caches: list[KV]) -> None:
+    def __init__(self, calls: LlmCalls, caches: list[KV]) -> None:
+        self.calls = calls
         lengths = [kv[0][0].shape[2] for kv in caches]
         width = max(lengths)
         self.pad = [width - n for n in lengths]
@@ -58,19 +46,18 @@ class DecodeBatch:
             tuple(torch.cat([_left_pad(kv[i][j], p) for kv, p in zip(caches, self.pad)]) for j in (0, 1))
             for i in range(len(caches[0]))
         ]
-        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.cache: Any = calls.cache(layers)
         device = caches[0][0][0].device
         self.mask = torch.ones(len(caches), width, dtype=torch.long, device=device)
         for row, p in enumerate(self.pad):
             self.mask[row, :p] = 0
         self.positions = torch.tensor(lengths, device=device)
 
-    def step(self, model: Any, tokens: list[int], want_hidden: bool) -> Forward:
+    def step(self, tokens: list[int], want_hidden: bool) -> Forward:
         """Feed one token per request and grow every cache by one position."""
         ids = torch.tensor(tokens, device=self.mask.device)[:, None]
         mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
-        fwd, self.cache = run_model(model, want_hidden, input_ids=ids, attention_mask=mask,
-                                    position_ids=self.positions[:, None], past_key_values=self.cache)
+        fwd, self.cache = self.calls.decode(self.cache, ids, mask, self.positions[:, None], want_hidden)
         self.mask = mask
         self.positions = self.positions + 1
         return fwd
@@ -78,13 +65,12 @@ class DecodeBatch:
     def split(self) -> list[KV]:
         """Each row's own cache again, padding dropped. These are views into the stack:
         clone a cache that must outlive it (or the whole stack stays alive)."""
-        return _split(self.cache, self.pad)
+        return _split(self.calls.layers(self.cache), self.pad)
 
 
-def _split(cache: DynamicCache, pad: list[int]) -> list[KV]:
+def _split(layers: KV, pad: list[int]) -> list[KV]:
     """Each row's cache as views into the stacked one, its left padding dropped."""
-    return [[(layer.keys[row:row + 1, :, p:], layer.values[row:row + 1, :, p:]) for layer in cache.layers]
-            for row, p in enumerate(pad)]
+    return [[(k[row:row + 1, :, p:], v[row:row + 1, :, p:]) for k, v in layers] for row, p in enumerate(pad)]
 
 
 def _left_pad(x: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:

@@ -48,7 +48,9 @@ def check_shardable(node: StageNode, instance: Instance) -> None:
 
 
 def shard_executor(executor: Executor, comm: RankComm) -> None:
-    """Replace the loaded executor's model by this rank's shard of it."""
+    """Replace the loaded executor's model by this rank's shard of it (unfused: the
+    captured graphs are the whole model's)."""
+    executor.unfuse()
     model = getattr(executor, "model", None)
     if model is None:
         raise ValueError(f"a {executor.node.kind} executor without a torch model cannot be sharded")

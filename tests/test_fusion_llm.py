@@ -1,0 +1,142 @@
+"""An ar_llm stage runs through its fused prefill and decode-step graphs: the same logits,
+hidden states and KV caches as the module's own forward, row by row in a left-padded batch,
+and the same generated tokens through the runtime while requests join and leave the
+running batch. Kernels run under the Triton interpreter here (OMNIGRAPH_TRITON_INTERPRET=1)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+pytest.importorskip("transformers")
+
+from omnigraph.api import compile_plan, load  # noqa: E402
+from omnigraph.runtime.executor import ExecContext, executor_class  # noqa: E402
+from omnigraph.runtime.executors.llm_batch import DecodeBatch, prefill  # noqa: E402
+from omnigraph.runtime.executors.llm_calls import FusedCalls, ModuleCalls  # noqa: E402
+from omnigraph.runtime.fused_stage import INTERPRET_ENV, FusedProgram  # noqa: E402
+from omnigraph.runtime.plan import RuntimePlan  # noqa: E402
+
+SPEC = """\
+pipeline: talk
+inputs: {prompt: tokens}
+outputs:
+  ids: {from: llm.tokens, modality: tokens}
+  hidden: {from: llm.hidden, modality: embedding}
+stages:
+  llm:
+    kind: ar_llm
+    model: "transformers:LlamaForCausalLM"
+    inputs: [prompt]
+    params:
+      max_new_tokens: MAX
+      fusion: FUSION
+      config: {hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4,
+               num_key_value_heads: 2, vocab_size: 300, max_position_embeddings: 128}
+"""
+TOL = {"atol": 2e-4, "rtol": 2e-4}
+
+
+def _spec(tmp: Path, fusion: bool = True, max_new_tokens: int = 8) -> Path:
+    path = tmp / f"talk_{fusion}_{max_new_tokens}.yaml"
+    path.write_text(SPEC.replace("MAX", str(max_new_tokens)).replace("FUSION", str(fusion).lower()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RuntimePlan]:
+    root = tmp_path_factory.mktemp("fused_llm")
+    spec = _spec(root)
+    return spec, compile_plan(spec, kernels_dir=root / "kernels")
+
+
+def _loaded(plan: RuntimePlan, monkeypatch: pytest.MonkeyPatch, interpret: bool = True):  # noqa: ANN202
+    if interpret:
+        monkeypatch.setenv(INTERPRET_ENV, "1")
+    else:
+        monkeypatch.delenv(INTERPRET_ENV, raising=False)
+    ex = executor_class("ar_llm")(plan.stages()[0], ExecContext())
+    ex.load()
+    return ex
+
+
+def _prompts(lengths: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n,), generator=gen) for n in lengths]
+
+
+def test_the_llm_stage_gets_prefill_and_decode_kernels(compiled: tuple[Path, RuntimePlan]) -> None:
+    node = compiled[1].stages()[0]
+    assert node.kernels is not None and set(node.kernels.files) == {"prefill", "decode_step"}
+    for entry in ("prefill", "decode_step"):
+        source = Path(node.kernels.files[entry]).read_text()
+        assert source.count("@triton.jit") >= 10  # norms, rotary, SwiGLU, matmul epilogues per layer
+        assert "def forward(self," in source and "omnigraph.passes" not in source
+    decode = Path(node.kernels.files["decode_step"]).read_text()
+    assert "kv_0, kv_1, kv_2, kv_3):" in decode  # the KV cache goes in as tensors, 2 layers x (k, v)
+
+
+def test_the_executor_binds_the_fused_graphs_only_where_they_apply(
+        compiled: tuple[Path, RuntimePlan], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = compiled[1]
+    fused = _loaded(plan, monkeypatch)
+    assert isinstance(fused.calls, FusedCalls)
+    assert isinstance(_loaded(plan, monkeypatch, interpret=False).calls, ModuleCalls)  # a CPU, no interpreter
+    off = compile_plan(_spec(tmp_path, fusion=False), kernels_dir=tmp_path / "kernels")
+    assert off.stages()[0].kernels is None  # fuse-ops left the stage alone
+    off.stages()[0].kernels = plan.stages()[0].kernels  # and kernels that are there are not run
+    assert isinstance(_loaded(off, monkeypatch).calls, ModuleCalls)
+    fused.unfuse()  # before sharding: the graphs were bound to the whole model's weights
+    assert isinstance(fused.calls, ModuleCalls)
+
+
+def test_fused_prefill_and_decode_match_the_module_row_by_row(
+        compiled: tuple[Path, RuntimePlan], monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = _loaded(compiled[1], monkeypatch)
+    module = ModuleCalls(ex.model)
+    embed = ex.model.get_input_embeddings()
+    with torch.no_grad():
+        for batch in (_prompts((5, 1, 9)), _prompts((1,)), [embed(p) for p in _prompts((4, 7))]):
+            want, want_kv = prefill(module, True, batch)
+            got, got_kv = prefill(ex.calls, True, batch)
+            torch.testing.assert_close(got.logits, want.logits, **TOL)
+            torch.testing.assert_close(got.hidden, want.hidden, **TOL)
+            for row_got, row_want in zip(got_kv, want_kv):
+                assert [k.shape for k, _ in row_got] == [k.shape for k, _ in row_want]
+                torch.testing.assert_close(row_got, row_want, **TOL)
+            # decode together from caches of different lengths, three steps
+            fused_batch, module_batch = DecodeBatch(ex.calls, got_kv), DecodeBatch(module, want_kv)
+            tokens = [int(t) for t in want.logits.argmax(-1)]
+            for _ in range(3):
+                g, w = fused_batch.step(tokens, want_hidden=False), module_batch.step(tokens, want_hidden=True)
+                assert g.hidden is None  # asked for none
+                torch.testing.assert_close(g.logits, w.logits, **TOL)
+                tokens = [int(t) for t in w.logits.argmax(-1)]
+            for row_got, row_want in zip(fused_batch.split(), module_batch.split()):
+                torch.testing.assert_close(row_got, row_want, **TOL)
+
+
+def test_the_pipeline_generates_the_same_tokens_fused(
+        compiled: tuple[Path, RuntimePlan], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, plan = compiled
+    prompts = _prompts((3, 7, 1, 5), seed=1)
+
+    def generate(target: Path | RuntimePlan) -> list[dict]:
+        with load(target) as pipe:
+            first = [pipe.submit({"prompt": p}) for p in prompts[:2]]
+            rest = [pipe.submit({"prompt": p}) for p in prompts[2:]]  # join the running batch
+            return [h.result(timeout=300) for h in first + rest]
+
+    monkeypatch.delenv(INTERPRET_ENV, raising=False)
+    want = generate(spec)
+    monkeypatch.setenv(INTERPRET_ENV, "1")
+    calls: list[int] = []
+    forward = FusedProgram.forward
+    monkeypatch.setattr(FusedProgram, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    got = generate(plan)
+    assert len(calls) >= 2, "the fused graphs did not run"
+    for g, w in zip(got, want):
+        assert g["ids"].tolist() == w["ids"].tolist() and len(w["ids"]) > 0
+        torch.testing.assert_close(g["hidden"], w["hidden"], **TOL)
