@@ -81,11 +81,15 @@ class Seg:
     deps: frozenset[str]  # loop variables the coordinate depends on
 
     def coords(self, name: Namer) -> list[str]:
-        """One coordinate per dim: the flat one unraveled (the outermost needs no remainder)."""
+        """One coordinate per dim: the flat one unraveled (the outermost needs no remainder;
+        a size-1 dim's is 0 wherever the flat one is in bounds, and masks cover the rest)."""
         if len(self.dims) == 1:
             return [self.flat]
         out = []
         for j, size in enumerate(self.dims):
+            if size == 1:
+                out.append("0")
+                continue
             inner = name(prod(self.dims[j + 1:]))
             c = floordiv(self.flat, inner)
             out.append(c if j == 0 else mod(c, name(size)))
@@ -125,7 +129,8 @@ class Index:
             if len(seg.dims) == 1:
                 segs.append(seg)
             else:
-                segs.extend(Seg(c, (d,), seg.deps) for c, d in zip(seg.coords(name), seg.dims))
+                segs.extend(Seg(c, (d,), frozenset() if c == "0" else seg.deps)
+                            for c, d in zip(seg.coords(name), seg.dims))
         return Index(tuple(segs))
 
     def coords(self, name: Namer) -> list[tuple[str, frozenset[str]]]:

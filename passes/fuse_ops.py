@@ -4,7 +4,8 @@ Per stage entry (from capture-stages): lower to the ATen ops fusion knows (fx_lo
 start with one group per compute op, then repeatedly merge the legal pair of groups
 (fusion_legality) that saves the most bytes (fusion_score) until no legal merge saves
 any. Candidate pairs share a buffer: producer and consumer, or two readers of one
-input. Each final group becomes one Triton kernel (codegen/kernel_emitter); a group
+input. A deep graph is fused window by window (overlapping; fusion_state says why that
+is exact for cycles), which keeps the pass linear in the graph's length. Each final group becomes one Triton kernel (codegen/kernel_emitter); a group
 the emitter cannot express stays as its eager ops, and a matmul with nothing fused
 into it stays with the vendor library. The stage's `fusion` attribute counts kernels
 and fused ops per entry; the kernels themselves go in a side table for codegen.
@@ -62,15 +63,21 @@ def _emittable(state: FusionState, gid: int) -> str | None:
     return None
 
 
+WINDOW = 768  # graph positions fused at a time (a Llama layer's prefill lowers to about 170)
+OVERLAP = 256  # how far a window reaches back into the last, so that no boundary blocks a fusion
+
+
 def _candidates(state: FusionState) -> list[tuple[int, int]]:
     """Pairs of groups that share a buffer: (producer, consumer) or two readers of one input."""
     pairs: set[tuple[int, int]] = set()
     readers: dict[fx.Node, set[int]] = {}
-    for gid, group in state.groups.items():
-        for node in group.nodes:
+    scoped = state.scoped_groups()
+    inside = set(scoped)
+    for gid in scoped:
+        for node in state.groups[gid].nodes:
             for src in state.sources(node):
                 other = state.group_of.get(src)
-                if other is not None and other != gid:
+                if other in inside and other != gid:
                     pairs.add((other, gid))
                 elif other is None:
                     readers.setdefault(src, set()).add(gid)
@@ -82,17 +89,47 @@ def _candidates(state: FusionState) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
-def fuse_graph(graph: fx.Graph) -> tuple[FusionState, int]:
-    """Greedy merging to a fixed point; returns the final state and how many merges it made."""
-    from omnigraph.passes import fusion_legality, fusion_score
+def fuse_graph(graph: fx.Graph, window: int = WINDOW, overlap: int = OVERLAP) -> tuple[FusionState, int]:
+    """Greedy merging to a fixed point, window by window along the graph (each window
+    `window` positions, starting `overlap` back into the last where no group straddles);
+    returns the final state, over the whole graph, and how many merges it made."""
     from omnigraph.passes.fusion_state import FusionState
 
     state = FusionState.of(graph)
+    gains: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # a score depends only on the two groups
+    size, lo, merges = len(state.order), 0, 0
+    while True:
+        hi = min(size, lo + window)
+        state, made = _fuse_window(state.windowed((lo, hi) if (lo, hi) != (0, size) else None), gains)
+        merges += made
+        if hi >= size:
+            return state.windowed(None), merges
+        lo = _cut(state, max(lo + 1, hi - overlap), hi)
+
+
+def _cut(state: FusionState, start: int, end: int) -> int:
+    """The first position from `start` (at most `end`) that no group straddles."""
+    covered = [0] * (end - start + 2)  # +1 where a group spans across a position
+    for group in state.groups.values():
+        first, last = state.order[group.nodes[0]], state.order[group.nodes[-1]]
+        if first < end and last >= start:
+            covered[max(first + 1, start) - start] += 1
+            covered[min(last, end) - start + 1] -= 1
+    depth = 0
+    for offset, step in enumerate(covered[:-1]):
+        depth += step
+        if depth == 0:
+            return start + offset
+    return end
+
+
+def _fuse_window(state: FusionState, gains: dict) -> tuple[FusionState, int]:
+    from omnigraph.passes import fusion_legality, fusion_score
+
     # A refusal stands while neither group changes: a cycle through third groups stays one
     # whatever they merge with, and a merge elsewhere rarely lowers the peak it would raise
     # (missing such a merge is safe; making an illegal one is not possible).
     rejected: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
-    gains: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # a score depends only on the two groups
     merges = 0
     while True:
         scored = []

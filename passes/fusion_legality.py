@@ -86,6 +86,8 @@ def _peak(state: FusionState) -> int:
     for u in order:
         for d in state.unit_inputs(u):
             last[d] = max(last.get(d, -1), at[u])
+        if state.escapes(u):  # read after the window: live to its end
+            last[u] = len(order)
     for u in order:
         if isinstance(u, int):
             sizes[u] = sum(nbytes(n) for n in state.outside_readers(u))

@@ -4,6 +4,12 @@ Every compute node starts in a group of its own; fuse_ops merges groups. Data ed
 between groups see through view ops (a view is index arithmetic inside the kernel
 that reads it), so a view between two groups is not a third party that would make
 their merge look like a cycle. Buffer sizes use the example's sizes for dynamic dims.
+
+A state may be narrowed to a window of the graph (`span`, positions [lo, hi) that no
+group straddles): its units, edges, schedule and peak are then the window's. That is
+exact for cycles, since a path between two nodes of the window only passes nodes
+between them; for memory, what the window makes and later nodes read stays live to
+its end. fuse_ops works window by window so that a deep graph fuses in linear time.
 """
 from __future__ import annotations
 
@@ -60,6 +66,30 @@ class FusionState:
     # node depend only on the classes, so every state of one graph shares that table.
     read_through: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
     memo: dict[str, object] = field(default_factory=dict)
+    span: tuple[int, int] | None = None  # the window [lo, hi) of graph positions; None: all
+
+    def windowed(self, span: tuple[int, int] | None) -> FusionState:
+        """The same groups, narrowed to the positions `span` (None: the whole graph)."""
+        return FusionState(self.graph, self.classes, self.order, self.groups, self.group_of, self.read_through,
+                           span=span)
+
+    def in_span(self, node: fx.Node) -> bool:
+        return self.span is None or self.span[0] <= self.order[node] < self.span[1]
+
+    def scoped_groups(self) -> list[int]:
+        """The groups inside the window (all of them without one)."""
+        if self.span is None:
+            return list(self.groups)
+        lo, hi = self.span
+        return [g for g, group in self.groups.items()
+                if lo <= self.order[group.nodes[0]] and self.order[group.nodes[-1]] < hi]
+
+    def escapes(self, unit: object) -> bool:
+        """Whether a node after the window reads the unit's value (never without a window)."""
+        if self.span is None:
+            return False
+        nodes = self.groups[unit].nodes if isinstance(unit, int) else [unit]
+        return any(u.op == "output" or self.order[u] >= self.span[1] for n in nodes for u in n.users)
 
     @classmethod
     def of(cls, graph: fx.Graph) -> FusionState:
@@ -103,21 +133,29 @@ class FusionState:
         return self.group_of.get(node, node)
 
     def unit_inputs(self, unit: object) -> set[object]:
+        """The units this one reads (inside the window: what comes before it is given)."""
         nodes = self.groups[unit].nodes if isinstance(unit, int) else [unit]
         deps: set[object] = set()
         for n in nodes:
             reads = self.sources(n) if isinstance(unit, int) else n.all_input_nodes
-            deps |= {self.unit(s) for s in reads}
+            deps |= {self.unit(s) for s in reads if self.in_span(s)}
         deps.discard(unit)
         return deps
 
     def units(self) -> list[object]:
         seen: dict[object, None] = {}
-        for node in self.graph.nodes:
+        nodes = self.graph.nodes if self.span is None else self._window_nodes()
+        for node in nodes:
             if self.classes[node] is OpClass.VIEW and node not in self.group_of and not self._read_eagerly(node):
                 continue  # a view only kernels read: it is their index arithmetic
             seen.setdefault(self.unit(node))
         return list(seen)
+
+    def _window_nodes(self) -> list[fx.Node]:
+        if "nodes" not in self.memo:
+            lo, hi = self.span  # type: ignore[misc]
+            self.memo["nodes"] = [n for n in self.graph.nodes if lo <= self.order[n] < hi]
+        return self.memo["nodes"]  # type: ignore[return-value]
 
     def _read_eagerly(self, node: fx.Node) -> bool:
         return any(u not in self.group_of and (self.classes[u] is not OpClass.VIEW or self._read_eagerly(u))
@@ -167,7 +205,9 @@ class FusionState:
     def merged(self, a: int, b: int) -> FusionState:
         """A copy with groups a and b as one (the kind is the caller's to set)."""
         state = FusionState(self.graph, self.classes, self.order, dict(self.groups), dict(self.group_of),
-                            self.read_through)
+                            self.read_through, span=self.span)
+        if "nodes" in self.memo:
+            state.memo["nodes"] = self.memo["nodes"]
         ga, gb = self.groups[a], self.groups[b]
         nodes = sorted(ga.nodes + gb.nodes, key=self.order.__getitem__)
         state.groups[a] = Group(a, ga.kind, nodes)

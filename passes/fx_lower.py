@@ -129,5 +129,41 @@ def lower(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target in ASSERTS and not node.users:
             graph.erase_node(node)
+    drop_empty_cat_operands(graph)
     lowered.graph_module.recompile()
     return lowered
+
+
+def _empty_1d(node: Any, dtype: torch.dtype) -> bool:
+    val = getattr(node, "meta", {}).get("val")
+    return (isinstance(val, torch.Tensor) and val.dim() == 1 and isinstance(val.shape[0], int)
+            and val.shape[0] == 0 and val.dtype == dtype)
+
+
+def drop_empty_cat_operands(graph: torch.fx.Graph) -> None:
+    """`cat` skips 1-D empty operands; drop them from the graph, with what made them.
+
+    A transformers DynamicCache starts each layer as an empty tensor and cats the first
+    keys onto it: in a captured decode step that is a copy of every layer's cache and a
+    kernel cloning an empty constant, per layer, per step. Without the empty operand, a
+    cat of one tensor is that tensor (kept as a copy where it is an input returned as is).
+    """
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.cat.default:
+            continue
+        out = node.meta.get("val")
+        tensors = list(node.args[0])
+        keep = [t for t in tensors if not (isinstance(out, torch.Tensor) and _empty_1d(t, out.dtype))]
+        if not keep or len(keep) == len(tensors):
+            continue
+        dropped = [t for t in tensors if t not in keep]
+        if len(keep) == 1 and not (keep[0].op == "placeholder" and any(u.op == "output" for u in node.users)):
+            node.replace_all_uses_with(keep[0])
+            graph.erase_node(node)
+        else:
+            node.args = (keep, *node.args[1:])
+        while dropped:  # what only fed the dropped operands: the clones of an empty constant
+            orphan = dropped.pop()
+            if orphan.op == "call_function" and not orphan.users:
+                dropped += orphan.all_input_nodes
+                graph.erase_node(orphan)

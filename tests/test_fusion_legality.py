@@ -99,3 +99,44 @@ def test_two_matmuls_never_share_a_kernel() -> None:
 ])
 def test_which_kinds_share_a_template(producer: str, consumer: str, kind: str | None) -> None:
     assert fusion_legality.merged_kind(producer, consumer) == kind
+
+
+class Layers(nn.Module):
+    """Four Llama decoder layers: a graph deep enough to fuse in several windows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from fusion_cases import LlamaBlock
+
+        self.blocks = nn.ModuleList(LlamaBlock(32) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _kernel_shapes(state: FusionState) -> list[tuple[str, tuple[str, ...]]]:
+    return sorted((g.kind, tuple(n.target.__name__ for n in g.nodes)) for g in state.groups.values() if len(g.nodes) > 1)
+
+
+def test_a_deep_graph_fuses_window_by_window_as_it_does_whole() -> None:
+    graph = _state(Layers(), torch.randn(2, 6, 32)).graph
+    whole, merges = fuse_graph(graph, window=10**9)
+    windowed, merges_w = fuse_graph(graph, window=120, overlap=40)  # a layer lowers to ~90 positions
+    assert len(whole.order) > 3 * 120  # so there were several windows
+    assert _kernel_shapes(windowed) == _kernel_shapes(whole) and merges_w == merges
+    windowed.schedule()  # no cycle
+    assert fusion_legality.peak_bytes(windowed) <= fusion_legality.peak_bytes(FusionState.of(graph))
+
+
+def test_windows_start_where_no_group_straddles() -> None:
+    from omnigraph.passes.fuse_ops import _cut
+
+    graph = _state(Layers(), torch.randn(2, 6, 32)).graph
+    fused, _ = fuse_graph(graph, window=10**9)
+    spans = [(fused.order[g.nodes[0]], fused.order[g.nodes[-1]]) for g in fused.groups.values()]
+    for start in range(0, len(fused.order) - 40, 7):
+        cut = _cut(fused, start, start + 40)
+        assert start <= cut <= start + 40
+        assert cut == start + 40 or not any(first < cut <= last for first, last in spans)

@@ -4,6 +4,7 @@ and the same generated tokens through the runtime while requests join and leave 
 running batch. Kernels run under the Triton interpreter here (OMNIGRAPH_TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,10 @@ def test_the_llm_stage_gets_prefill_and_decode_kernels(compiled: tuple[Path, Run
         assert "def forward(self," in source and "omnigraph.passes" not in source
     decode = Path(node.kernels.files["decode_step"]).read_text()
     assert "kv_0, kv_1, kv_2, kv_3):" in decode  # the KV cache goes in as tensors, 2 layers x (k, v)
+    # Each RMSNorm is one kernel also where the sequence dim is 1 (two per layer, and the
+    # final one), and the DynamicCache's empty starting tensors leave no copy kernels behind.
+    assert decode.count('"""pow -> mean -> add -> rsqrt -> mul -> mul"""') == 5
+    assert not re.search(r"self\.k\d+\(c_lifted_tensor", decode) and "cat.default([getitem" not in decode
 
 
 def test_the_executor_binds_the_fused_graphs_only_where_they_apply(
