@@ -94,6 +94,22 @@ def test_the_untrusted_chat_bundle_runs_unfused(bundles: dict[str, Path], tmp_pa
     assert "kernels" in capsys.readouterr().err and (tmp_path / "out" / "answer.txt").is_file()
 
 
+def test_the_trusted_chat_bundle_runs_every_stage_fused(bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LLM too: its prefill and decode steps through their fused graphs, same answer."""
+    inputs = {"prompt": "What is this?", "image": _image()}
+    with load(bundles["chat"]) as pipe:
+        want = pipe.run(inputs)["answer"]
+    monkeypatch.setenv(INTERPRET_ENV, "1")
+    ran: set[str] = set()
+    forward = FusedProgram.forward
+    monkeypatch.setattr(FusedProgram, "forward",
+                        lambda self, *a: ran.add(Path(self.kernels.__file__).stem) or forward(self, *a))
+    with load(bundles["chat"], trust_code=True) as pipe:
+        got = pipe.run(inputs)["answer"]
+    assert {"vision.forward", "llm.prefill", "llm.decode_step"} <= ran
+    assert got == want
+
+
 def test_a_tampered_kernel_file_is_refused(bundles: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "b"
     shutil.copytree(bundles["see"], copy)
