@@ -92,3 +92,15 @@ def test_fusion_false_turns_a_stage_off(compiled: tuple[Path, object], tmp_path:
     ex = executor_class("encoder")(node, ExecContext())
     ex.load()
     assert not isinstance(ex.model, FusedProgram)
+
+
+def test_unfuse_gives_back_the_module_before_sharding(compiled: tuple[Path, object],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _, plan = compiled
+    monkeypatch.setenv(INTERPRET_ENV, "1")
+    ex = executor_class("encoder")(plan.stages()[0], ExecContext())
+    ex.load()
+    fused = ex.model
+    assert isinstance(fused, FusedProgram)
+    ex.unfuse()  # tp sharding replaces the weights the fused graph was bound to
+    assert ex.model is fused.unfused and not isinstance(ex.model, FusedProgram)
