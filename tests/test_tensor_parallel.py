@@ -1,10 +1,12 @@
 """Tensor and expert parallelism on LocalBackend (rank 0 here, the other ranks spawned as
 processes, gloo between them): tp=2 equals tp=1 within float tolerance for a tiny Llama
 and for encoders, ep=2 equals ep=1 for a MoE block, and a rank that dies fails its
-instance's requests with an error naming the stage while the other stages keep serving.
-(The same on the Ray backend: test_ray_backend.py.)"""
+instance's requests with an error naming the stage while the other stages keep serving,
+and the instance is then rebuilt (new ranks, newly loaded) and serves later requests as
+before. (The same on the Ray backend: test_ray_backend.py.)"""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -26,8 +28,8 @@ LLAMA = """{hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_a
            num_key_value_heads: 2, vocab_size: 512, max_position_embeddings: 512, tie_word_embeddings: true}"""
 
 
-def llm_spec(tmp_path: Path, tp: int) -> Path:
-    path = tmp_path / f"llm{tp}.yaml"
+def llm_spec(tmp_path: Path, tp: int, max_new_tokens: int = 12) -> Path:
+    path = tmp_path / f"llm{tp}_{max_new_tokens}.yaml"
     path.write_text(f"""
 pipeline: tp_llm
 inputs: {{prompt: text}}
@@ -40,7 +42,7 @@ stages:
     model: "transformers:LlamaForCausalLM"
     inputs: [prompt]
     parallel: {{tp: {tp}}}
-    params: {{max_new_tokens: 12, chat: false, config: {LLAMA}}}
+    params: {{max_new_tokens: {max_new_tokens}, chat: false, config: {LLAMA}}}
 """)
     return path
 
@@ -161,15 +163,81 @@ stages:
         pipe.backend.engine.on_end.append(lambda r: ended.append(r.id))
         handles = [pipe.submit({"prompt": f"q{i}", "mode": "think"}, timeout=120) for i in range(6)]
         leader = pipe.backend.workers["llm"].executor
-        deadline = time.monotonic() + 60
-        while not leader.mirror.views and time.monotonic() < deadline:  # decoding is under way
-            time.sleep(0.01)
+        wait_until(lambda: len(leader.mirror.views) == len(handles))  # all of them are decoding
         os.kill(leader.followers.procs[0].pid, signal.SIGKILL)
         for h in handles:
             with pytest.raises(RequestFailed) as err:
                 h.result(timeout=120)
-            assert err.value.stage == "llm" and "stage 'llm'" in str(err.value)
+            assert err.value.stage == "llm" and "stage 'llm' failed: RankFailed: " in str(err.value)
         assert sorted(ended) == sorted(h.id for h in handles)  # each ended, once
         assert pipe.run({"prompt": "still here", "mode": "echo"}, timeout=30) == {"echo": "STILL HERE"}
-        with pytest.raises(RequestFailed, match=r"stage 'llm' failed: RankFailed: tensor-parallel rank 1 of 2"):
-            pipe.run({"prompt": "again", "mode": "think"}, timeout=30)
+        assert pipe.run({"prompt": "again", "mode": "think"}, timeout=120)["answer"]  # on the rebuilt instance
+        assert leader.rebuilds == 1
+
+
+def test_a_dead_rank_is_replaced_and_later_requests_are_served(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    prompts = [{"prompt": p} for p in ("hello there", "a", "the quick brown fox jumps", "tensor parallel")]
+    with omnigraph.load(llm_spec(tmp_path, 1, max_new_tokens=200)) as pipe:
+        single = [pipe.run(p, timeout=120) for p in prompts]
+    with omnigraph.load(llm_spec(tmp_path, 2, max_new_tokens=200), target=two_cpus(tmp_path)) as pipe:
+        leader = pipe.backend.workers["llm"].executor
+        before = [pipe.run(p, timeout=120) for p in prompts]
+        ranks = list(leader.followers.procs)
+        ended: list[int] = []
+        pipe.backend.engine.on_end.append(lambda r: ended.append(r.id))
+        handles = [pipe.submit(p, timeout=120) for p in prompts]
+        wait_until(lambda: len(leader.mirror.views) == len(handles))  # all of them are decoding
+        os.kill(ranks[0].pid, signal.SIGKILL)
+        for h in handles:  # the requests under way fail, naming the stage and the rank
+            with pytest.raises(RequestFailed, match=r"stage 'llm' failed: RankFailed: ") as err:
+                h.result(timeout=120)
+            assert err.value.stage == "llm"
+        after = [pipe.run(p, timeout=120) for p in prompts]  # the instance is rebuilt, then serves them
+        together = burst(pipe, prompts)
+        ids = [h.id for h in handles]
+        assert sorted(i for i in ended if i in ids) == sorted(ids)  # each ended, once
+        assert leader.rebuilds == 1 and leader.broken is None and leader.comm.world == 2
+        assert not ranks[0].is_alive() and all(p not in ranks for p in leader.followers.procs)
+        ranks += leader.followers.procs
+    for ref, *others in zip(single, before, after, together):
+        for out in others:
+            assert out["reply"] == ref["reply"]
+            torch.testing.assert_close(out["hidden"], ref["hidden"], atol=1e-4, rtol=1e-4)
+    err_text = capfd.readouterr().err
+    assert "omnigraph: stage 'llm': tensor-parallel rank 1 of 2 " in err_text
+    assert "rebuilding its 2 ranks" in err_text
+    assert not [p for p in ranks if p.is_alive()]  # closing the backend ended every rank, the rebuilt ones too
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("omnigraph-llm-rank")]
+
+
+def test_an_instance_that_cannot_be_rebuilt_stays_failed_saying_so(tmp_path: Path,
+                                                                    capfd: pytest.CaptureFixture) -> None:
+    with omnigraph.load(llm_spec(tmp_path, 2), target=two_cpus(tmp_path)) as pipe:
+        leader = pipe.backend.workers["llm"].executor
+        assert pipe.run({"prompt": "warm"}, timeout=120)["reply"]
+        attempts: list[int] = []
+
+        def broken_start(started):  # every rebuild fails, as a model that no longer loads would
+            attempts.append(1)
+            raise OSError("no space left on device")
+
+        leader._start = broken_start
+        os.kill(leader.followers.procs[0].pid, signal.SIGKILL)
+        leader.followers.procs[0].join(30)
+        gave_up = (r"stage 'llm' failed: RankFailed: the tensor-parallel instance of stage 'llm' is down: rebuilding "
+                   r"its 2 ranks failed 3 times in a row; last cause: rebuilding failed: OSError: no space left")
+        for _ in range(2):  # the first request finds the rank dead and the rebuilds failing; the next, a failed stage
+            with pytest.raises(RequestFailed, match=gave_up):
+                pipe.run({"prompt": "again"}, timeout=60)
+        assert len(attempts) == 3
+    err_text = capfd.readouterr().err
+    assert "omnigraph: stage 'llm': tensor-parallel rank 1 of 2 died" in err_text
+    assert "omnigraph: the tensor-parallel instance of stage 'llm' is down" in err_text
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("omnigraph-llm-rank")]
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

@@ -17,7 +17,7 @@ from typing import Any
 from omnigraph.runtime.channel import StreamChannel, StreamClosed, StreamReader
 from omnigraph.runtime.executor import WorkItem
 
-_KEY = "_spmd_key"  # in a real item's state: its key in the messages
+STATE_KEY = "_spmd_key"  # in a real item's state: its key in the messages
 _keys = itertools.count(1)
 
 
@@ -173,10 +173,10 @@ class Snapshots:
         steps: list[ItemStep] = []
         readers: dict[int, dict[int, StreamReader]] = {}
         for i, item in enumerate(items):
-            key = item.state.get(_KEY)
+            key = item.state.get(STATE_KEY)
             spec = None
             if key is None:
-                key = item.state[_KEY] = next(_keys)
+                key = item.state[STATE_KEY] = next(_keys)
                 spec, readers[key] = self._spec(item)
             else:
                 readers[key] = self.readers.get(key, {})

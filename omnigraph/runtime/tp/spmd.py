@@ -3,7 +3,8 @@ on the same view (see mirror.py), so the sharded layers' collectives line up.
 
 A rank that dies makes the leader's next collective raise (or `check` notice first): the
 step's items fail, naming the stage, and so does every later step of that instance, with
-`RankFailed`. The backend's other stages are not affected.
+`RankFailed`; the backends replace the instance (local_ranks.LocalLeader rebuilds its ranks,
+the Ray backend its actors). The backend's other stages are not affected.
 """
 from __future__ import annotations
 
