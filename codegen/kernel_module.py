@@ -113,17 +113,23 @@ def forward_source(program: torch.export.ExportedProgram, kernels: list[Kernel])
 def signature(program: torch.export.ExportedProgram) -> dict[str, Any]:
     sig = program.graph_signature
     params = []
+    state: dict[str, list[Any]] = {}  # weight or buffer -> [dtype, shape], checked when bound
     for spec in sig.input_specs:
         if spec.kind is InputKind.USER_INPUT:
             params.append(["input", spec.arg.name])
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
             params.append(["state", spec.target])
+            value = program.state_dict.get(spec.target)
+            if value is None:
+                value = program.constants.get(spec.target)  # a non-persistent buffer
+            if isinstance(value, torch.Tensor):
+                state[spec.target] = [str(value.dtype).removeprefix("torch."), list(value.shape)]
         elif spec.kind is InputKind.CONSTANT_TENSOR:
             params.append(["constant", spec.target])
         else:
             params.append(["unsupported", str(spec.kind)])
     outputs = [s.kind is OutputKind.USER_OUTPUT for s in sig.output_specs]
-    return {"params": params, "outputs": len(outputs), "pure": all(outputs)}
+    return {"params": params, "outputs": len(outputs), "pure": all(outputs), "state": state}
 
 
 def assemble(stage: str, entry: str, program: torch.export.ExportedProgram, kernels: list[Kernel],

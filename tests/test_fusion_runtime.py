@@ -104,3 +104,20 @@ def test_unfuse_gives_back_the_module_before_sharding(compiled: tuple[Path, obje
     assert isinstance(fused, FusedProgram)
     ex.unfuse()  # tp sharding replaces the weights the fused graph was bound to
     assert ex.model is fused.unfused and not isinstance(ex.model, FusedProgram)
+
+
+def test_kernels_refuse_weights_unlike_those_they_were_generated_for(
+        compiled: tuple[Path, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import nn
+
+    from omnigraph.runtime.fused_stage import bind
+
+    _, plan = compiled
+    node = plan.stages()[0]
+    monkeypatch.delenv(INTERPRET_ENV, raising=False)
+    ex = executor_class("encoder")(node, ExecContext())
+    ex.load()  # unfused: the module itself
+    holder = nn.Module()
+    holder.model = ex.model.double()  # as if the plan's kernels were for another model
+    with pytest.raises(ValueError, match=r"is float64 \[.*\], but the kernels were generated for float32"):
+        bind(node.kernels.files["forward"], holder, "cpu", node.kernels.constants.get("forward"), interpret=False)

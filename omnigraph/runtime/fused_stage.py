@@ -111,6 +111,7 @@ class FusedProgram(nn.Module):
             elif kind == "state":
                 if name not in state:
                     raise ValueError(f"{kernels.__file__}: the module has no weight or buffer '{name}'")
+                _check_captured(kernels.__file__, name, state[name], sig.get("state", {}).get(name))
                 self._params.append(state[name])
             elif kind == "constant":
                 if name not in constants:
@@ -128,6 +129,16 @@ class FusedProgram(nn.Module):
         with interpreting(self.interpret):
             out = self.kernels.forward(self.kernels, *flat)
         return out[0] if len(out) == 1 else tuple(out)
+
+
+def _check_captured(file: str, name: str, tensor: torch.Tensor, captured: list[Any] | None) -> None:
+    """The kernels index weights as captured: another dtype or shape would be read wrongly."""
+    if captured is None:
+        return
+    dtype, shape = captured
+    if str(tensor.dtype).removeprefix("torch.") != dtype or list(tensor.shape) != list(shape):
+        raise ValueError(f"{file}: '{name}' is {str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}, but the "
+                         f"kernels were generated for {dtype} {list(shape)}: compile the stage again for this model")
 
 
 def load_constants(path: str | Path | None) -> dict[str, torch.Tensor]:
