@@ -1,14 +1,13 @@
 """Values inside a generated kernel: each FX node of a fused group as a Triton expression at
 an index, and the loads of the group's inputs. The heart of the kernel emitter
-(kernel_emitter.py): it walks from the group's outputs back to its inputs, through view
-ops as index arithmetic (kernel_index.py), pointwise ops by the expression table
-(kernel_ops.py), row reductions and top-k over the template's row variable, and a matmul's
-accumulator tile; every expression once (CSE), as a line `tN = ...`. `CannotEmit` says a
-group is not expressible as one kernel.
+(kernel_emitter.py): it walks from the group's outputs back to its inputs, through pointwise
+ops by the expression table (kernel_ops.py) and a matmul's accumulator tile; every expression
+once (CSE), as a line `tN = ...`. View ops as index arithmetic live in kernel_views.py, row
+reductions and top-k in kernel_reductions.py (mixins of `GroupValues`); `CannotEmit` and the
+shared value types in kernel_types.py.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,39 +16,16 @@ import torch
 from torch import fx
 
 from omnigraph.codegen import kernel_index as ki
-from omnigraph.codegen.kernel_index import Index, Seg, Size
+from omnigraph.codegen.kernel_index import Index, Size
 from omnigraph.codegen.kernel_ops import COMPARISONS, IDENTITY_OPS, OPS, TRITON_DTYPES, compute_type, literal
+from omnigraph.codegen.kernel_reductions import MAX_UNROLLED, RowReductions, row_item
+from omnigraph.codegen.kernel_types import CannotEmit, _Value, shape_of, size_expr, tensor_val
+from omnigraph.codegen.kernel_views import ViewValues, view_bases
 from omnigraph.passes.fx_classify import OpClass, classify
 
 aten = torch.ops.aten
-MAX_UNROLLED = 16  # top-k picks (and reductions over them) are unrolled, one value per pick
-
-class CannotEmit(Exception):
-    """This group cannot be one kernel; the message says why."""
-
-
-def tensor_val(node: Any) -> torch.Tensor:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    if not isinstance(val, torch.Tensor):
-        raise CannotEmit(f"{getattr(node, 'name', node)} is not a tensor")
-    return val
-
-
-def shape_of(node: fx.Node) -> tuple[Size, ...]:
-    return tuple(size_expr(s) for s in tensor_val(node).shape)
-
-
-def size_expr(s: Any) -> Size:
-    if isinstance(s, torch.SymInt):
-        return sympy.sympify(s.node.expr)
-    return sympy.Integer(int(s))
-
-
-@dataclass
-class _Value:
-    expr: str
-    deps: frozenset[str]
-    ty: str  # Triton compute type
+__all__ = ["MAX_UNROLLED", "CannotEmit", "GroupValues", "matmul_operands", "row_item", "shape_of", "size_expr",
+           "tensor_val", "view_bases"]
 
 
 @dataclass
@@ -67,7 +43,7 @@ class _Sizes:
         return self.names[size]
 
 
-class GroupValues:
+class GroupValues(ViewValues, RowReductions):
     """A group's values as Triton source lines, and what the kernel reads to compute them."""
 
     def __init__(self, name: str, kind: str, nodes: list[fx.Node]) -> None:
@@ -239,188 +215,6 @@ class GroupValues:
         expr = ki.add(ki.mul(coord, literal(step)), literal(start))
         return self.cast(_Value(self.tmp(expr) if expr != coord else expr, deps, "tl.int64"), ty)
 
-    def view_value(self, node: fx.Node, idx: Index, cond: str | None) -> _Value:
-        t = node.target
-        name = self.sizes
-        if t is operator.getitem:  # a piece of split: a slice of its input
-            split = node.args[0]
-            src, size_arg = split.args[0], split.args[1]
-            dim = _dim(split.args[2] if len(split.args) > 2 else 0, len(shape_of(src)))
-            sizes = [size_arg] * (int(node.args[1]) + 1) if isinstance(size_arg, int) else list(size_arg)
-            offset = sum(int(s) for s in sizes[: int(node.args[1])])
-            (coord, deps) = idx.coords(name)[dim]
-            return self.value(src, ki.replace_dim(idx, dim, ki.add(coord, str(offset)), deps,
-                                                  shape_of(src)[dim], name), cond)
-        src = node.args[0]
-        if t in (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.unsqueeze.default,
-                 aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default):
-            return self.value(src, ki.view(idx, shape_of(src), name), cond)
-        if t is aten.permute.default:
-            return self.value(src, ki.permute(idx, [_dim(d, len(node.args[1])) for d in node.args[1]], name), cond)
-        if t in (aten.transpose.int, aten.t.default):
-            n = len(shape_of(src))
-            perm = list(range(n))
-            if n >= 2:
-                d0, d1 = (0, 1) if t is aten.t.default else (_dim(node.args[1], n), _dim(node.args[2], n))
-                perm[d0], perm[d1] = perm[d1], perm[d0]
-            return self.value(src, ki.permute(idx, perm, name), cond)
-        if t is aten.expand.default:
-            return self.value(src, ki.broadcast(idx, shape_of(src), name), cond)
-        if t is aten.slice.Tensor:
-            return self.slice_value(node, idx, cond)
-        if t is aten.select.int:
-            shape = shape_of(src)
-            dim = _dim(node.args[1], len(shape))
-            i = node.args[2]
-            if not isinstance(i, int):
-                raise CannotEmit("select at a symbolic index")
-            if i < 0:
-                if not shape[dim].is_Integer:
-                    raise CannotEmit("select from the end of a dynamic dim")
-                i += int(shape[dim])
-            return self.value(src, ki.insert_dim(idx, dim, str(i), shape[dim], name), cond)
-        if t is aten.cat.default:
-            return self.cat_value(node, idx, cond)
-        raise CannotEmit(f"view op {t}")
-
-    def slice_value(self, node: fx.Node, idx: Index, cond: str | None) -> _Value:
-        src = node.args[0]
-        shape = shape_of(src)
-        dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(shape))
-        start = node.args[2] if len(node.args) > 2 else 0
-        step = node.args[4] if len(node.args) > 4 else 1
-        start = 0 if start is None else start
-        if not isinstance(start, int) or not isinstance(step, int):
-            raise CannotEmit("slice with a symbolic start or step")
-        if start < 0:
-            if not shape[dim].is_Integer:
-                raise CannotEmit("slice from the end of a dynamic dim")
-            start = max(0, start + int(shape[dim]))
-        (coord, deps) = idx.coords(self.sizes)[dim]
-        new = ki.add(ki.mul(coord, str(step)), str(start))
-        return self.value(src, ki.replace_dim(idx, dim, new, deps, shape[dim], self.sizes), cond)
-
-    def cat_value(self, node: fx.Node, idx: Index, cond: str | None) -> _Value:
-        parts = [p for p in node.args[0] if 0 not in tensor_val(p).shape]
-        rank = len(shape_of(node))
-        dim = _dim(node.args[1] if len(node.args) > 1 else 0, rank)
-        (coord, deps) = idx.coords(self.sizes)[dim]
-        ty = compute_type(tensor_val(node).dtype)
-        offset: Size = sympy.Integer(0)
-        picks: list[tuple[str, _Value]] = []
-        for part in parts:
-            size = shape_of(part)[dim]
-            lo, hi = self.sizes(offset), self.sizes(offset + size)
-            inside = self.tmp(f"({coord} >= {lo}) & ({coord} < {hi})") if lo != "0" else self.tmp(f"{coord} < {hi}")
-            inner = ki.replace_dim(idx, dim, ki.add(coord, f"-{lo}") if lo != "0" else coord, deps, size, self.sizes)
-            sub_cond = inside if cond is None else self.tmp(f"{cond} & {inside}")
-            picks.append((inside, self.cast(self.value(part, inner, sub_cond), ty)))
-            offset = offset + size
-        value = picks[-1][1]
-        for inside, v in reversed(picks[:-1]):
-            value = _Value(self.tmp(f"tl.where({inside}, {v.expr}, {value.expr})"),
-                           value.deps | v.deps | deps, ty)
-        return value
-
-    # -- reductions ---------------------------------------------------------------------
-    def reduction_value(self, node: fx.Node, idx: Index) -> _Value:
-        if self.kind != "reduction":
-            raise CannotEmit("a reduction inside a non-reduction kernel")
-        if node.target is operator.getitem:  # values or indices of a top-k
-            return self.topk_item(node, idx)
-        if node.target is aten.topk.default:
-            raise CannotEmit("a top-k read as a whole")
-        if idx.ravel(self.sizes) != "r":
-            raise CannotEmit(f"{node.name} is read at another row than its own")
-        if node in self.reduced:
-            return self.reduced[node]
-        src = node.args[0]
-        shape = shape_of(src)
-        k = _reduced_from(node, len(shape))
-        rows, cols = ki.prod(shape[:k]), ki.prod(shape[k:])
-        ty = compute_type(tensor_val(node).dtype)
-        if self.rows is None:
-            self.rows, self.cols = rows, cols
-        elif not ki.same(rows, self.rows):
-            raise CannotEmit("reductions over different rows")
-        elif not ki.same(cols, self.cols):
-            if not (cols.is_Integer and int(cols) <= MAX_UNROLLED and k == len(shape) - 1):
-                raise CannotEmit("reductions over rows of different lengths")
-            out = self.unrolled_reduction(node, src, shape, int(cols), ty)
-            self.reduced[node] = out
-            return out
-        home = Index((Seg("r", shape[:k], frozenset({"r"})), Seg("c", shape[k:], frozenset({"c"}))))
-        v = self.cast(self.value(src, home), ty)
-        full = "rmask & cmask"
-        op = node.target
-        if op in (aten.sum.dim_IntList, aten.mean.dim):
-            expr = f"tl.sum(tl.where({full}, {v.expr}, 0), 1)[:, None]"
-            if op is aten.mean.dim:
-                expr = f"{expr} / {self.sizes(cols)}"
-        elif op is aten.amax.default:
-            expr = f"tl.max(tl.where({full}, {v.expr}, float(\"-inf\")), 1)[:, None]"
-        elif op is aten.amin.default:
-            expr = f"tl.min(tl.where({full}, {v.expr}, float(\"inf\")), 1)[:, None]"
-        else:
-            raise CannotEmit(f"reduction {op}")
-        out = _Value(self.tmp(expr), frozenset({"r"}), ty)
-        self.reduced[node] = out
-        return out
-
-    def unrolled_reduction(self, node: fx.Node, src: fx.Node, shape: tuple[Size, ...], k: int, ty: str) -> _Value:
-        """A reduction over a short static last dim (the k picks of a top-k): one term each."""
-        terms = [self.cast(self.value(src, row_item(shape, j)), ty).expr for j in range(k)]
-        op = node.target
-        if op in (aten.sum.dim_IntList, aten.mean.dim):
-            expr = "(" + " + ".join(terms) + ")" + (f" / {k}" if op is aten.mean.dim else "")
-        elif op in (aten.amax.default, aten.amin.default):
-            fn = "tl.maximum" if op is aten.amax.default else "tl.minimum"
-            expr = terms[0]
-            for t in terms[1:]:
-                expr = f"{fn}({expr}, {t})"
-        else:
-            raise CannotEmit(f"reduction {op}")
-        return _Value(self.tmp(expr), frozenset({"r"}), ty)
-
-    def topk_item(self, node: fx.Node, idx: Index) -> _Value:
-        """Element j of a row's top-k values (getitem 0) or indices (getitem 1): the kernel
-        takes the row's maximum k times, masking each pick out (ties: the lowest index)."""
-        topk, which = node.args[0], int(node.args[1])
-        last = idx.segs[-1] if idx.segs else None
-        if last is None or len(last.dims) != 1 or not ki._is_int(last.flat) or \
-                Index(idx.segs[:-1]).ravel(self.sizes) != "r":
-            raise CannotEmit("a top-k read at another row, or not one pick at a time")
-        picks = self.topk_picks(topk)
-        value, index = picks[int(last.flat)]
-        return index if which == 1 else value
-
-    def topk_picks(self, topk: fx.Node) -> list[tuple[_Value, _Value]]:
-        if topk in self.topks:
-            return self.topks[topk]
-        src, k = topk.args[0], int(topk.args[1])
-        largest = topk.args[3] if len(topk.args) > 3 else topk.kwargs.get("largest", True)
-        shape = shape_of(src)
-        if _reduced_from(topk, len(shape)) != len(shape) - 1 or k > MAX_UNROLLED:
-            raise CannotEmit("top-k over another dim than the last, or of too many")
-        rows, cols = ki.prod(shape[:-1]), shape[-1]
-        if self.rows is None:
-            self.rows, self.cols = rows, cols
-        elif not (ki.same(rows, self.rows) and ki.same(cols, self.cols)):
-            raise CannotEmit("a top-k over other rows than the kernel's")
-        home = Index((Seg("r", shape[:-1], frozenset({"r"})), Seg("c", shape[-1:], frozenset({"c"}))))
-        v = self.cast(self.value(src, home), "tl.float32")
-        sign = "" if largest else "-"
-        cur = self.tmp(f"tl.where(rmask & cmask, {sign}{v.expr}, float(\"-inf\"))")
-        picks = []
-        for _ in range(k):
-            best = self.tmp(f"tl.max({cur}, 1)[:, None]")
-            at = self.tmp(f"tl.min(tl.where({cur} == {best}, c, 2147483647), 1)[:, None]")
-            cur = self.tmp(f"tl.where(c == {at}, float(\"-inf\"), {cur})")
-            value = _Value(self.tmp(f"{sign}{best}") if sign else best, frozenset({"r"}), "tl.float32")
-            picks.append((value, _Value(self.tmp(f"{at}.to(tl.int64)"), frozenset({"r"}), "tl.int64")))
-        self.topks[topk] = picks
-        return picks
-
     # -- matmul -----------------------------------------------------------------------
     def matmul_value(self, node: fx.Node, idx: Index) -> _Value:
         if node is not self.anchor or self.home is None or idx.key(self.sizes) != self.home.key(self.sizes):
@@ -434,44 +228,10 @@ class GroupValues:
         return acc
 
 
-def row_item(shape: tuple[Size, ...], j: int) -> Index:
-    """Element j of the last dim of this kernel's row r."""
-    return Index((Seg("r", shape[:-1], frozenset({"r"})), Seg(str(j), shape[-1:], frozenset())))
-
-
-def view_bases(node: fx.Node) -> set[fx.Node]:
-    """The nodes a value is a view of (itself, when it is not a view)."""
-    out, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if classify(n) is OpClass.VIEW:
-            stack.extend(n.all_input_nodes)
-        else:
-            out.add(n)
-    return out
-
-
 def matmul_operands(node: fx.Node) -> tuple[fx.Node, fx.Node]:
     if node.target is aten.addmm.default:
         return node.args[1], node.args[2]
     return node.args[0], node.args[1]
-
-
-def _reduced_from(node: fx.Node, rank: int) -> int:
-    """The first reduced dim: reductions must cover a trailing run of dims."""
-    if node.target is aten.topk.default:
-        dim = node.args[2] if len(node.args) > 2 else -1
-        dims = [_dim(dim, rank)]
-    else:
-        raw = node.args[1] if len(node.args) > 1 else None
-        dims = sorted(_dim(d, rank) for d in raw) if raw else list(range(rank))
-    if not dims or dims != list(range(dims[0], rank)):
-        raise CannotEmit("the reduced dims are not the trailing ones")
-    return dims[0]
-
-
-def _dim(d: int, rank: int) -> int:
-    return d + rank if d < 0 else d
 
 
 def _is_float_literal(text: str) -> bool:
