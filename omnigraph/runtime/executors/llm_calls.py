@@ -59,8 +59,6 @@ class ModuleCalls:
     """The transformers module itself: logits only at the last position (prefill would
     otherwise project every prompt position onto the vocabulary)."""
 
-    fused = False
-
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._cache_kwarg = cache_kwarg(model)
@@ -92,8 +90,6 @@ class FusedCalls:
     entry: prefill(embeds, mask, positions), decode(ids, mask, positions, kv); both return
     logits, hidden, then keys and values per layer). Token-id prompts are embedded here:
     the prefill entry takes embeddings, so prompts with context share it."""
-
-    fused = True
 
     def __init__(self, prefill: nn.Module, decode: nn.Module, embed: nn.Module) -> None:
         self._prefill, self._decode, self.embed = prefill, decode, embed
