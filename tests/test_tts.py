@@ -132,6 +132,27 @@ def test_tts_streams_sentences_as_they_arrive_interleaving_requests(tts: TtsExec
     assert not a.errors and not b.errors
 
 
+def test_tts_speaks_the_earliest_playback_deadline_first(tts: TtsExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request waiting for its first audio goes before the others' next sentences; then the
+    one whose audio runs out first."""
+    spoken: list[str] = []
+    speak = tts.speak
+    monkeypatch.setattr(tts, "speak", lambda text: spoken.append(text) or speak(text))
+    chan_a, chan_b, chan_c = StreamChannel(), StreamChannel(), StreamChannel()
+    a, b, c = (Probe(i, "text", ch.reader()) for i, ch in enumerate((chan_a, chan_b, chan_c)))
+    long = "This first sentence is a rather long one, so that it plays for several seconds at least."
+    chan_a.put(f"{long} Two.")
+    chan_c.put("Yes. Right.")
+    tts.step([a.item, c.item])  # each speaks its first sentence: a has seconds of audio, c a moment
+    chan_b.put("Hello.")
+    tts.step([a.item, c.item, b.item])
+    assert spoken == [long, "Yes.", "Hello.", "Right.", "Two."]
+    for ch in (chan_a, chan_b, chan_c):
+        ch.close()
+    run_until_done(tts, [a, b, c])
+    assert not a.errors and not b.errors and not c.errors
+
+
 def test_tts_whole_text_to_unstreamed_output(tts: TtsExecutor) -> None:
     probe = Probe(1, "text", "One. Two.", stream_out=False)
     run_until_done(tts, [probe])

@@ -8,11 +8,17 @@ answer). Each step polls every active request without waiting and speaks at most
 one complete sentence per request, so a request whose text is slow to come, or
 long, never holds back another request's audio. Text is held until a sentence
 ends (. ! ? or a newline); what is left is spoken when the stream ends.
+
+Within a step, requests go earliest playback deadline first: a request with no audio
+yet first (its first sentence is its time to first audio), then by when the audio it
+already has would finish playing, had playback started at its first chunk.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +79,7 @@ class _Progress:
     sentences: deque[str] = field(default_factory=deque)  # complete, not yet spoken
     ended: bool = False  # all the text is in
     samples: int = 0  # audio made so far
+    first_at: float | None = None  # time.monotonic() of its first audio
 
 
 class TtsExecutor(Executor):
@@ -95,7 +102,14 @@ class TtsExecutor(Executor):
         self.voice = PiperVoice(session=session, config=voice)
 
     def step(self, items: list[WorkItem]) -> bool:
-        return audio_io.step_each(items, self._advance)
+        return audio_io.step_each(sorted(items, key=self._due), self._advance)
+
+    def _due(self, item: WorkItem) -> float:
+        """When the request's listener runs out of audio (see the module docstring)."""
+        progress: _Progress | None = item.state.get("tts")
+        if progress is None or progress.first_at is None:
+            return -math.inf  # sorted() is stable: these keep their arrival order
+        return progress.first_at + progress.samples / self.sample_rate
 
     def _advance(self, item: WorkItem) -> bool:
         progress: _Progress = item.state.setdefault("tts", _Progress())
@@ -109,6 +123,8 @@ class TtsExecutor(Executor):
             if len(samples):
                 audio_io.send(item, Audio(samples, self.sample_rate))
                 progress.samples += len(samples)
+                if progress.first_at is None:
+                    progress.first_at = time.monotonic()
             moved = True
         if progress.ended and not progress.sentences:
             if progress.samples == 0:
