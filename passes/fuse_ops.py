@@ -5,8 +5,9 @@ start with one group per compute op, then repeatedly merge the legal pair of gro
 (fusion_legality) that saves the most bytes (fusion_score) until no legal merge saves
 any. Candidate pairs share a buffer: producer and consumer, or two readers of one
 input. A deep graph is fused window by window (overlapping; fusion_state says why that
-is exact for cycles), which keeps the pass linear in the graph's length. Each final group becomes one Triton kernel (codegen/kernel_emitter); a group
-the emitter cannot express stays as its eager ops, and a matmul with nothing fused
+is exact for cycles), which keeps the pass linear in the graph's length. Each final
+group becomes one Triton kernel (codegen/kernel_emitter); a group the emitter cannot
+express stays as its eager ops, and a matmul with nothing fused
 into it stays with the vendor library. The stage's `fusion` attribute counts kernels
 and fused ops per entry; the kernels themselves go in a side table for codegen.
 """

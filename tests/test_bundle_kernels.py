@@ -94,7 +94,8 @@ def test_the_untrusted_chat_bundle_runs_unfused(bundles: dict[str, Path], tmp_pa
     assert "kernels" in capsys.readouterr().err and (tmp_path / "out" / "answer.txt").is_file()
 
 
-def test_the_trusted_chat_bundle_runs_every_stage_fused(bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_trusted_chat_bundle_runs_every_stage_fused(bundles: dict[str, Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The LLM too: its prefill and decode steps through their fused graphs, same answer."""
     inputs = {"prompt": "What is this?", "image": _image()}
     with load(bundles["chat"]) as pipe:

@@ -117,7 +117,8 @@ class Layers(nn.Module):
 
 
 def _kernel_shapes(state: FusionState) -> list[tuple[str, tuple[str, ...]]]:
-    return sorted((g.kind, tuple(n.target.__name__ for n in g.nodes)) for g in state.groups.values() if len(g.nodes) > 1)
+    groups = [g for g in state.groups.values() if len(g.nodes) > 1]
+    return sorted((g.kind, tuple(n.target.__name__ for n in g.nodes)) for g in groups)
 
 
 def test_a_deep_graph_fuses_window_by_window_as_it_does_whole() -> None:

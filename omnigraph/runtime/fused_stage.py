@@ -136,9 +136,10 @@ def _check_captured(file: str, name: str, tensor: torch.Tensor, captured: list[A
     if captured is None:
         return
     dtype, shape = captured
-    if str(tensor.dtype).removeprefix("torch.") != dtype or list(tensor.shape) != list(shape):
-        raise ValueError(f"{file}: '{name}' is {str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}, but the "
-                         f"kernels were generated for {dtype} {list(shape)}: compile the stage again for this model")
+    have = (str(tensor.dtype).removeprefix("torch."), list(tensor.shape))
+    if have != (dtype, list(shape)):
+        raise ValueError(f"{file}: '{name}' is {have[0]} {have[1]}, but the kernels were generated for "
+                         f"{dtype} {list(shape)}: compile the stage again for this model")
 
 
 def load_constants(path: str | Path | None) -> dict[str, torch.Tensor]:
