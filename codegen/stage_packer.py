@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omnigraph.errors import OmnigraphError
 from omnigraph.kinds import ArLlmParams
-from omnigraph.runtime.bundle import library_class
+from omnigraph.runtime.bundle import trusted_class_ref
 from omnigraph.runtime.bundle_manifest import CODE_DIR, check_relpath
 from omnigraph.runtime.executor import ExecContext, Executor, executor_class
 from omnigraph.runtime.loaders import ModelNotFound, import_attr, resolve_file, split_ref
@@ -135,7 +135,7 @@ def _weights(packer: StagePacker, node: StageNode, executor: Executor, why: str)
     reason = why
     if shipped:
         reason += f"; its class is Python shipped in {CODE_DIR}/ ({_CODE_WHY})"
-    elif not library_class(ref):
+    elif not trusted_class_ref(ref):
         reason += f"; its class comes from the installed module '{_top_module(ref)}' ({_CODE_WHY})"
     program = StageProgram(form="weights", files=files, ref=ref, facts=executor.bundle_facts(), reason=reason)
     return Packed(program, requires=_KIND_NEEDS.get(node.kind, set()) | _library_of(ref))

@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 from xdsl.ir import Block, BlockArgument, Operation, SSAValue
 from xdsl.utils.exceptions import VerifyException
 
-from omnigraph.kinds import KINDS, SAME_AS_INPUT
+from pydantic import ValidationError
+
+from omnigraph import model_ref
+from omnigraph.kinds import KINDS, MODEL_SCHEMES, SAME_AS_INPUT, StageKind
+from omnigraph.names import is_name, shown
 from omnigraph.dialect.types import _EdgeType
 from omnigraph.dialect.values import from_attr
 
@@ -53,9 +57,18 @@ def params_of(op: Operation) -> dict[str, Any]:
     return from_attr(attr) if attr is not None else {}
 
 
+def check_names(op: Operation, what: str, names: list[str]) -> None:
+    """IR text may name anything (a quoted symbol with a newline or a bidi control); names
+    become plan keys and file names."""
+    for name in names:
+        if not is_name(name):
+            raise OmniVerifyError(f"{what}: '{shown(name)}' is not a plain name (letters, digits and _)", op)
+
+
 def check_ported_op(op: PortedOp) -> None:
-    where = f"{'stage' if op.name == 'omni.stage' else 'route'} '{op.label}'"
+    where = f"{'stage' if op.name == 'omni.stage' else 'route'} '{shown(op.label)}'"
     ins, outs = op.input_names, op.output_names
+    check_names(op, where, [op.label, *ins, *outs])
     if len(ins) != len(op.operands):
         raise OmniVerifyError(f"{where}: {len(ins)} input port names for {len(op.operands)} inputs", op)
     if len(outs) != len(op.results):
@@ -104,7 +117,45 @@ def check_ported_op(op: PortedOp) -> None:
                                   field=("params", "cases"))
     if not isinstance(params.get("config", {}), dict):  # type rules and parallel checks read it
         raise OmniVerifyError(f"{where}: params.config must be a dictionary", op, field=("params", "config"))
+    if op.name == "omni.stage":
+        check_model(op, kind, where)
+        check_params(op, kind, where, params)
     check_parallel(op, where, params)
+
+
+def check_model(op: Operation, kind: StageKind, where: str) -> None:
+    """A stage has a model when its kind needs one, and it names only what may be built."""
+    attr = op.properties.get("model")
+    model = attr.data if attr is not None else None
+    if model is None:
+        if kind.needs_model:
+            raise OmniVerifyError(f"{where}: {kind.name} stage needs a model reference", op, field=("model",))
+        return
+    if not kind.needs_model:
+        raise OmniVerifyError(f"{where}: {kind.name} stages take no model", op, field=("model",))
+    scheme, sep, target = model.partition(":")
+    if not sep or not target.strip() or scheme not in MODEL_SCHEMES:
+        raise OmniVerifyError(f"{where}: model reference '{model}' must be `scheme:target` with a scheme of "
+                              f"{', '.join(MODEL_SCHEMES)}", op, field=("model",))
+    found = model_ref.problem(model)
+    if found is not None:
+        raise OmniVerifyError(f"{where}: {found}", op, field=("model",))
+    for path, arch in model_ref.arch_refs(params_of(op)):
+        found = model_ref.arch_problem(arch)
+        if found is not None:
+            raise OmniVerifyError(f"{where} parameter '{'.'.join(path)}': {found}", op, field=("params", *path))
+
+
+def check_params(op: Operation, kind: StageKind, where: str, params: dict[str, Any]) -> None:
+    """The stage's parameters satisfy its kind's model (IR text reaches here unchecked)."""
+    try:
+        kind.params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        name = ".".join(str(p) for p in loc)
+        message = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+        raise OmniVerifyError(f"{where} parameter '{name}': {message}", op, field=("params", *loc)) from None
 
 
 def _first(config: dict[str, Any], *keys: str) -> int | None:
@@ -120,9 +171,18 @@ def check_parallel(op: Operation, where: str, params: dict[str, Any]) -> None:
         return
     config = {**params.get("config", {}), **{k: v for k, v in params.items() if k != "config"}}
     tp, ep = par.get("tp"), par.get("ep")
+    kind = KINDS.get(op.properties["kind"].data) if op.name == "omni.stage" else None
+    found = kind.parallel_problem(tp, ep, par.get("pp")) if kind is not None else None
+    if found is not None:
+        field = "tp" if found.startswith("tp") else "ep" if found.startswith("ep") else "pp"
+        raise OmniVerifyError(f"{where}: {found}", op, field=("parallel", field))
     heads = _first(config, "num_attention_heads", "num_heads", "n_head")
     kv_heads = _first(config, "num_key_value_heads", "num_kv_heads")
     experts = _first(config, "num_experts", "num_local_experts", "n_routed_experts")
+    for what, count in (("attention heads", heads), ("KV heads", kv_heads), ("experts", experts)):
+        if count is not None and count < 1:
+            raise OmniVerifyError(f"{where}: {count} {what}: a count must be at least 1", op,
+                                  field=("params", "config"))
     if heads is not None and heads % tp:
         raise OmniVerifyError(f"{where}: tp={tp} does not divide its {heads} attention heads", op,
                               field=("parallel", "tp"))
@@ -146,7 +206,8 @@ def check_output(op: OutputOp) -> None:
 
 
 def check_loop(op: LoopOp) -> None:
-    where = f"loop '{op.label}'"
+    where = f"loop '{shown(op.label)}'"
+    check_names(op, where, [op.label, *op.carry_names])
     if op.iterations < 1:
         raise OmniVerifyError(f"{where}: max_iters must be at least 1", op)
     block = op.body.block
@@ -174,7 +235,8 @@ def check_loop(op: LoopOp) -> None:
 
 
 def check_pipeline(op: PipelineOp) -> None:
-    where = f"pipeline '{op.sym_name.data}'"
+    where = f"pipeline '{shown(op.sym_name.data)}'"
+    check_names(op, "pipeline", [op.sym_name.data])
     symbols: dict[str, Operation] = {}
     inputs: set[str] = set()
     outputs: set[str] = set()
@@ -188,6 +250,8 @@ def check_pipeline(op: PipelineOp) -> None:
             symbols[name] = inner
     defined: set[SSAValue] = set()
     for inner in op.block.ops:
+        if inner.name in ("omni.input", "omni.output"):
+            check_names(inner, inner.name.removeprefix("omni."), [inner.port_name.data])
         if inner.name == "omni.input":
             name = inner.port_name.data
             if name in inputs or name in symbols:

@@ -1,6 +1,7 @@
 """Python values ⇄ builtin attributes, for stage parameters."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from xdsl.dialects.builtin import (
@@ -10,15 +11,22 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute
 
 
-def to_attr(value: Any) -> Attribute:
-    if isinstance(value, bool):
+@functools.lru_cache(maxsize=4096)
+def _scalar_attr(kind: type, value: Any) -> Attribute:
+    """Scalar attributes are immutable values: building (and verifying) each once is enough
+    (an i64 attribute's verification dominates lowering a large spec)."""
+    if kind is bool:
         return BoolAttr.from_bool(value)
-    if isinstance(value, int):
+    if kind is int:
         return IntegerAttr(value, i64)
-    if isinstance(value, float):
+    return StringAttr(value)
+
+
+def to_attr(value: Any) -> Attribute:
+    if isinstance(value, float):  # not cached: -0.0 == 0.0 would share one attribute
         return FloatAttr(value, f64)
-    if isinstance(value, str):
-        return StringAttr(value)
+    if isinstance(value, (bool, int, str)):
+        return _scalar_attr(next(t for t in (bool, int, str) if isinstance(value, t)), value)
     if value is None:
         return UnitAttr()
     if isinstance(value, (list, tuple)):

@@ -6,24 +6,27 @@ maps an op that fails verification back to the spec line it came from.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.ir import Operation
 from xdsl.passes import ModulePass
-from xdsl.utils.exceptions import ParseError, VerifyException
+from xdsl.utils.exceptions import ArgSpecParseError, ParseError, VerifyException
 
 from omnigraph.dialect.checks import OmniVerifyError
 from omnigraph.dialect.lower import Origins, lower
 from omnigraph.dialect.ops import PipelineOp
-from omnigraph.dialect.textio import parse_module
+from omnigraph.dialect.textio import MAX_IR_NESTING, parse_module, too_deep
 from omnigraph.errors import IRError, OmnigraphError, Span, SpecError
+from omnigraph.names import is_name
 from omnigraph.frontend.load import LoadedSpec, load_spec
 from omnigraph.frontend.source import SourceMap
 from omnigraph.frontend.text import read_spec_text
-from omnigraph.passes.registry import build_pipeline
+from omnigraph.passes.registry import PASSES, build_pipeline
 
 IR_SUFFIXES = (".mlir",)
 PassHook = Callable[[str, ModuleOp], None]
@@ -40,15 +43,25 @@ class Compilation:
 
 def load_ir(path: str | Path) -> Compilation:
     text = read_spec_text(path)
+    deep = too_deep(text)
+    if deep is not None:
+        raise SpecError(f"IR nests deeper than {MAX_IR_NESTING} brackets", Span(str(path), *deep), source=text)
     try:
         return Compilation(parse_module(text, str(path)), ir_source=(str(path), text))
     except ParseError as exc:
+        message = " ".join(exc.msg.split())
+        if exc.span.start >= len(text.rstrip()):  # xDSL puts the end of the text past its last line
+            lines = text.rstrip().splitlines() or [""]
+            raise SpecError(f"IR syntax: unexpected end of file ({message or 'an unclosed block?'})",
+                            Span(str(path), len(lines), len(lines[-1]) + 1), source=text) from None
         loc = exc.span.get_location()
-        raise SpecError(f"IR syntax: {exc.msg}", Span(str(path), loc.line, loc.col), source=text) from None
+        raise SpecError(f"IR syntax: {message}", Span(str(path), loc.line, loc.col), source=text) from None
     except ValueError as exc:  # xDSL reports a few malformed names this way, without a span
         raise SpecError(f"IR syntax: {exc.args[0] if exc.args else exc}", Span(str(path), 1, 1)) from None
     except VerifyException as exc:  # an attribute or type that fails its verify() as it is parsed
-        raise SpecError(f"IR: {str(exc).splitlines()[0]}", Span(str(path), 1, 1)) from None
+        offset = next((int(n[7:]) for n in getattr(exc, "__notes__", []) if n.startswith("offset=")), 0)
+        span = _span_at(str(path), text, min(max(offset, 0), len(text)), 1)
+        raise SpecError(f"IR: {str(exc).splitlines()[0]}", span, source=text) from None
 
 
 def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins: Origins | None,
@@ -59,30 +72,46 @@ def locate_verify_error(exc: VerifyException, srcmap: SourceMap | None, origins:
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return IRError(f"invalid IR: {message}")
+        span = Span(ir_source[0], 1, 1) if ir_source else None
+        return IRError(f"invalid IR: {message}", span, source=ir_source[1] if span else None)
     path = origins.path(cause.op, cause.operand) if origins is not None else None
     if path is not None and cause.field:
         path = (*path, *cause.field)  # the spec's own entry when it has one, else the op's
     if srcmap is not None and path is not None:
         return srcmap.error(str(cause), path)
-    op, label = cause.op, None
-    while op is not None and label is None:  # an unnamed op (omni.yield): its loop's name
-        label = op.properties.get("sym_name") or op.properties.get("port_name")
-        op = op.parent_op()
-    span = _ir_span(ir_source, label.data) if ir_source and label else None
+    span = _op_span(ir_source, cause.op) if ir_source else None
     return IRError(str(cause), span, source=ir_source[1] if span else None)
 
 
-def _ir_span(ir_source: tuple[str, str], name: str) -> Span | None:
-    """Where an op named `name` is written in IR text (xDSL keeps no op locations)."""
+def _op_span(ir_source: tuple[str, str], op: Operation) -> Span:
+    """Where `op` is written in IR text (xDSL keeps no op locations): at its name when it has a
+    plain one, else at the n-th occurrence of its op name for the n-th such op; else line 1."""
     file, text = ir_source
-    for needle in (f"@{name} ", f'sym_name = "{name}"', f'"{name}"'):
-        offset = text.find(needle)
-        if offset >= 0:
-            line = text.count("\n", 0, offset) + 1
-            col = offset - (text.rfind("\n", 0, offset) + 1) + 1
-            return Span(file, line, col, line, col + len(needle.rstrip()))
-    return None
+    owner: Operation | None = op
+    label = None
+    while owner is not None and label is None:  # an unnamed op (omni.yield): its loop's name
+        label = owner.properties.get("sym_name") or owner.properties.get("port_name")
+        owner = owner.parent_op()
+    if label is not None and is_name(label.data):
+        for needle in (f"@{label.data} ", f'sym_name = "{label.data}"', f'"{label.data}"'):
+            offset = text.find(needle)
+            if offset >= 0:
+                return _span_at(file, text, offset, len(needle.rstrip()))
+    top = op
+    while top.parent_op() is not None:
+        top = top.parent_op()
+    same = [o for o in top.walk() if o.name == op.name]
+    hits = [m.start() for m in re.finditer(rf'(?<![\w.]){re.escape(op.name)}(?![\w.])', text)]
+    index = next((i for i, o in enumerate(same) if o is op), None)
+    if index is not None and len(hits) == len(same):
+        return _span_at(file, text, hits[index], len(op.name))
+    return Span(file, 1, 1)
+
+
+def _span_at(file: str, text: str, offset: int, width: int) -> Span:
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return Span(file, line, col, line, col + width)
 
 
 def compile_path(
@@ -91,9 +120,22 @@ def compile_path(
 ) -> Compilation:
     """Compile a spec (.yaml/.og) or IR file (.mlir) through the pass pipeline."""
     if Path(path).suffix.lower() in IR_SUFFIXES:
-        return run_passes(load_ir(path), pass_pipeline, after_pass, plan_options)
+        comp = load_ir(path)
+        if target is not None:
+            _retarget(comp, target)
+        return run_passes(comp, pass_pipeline, after_pass, plan_options)
     return compile_spec(load_spec(path), target=target, pass_pipeline=pass_pipeline, after_pass=after_pass,
                         plan_options=plan_options)
+
+
+def _retarget(comp: Compilation, target: str) -> None:
+    """`--target` on IR text: plan the module for it, unless it was planned for another."""
+    for op in comp.module.ops:
+        if isinstance(op, PipelineOp):
+            if op.target is not None and op.target.data != target:
+                raise IRError(f"this IR is for target '{op.target.data}', not '{target}'",
+                              hint="compile its spec again for the other target")
+            op.properties["target"] = StringAttr(target)
 
 
 def compile_spec(
@@ -119,16 +161,20 @@ def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHoo
 
     def callback(prev: ModulePass | None, module: ModuleOp, _next: ModulePass | None) -> None:
         if prev is not None:
-            verified()
+            if prev.name != "verify":  # it verified the module itself
+                verified()
             if after_pass is not None:
                 after_pass(prev.name, module)
 
     try:
         planned = any(isinstance(op, PipelineOp) and op.target is not None for op in comp.module.ops)
         pipeline = build_pipeline(pass_pipeline, callback, plan_options, planned=planned)
-    except Exception as exc:  # unknown pass names, bad options
-        raise OmnigraphError(f"bad --pass-pipeline: {exc}") from None
-    verified()  # lowering (or the parsed IR) must verify before any pass runs
+    except (Exception, ArgSpecParseError) as exc:  # unknown pass names, bad options, bad syntax
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise OmnigraphError(f"bad --pass-pipeline: {message[:300]}",
+                             hint="a comma-separated list of passes: " + ", ".join(PASSES)) from None
+    if not pipeline.passes or pipeline.passes[0].name != "verify":
+        verified()  # lowering (or the parsed IR) must verify before any pass runs
     try:
         pipeline.apply(make_context(), comp.module)
     except VerifyException as exc:

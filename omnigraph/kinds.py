@@ -1,17 +1,19 @@
-"""The stage-kind registry: each kind's ports and parameters (the frontend's table).
+"""The stage-kind registry: each kind's ports, parameters and traits, declared once.
 
-Other phases key their own tables by the same kind names: type rules in
-``passes/infer_types.py``; cost, lowering and execution rules in later phases.
-Adding a kind adds one entry here and one in each of those tables.
+Every phase asks a kind what it is (`KINDS[k].traits.kv_cache`, `.shardable_tp`, …) instead
+of keeping its own list of kind names. Per-phase behaviour stays in per-phase rule tables
+keyed by kind (type rules in passes/infer_types.py; cost, lowering, export and execution
+rules in later phases). Adding a kind adds one entry here and one in each of those tables.
+This module imports nothing from the compiler: the runtime reads it too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from omnigraph.spec import NAME_PATTERN
+from omnigraph.names import NAME_PATTERN
 
 ANY_MODALITY = ("text", "tokens", "image", "audio", "video", "latent", "embedding", "scalar")
 # Sentinel modality of a port whose type follows another port (route cases).
@@ -34,7 +36,7 @@ class Port:
 class Params(BaseModel):
     """Parameters every kind accepts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     dtype: Literal["f32", "f16", "bf16", "fp8"] | None = None
     seed: int | None = None
     # Weights-only models (safetensors:, pth:): the module they load into, built from `config`.
@@ -90,12 +92,20 @@ class DecoderParams(Params):
 
 class MoeParams(Params):
     num_experts: int = Field(ge=1)
+    null_experts: int = Field(0, ge=0)  # zero-computation experts the router may pick
     top_k: int = Field(2, ge=1)
     shared_experts: int = Field(0, ge=0)
     routing: Literal["top_k", "top_p"] = "top_k"
     top_p: float = Field(0.4, gt=0.0, le=1.0)  # routing="top_p": experts until this mass
-    null_experts: int = Field(0, ge=0)
     hidden_size: int | None = Field(None, ge=1)
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_within_experts(cls, top_k: int, info: ValidationInfo) -> int:
+        experts = info.data.get("num_experts", top_k) + info.data.get("null_experts", 0)
+        if top_k > experts:
+            raise ValueError(f"top_k={top_k} is more than the {experts} experts it routes to")
+        return top_k
 
 
 class AudioOutParams(Params):
@@ -114,14 +124,42 @@ class CustomParams(Params):
 
 
 @dataclass(frozen=True)
+class Traits:
+    """What every phase may ask of a kind (instead of testing its name)."""
+
+    autoregressive: bool = False  # generates step by step (prefill, then decode steps)
+    kv_cache: bool = False  # keeps attention keys/values between steps
+    streams: frozenset[str] = frozenset()  # output ports it can deliver in chunks
+    continuous: bool = False  # requests join and leave a running batch at any step
+    shardable_tp: bool = False  # the runtime shards its attention/MLPs over tp ranks
+    shardable_ep: bool = False  # its experts (if its model has any) split over ep ranks
+    shardable_pp: bool = False  # its layers split into consecutive groups over pp ranks
+    gated_mlp: bool = False  # MLPs have 3 matrices (SwiGLU), for estimates from sizes
+    batches: tuple[int, ...] | None = None  # batch sizes the planner tries (None: up to max_batch)
+    default_batch: int = 8  # the runtime's batch when the kind has no max_batch parameter
+    file_role: str | None = None  # the bundled role of a model kept as its file (gguf, onnx)
+
+
+# How a kind's output ports are known: fixed, one per route case, the decoder's modality,
+# or declared by the spec (custom stages).
+OutputsFrom = Literal["fixed", "cases", "modality", "declared"]
+
+
+@dataclass(frozen=True)
 class StageKind:
     name: str
     summary: str
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
     params: type[Params]
+    traits: Traits = Traits()
     needs_model: bool = True
-    free_ports: bool = False  # custom: ports are whatever the spec declares
+    outputs_from: OutputsFrom = "fixed"
+
+    @property
+    def free_ports(self) -> bool:
+        """custom: ports are whatever the spec declares."""
+        return self.outputs_from == "declared"
 
     def input_port(self, name: str) -> Port | None:
         if self.free_ports:
@@ -130,15 +168,39 @@ class StageKind:
 
     def output_ports(self, params: dict[str, Any], declared: dict[str, str] | None) -> tuple[Port, ...]:
         """Output ports, which for some kinds depend on parameters or declarations."""
-        if self.name == "route":
+        if self.outputs_from == "cases":
             return tuple(Port(case, (SAME_AS_INPUT,)) for case in params.get("cases", []))
-        if self.name == "decoder":
+        if self.outputs_from == "modality":
             modality = params.get("modality", "image")
             return (Port(modality, (modality,)),)
-        if self.free_ports:
+        if self.outputs_from == "declared":
             return tuple(Port(n, (m,)) for n, m in (declared or {}).items())
         return self.outputs
 
+    def parallel_problem(self, tp: int, ep: int, pp: int = 1) -> str | None:
+        """Why this kind cannot run with these degrees (None: it can)."""
+        if tp > 1 and not self.traits.shardable_tp:
+            return f"tp={tp}: {self.name} stages are not tensor-parallel" + _shardable()
+        if ep > 1 and not self.traits.shardable_ep:
+            return f"ep={ep}: {self.name} stages have no experts to split" + _shardable()
+        if pp > 1 and not self.traits.shardable_pp:
+            return f"pp={pp}: {self.name} stages are not pipeline-parallel" + _shardable()
+        return None
+
+    def max_batch(self, params: dict[str, Any]) -> int:
+        """The batch the runtime runs at: the stage's max_batch, else the kind's default."""
+        value = params.get("max_batch")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        field = self.params.model_fields.get("max_batch")
+        return int(field.default) if field is not None else self.traits.default_batch
+
+
+def _shardable() -> str:
+    tp = [k.name for k in KINDS.values() if k.traits.shardable_tp]
+    ep = [k.name for k in KINDS.values() if k.traits.shardable_ep]
+    pp = [k.name for k in KINDS.values() if k.traits.shardable_pp]
+    return f" (tp: {', '.join(tp)}; ep: {', '.join(ep)}; pp: {', '.join(pp)})"
 
 _EMB = ("embedding",)
 KINDS: dict[str, StageKind] = {
@@ -147,7 +209,7 @@ KINDS: dict[str, StageKind] = {
         StageKind(
             "encoder", "image/audio/video/text encoder producing embeddings",
             (Port("x", ("image", "audio", "video", "text", "tokens")),),
-            (Port("embeds", _EMB),), EncoderParams,
+            (Port("embeds", _EMB),), EncoderParams, Traits(shardable_tp=True),
         ),
         StageKind(
             "projector", "maps (and fuses) embeddings into another model's space",
@@ -158,6 +220,8 @@ KINDS: dict[str, StageKind] = {
             (Port("prompt", ("text", "tokens")), Port("context", _EMB, optional=True, variadic=True)),
             (Port("text", ("text",)), Port("tokens", ("tokens",)), Port("hidden", _EMB)),
             ArLlmParams,
+            Traits(autoregressive=True, kv_cache=True, streams=frozenset({"text", "tokens"}), continuous=True,
+                   shardable_tp=True, shardable_ep=True, shardable_pp=True, gated_mlp=True, batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf"),
         ),
         StageKind(
             "diffusion", "denoising loop over a scheduler",
@@ -166,29 +230,29 @@ KINDS: dict[str, StageKind] = {
         ),
         StageKind(
             "decoder", "VAE / codec decoder from latents to pixels or samples",
-            (Port("latents", ("latent",)),), (), DecoderParams,
+            (Port("latents", ("latent",)),), (), DecoderParams, outputs_from="modality",
         ),
         StageKind(
             "moe", "mixture-of-experts block: router + experts",
-            (Port("x", _EMB),), (Port("y", _EMB),), MoeParams,
+            (Port("x", _EMB),), (Port("y", _EMB),), MoeParams, Traits(shardable_ep=True, gated_mlp=True),
         ),
         StageKind(
             "vocoder", "codec tokens or features to a waveform",
             (Port("codes", ("tokens", "latent", "embedding")),), (Port("audio", ("audio",)),),
-            AudioOutParams,
+            AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx"),
         ),
         StageKind(
             "tts", "text to speech", (Port("text", ("text",)),), (Port("audio", ("audio",)),),
-            AudioOutParams,
+            AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx"),
         ),
         StageKind(
             "route", "data-dependent dispatch: one output per case, only the chosen fires",
             (Port("data", ANY_MODALITY), Port("key", ("text", "scalar", "tokens"))),
-            (), RouteParams, needs_model=False,
+            (), RouteParams, needs_model=False, outputs_from="cases",
         ),
         StageKind(
             "custom", "any torch module; ports declared by the spec",
-            (), (), CustomParams, free_ports=True,
+            (), (), CustomParams, outputs_from="declared",
         ),
     )
 }

@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from omnigraph.errors import OmnigraphError
+
 GIB = 1 << 30
 
 
@@ -36,6 +38,8 @@ def plan_spec(spec: str, target: str, mix: str | None = None, slo: float | None 
     started = time.perf_counter()
     comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo))
     report = plan_report(comp.module)
+    if not report["stages"]:
+        raise OmnigraphError(f"{spec}: nothing was planned (the pipeline has no stages to place)")
     report["planning_s"] = time.perf_counter() - started
     report["mix"] = mix or "default"
     report["slo_s"] = slo
@@ -70,7 +74,7 @@ def _ranges(ids: list[int]) -> str:
 def print_report(report: dict[str, Any], console: Console) -> None:
     table = Table(title=f"{report['pipeline']} on {report['target']}  (memory in GiB per device)")
     left = ("stage", "config", "devices")
-    for col in ("stage", "config", "×", "devices", "weights", "kv", "act", "offload", "time", "first",
+    for col in ("stage", "config", "×", "devices", "params", "weights", "kv", "act", "offload", "time", "first",
                 "util"):
         table.add_column(col, justify="left" if col in left else "right", overflow="fold")
     for r in report["stages"]:
@@ -78,17 +82,35 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         mark = " ◀" if r["stage"] == report["bottleneck"] else ""
         table.add_row(
             r["stage"] + mark, r["config"] + (" shared" if r["shared"] else ""),
-            str(r["replicas"]), _devices(r["devices"]),
+            str(r["replicas"]), _devices(r["devices"]), _params(r),
             *(f"{m.get(k, 0) / GIB:.1f}" for k in ("weights", "kv", "arena", "offload")),
             _secs(r["latency_s"]), _secs(r["first_output_s"]), f"{r['utilisation']:.0%}",
         )
     console.print(table)
+    counted = sorted({r["counted"] for r in report["stages"]})
+    console.print("params " + "; ".join(_HOW[c] for c in counted if c in _HOW))
+    for r in report["stages"]:
+        if r["counted"] == "guess":
+            console.print(f"[bold yellow]warning:[/] stage {r['stage']}: {r['note']}")
     console.print(
         f"predicted throughput [bold]{report['throughput_rps']:.3g} req/s[/] on {report['devices_used']} "
         f"device(s); bottleneck [bold]{report['bottleneck']}[/]; mix {report['mix']}"
         + (f"; latency target {report['slo_s']:g} s" if report.get("slo_s") else "")
         + f"; planned in {report['planning_s']:.2f} s"
     )
+
+
+_MARK = {"meta": "", "file": "", "config": "~", "guess": "?"}
+_HOW = {"meta": "counted on a meta instance", "file": "read from weights file headers",
+        "config": "~ from the config's sizes by formula", "guess": "? GUESSED (the plan rests on a guess)"}
+
+
+def _params(row: dict[str, Any]) -> str:
+    n = row.get("params")
+    if not isinstance(n, int):
+        return "-"
+    shown = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.1f}M"
+    return _MARK.get(row["counted"], "") + shown
 
 
 def _secs(s: float) -> str:

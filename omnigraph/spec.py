@@ -12,17 +12,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omnigraph.modality import DTYPES, MODALITIES
+from omnigraph.names import NAME_PATTERN, REF_PATTERN
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
 
 Modality = Literal["text", "tokens", "image", "audio", "video", "latent", "embedding", "scalar"]
 DType = Literal["utf8", "bool", "u8", "i32", "i64", "f16", "bf16", "f32", "f64", "fp8"]
 assert set(Modality.__args__) == set(MODALITIES) and set(DType.__args__) == set(DTYPES)
 
 
+MAX_DIM = 2**63 - 1  # IR integers are i64
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False, allow_inf_nan=False)
 
 
 class TypeSpec(_Model):
@@ -53,6 +55,8 @@ class TypeSpec(_Model):
         for dim in value or []:
             if dim is not None and dim <= 0:
                 raise ValueError(f"dimension {dim} must be positive (or '?' for dynamic)")
+            if dim is not None and dim > MAX_DIM:
+                raise ValueError(f"dimension {dim} does not fit in 64 bits")
         return value
 
 

@@ -1,12 +1,12 @@
 """A stage's ArchProfile: its module counted on the `meta` device, or estimated.
 
-`transformers:Class` and `diffusers:Class` models (also `py:transformers.…:Class`, and
-weights-only `safetensors:`/`pth:` stages through their `arch`) are built the way the
-runtime builds them, from the config class plus `params.config`, but on `meta`: no weights
+`transformers:Class` and `diffusers:Class` models (and weights-only `safetensors:`/`pth:`
+stages through their `arch`) are built the way the runtime builds them, from the config class plus `params.config`, but on `meta`: no weights
 are allocated or initialised, so a 30B model takes a second. Parameters are then counted as
 torch counts them; routed experts, embeddings and modality towers are found structurally.
-Anything else, or a class that fails to build, falls back to arch_estimate.py; planning
-never fails because a module cannot be built.
+Only classes that omnigraph.model_ref accepts are built (a reference naming anything else
+is an error); `py:` code is never imported here. Anything else, or a class that fails to
+build, falls back to arch_estimate.py.
 
 torch/transformers/diffusers are imported here lazily: the compiler core stays importable
 without them (and then every stage is estimated from its config).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import json
 import logging
 import warnings
@@ -23,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+from omnigraph import model_ref
 from omnigraph.passes.arch_estimate import estimate_profile
 from omnigraph.passes.cost_types import DTYPE_BYTES, ArchProfile
 
@@ -45,15 +45,7 @@ def profile_stage(kind: str, model: str | None, params: Mapping[str, Any]) -> Ar
     """The stage's profile: counted on `meta` when its module can be built, else estimated."""
     dtype_bytes = DTYPE_BYTES.get(params.get("dtype") or DEFAULT_DTYPE, DTYPE_BYTES[DEFAULT_DTYPE])
     config = dict(params.get("config") or {})
-    scheme, _, target = (model or "").partition(":")
-    ref = None
-    if scheme in ("transformers", "diffusers"):
-        ref = f"{scheme}:{target}"
-    elif scheme == "py" and target.split(".")[0] in ("transformers", "diffusers"):
-        ref = f"py:{target}"  # library classes only: a spec's own py: code is never run here
-    elif scheme in ("safetensors", "pth"):
-        arch = params.get("arch") or config.pop("arch", None)
-        ref = arch if isinstance(arch, str) and arch.partition(":")[0] in ("transformers", "diffusers") else None
+    ref = _buildable_ref(model, params, config)
     note = ""
     if ref is not None:
         counted = _meta_profile(ref, json.dumps(config, sort_keys=True, default=str))
@@ -61,6 +53,20 @@ def profile_stage(kind: str, model: str | None, params: Mapping[str, Any]) -> Ar
             return _for_kind(kind, replace(counted, dtype_bytes=dtype_bytes))
         note = counted
     return _for_kind(kind, estimate_profile(kind, model, params, dtype_bytes, note))
+
+
+def _buildable_ref(model: str | None, params: Mapping[str, Any], config: dict[str, Any]) -> str | None:
+    """The library class the stage's module is built from, if it is one: the model itself, or
+    the `arch` a weights file loads into. `py:` references are never imported while
+    compiling (they are the user's code); their stages are estimated from the config."""
+    scheme, _, _ = (model or "").partition(":")
+    if scheme in model_ref.LIBRARIES:
+        return model
+    if scheme in ("safetensors", "pth"):
+        arch = params.get("arch") or config.pop("arch", None)
+        if isinstance(arch, str) and arch.partition(":")[0] in model_ref.LIBRARIES:
+            return arch
+    return None
 
 
 def _for_kind(kind: str, profile: ArchProfile) -> ArchProfile:
@@ -75,27 +81,13 @@ def _meta_profile(ref: str, config_json: str) -> ArchProfile | str:
         import torch  # noqa: F401
     except ImportError:
         return "torch is not installed: estimated from the config"
+    cls = model_ref.library_class(*model_ref.split(ref))  # refused references raise: never estimated
     try:
-        cls = _resolve_class(ref)
         module, config = _build_on_meta(cls, json.loads(config_json))
     except Exception as exc:  # any failure in library code: estimate instead, say why
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"could not build {ref} on meta ({type(exc).__name__}: {first[:160]}): estimated from the config"
     return _count(module, config, ref)
-
-
-def _resolve_class(ref: str) -> Any:
-    scheme, _, target = ref.partition(":")
-    if scheme == "py":
-        module_name, sep, attr = target.partition(":")
-        if not sep:
-            module_name, _, attr = target.rpartition(".")
-    else:
-        module_name, attr = scheme, target
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _build_on_meta(cls: Any, config: dict[str, Any]) -> tuple[Any, Any]:

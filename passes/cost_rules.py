@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from omnigraph.kinds import KINDS
 from omnigraph.passes.arena import arena_bytes
 from omnigraph.passes.cost_types import ArchProfile, ParallelConfig, StageCost, StageWork
 from omnigraph.passes.work_rules import WORK_RULES, stage_work  # noqa: F401  (re-exported)
@@ -35,7 +36,6 @@ CONV_REUSE = 3  # conv decoders/vocoders apply each weight at ~3 upsampled posit
 CONV_PEAK_CHANNELS = 256  # conv decoders' live feature maps at the output resolution, in channels
 MEMORY_UTILIZATION = 0.92  # of a device's memory the planner may fill (framework, allocator slack)
 GIB = 1 << 30
-DEFAULT_BATCHES: dict[str, tuple[int, ...]] = {"ar_llm": (1, 2, 4, 8, 16, 32, 64)}
 OTHER_BATCHES = (1, 2, 4, 8)
 
 
@@ -271,17 +271,21 @@ def enumerate_configs(kind: str, profile: ArchProfile, device_counts: Sequence[i
     not hold the weights, since in this model pipelining never beats tensor parallelism."""
     domain = max(1, max(device_counts, default=1))
     p = profile
+    traits = KINDS[kind].traits if kind in KINDS else None  # only degrees the kind can honour
+    tps = range(1, domain + 1) if traits is None or traits.shardable_tp else (1,)
     configs: list[ParallelConfig] = []
-    for tp in (t for t in range(1, domain + 1) if tp_allowed(p, t)):
-        eps = [1] + [e for e in _divisors(p.experts, p.experts) if e > 1 and (e % tp == 0 or tp % e == 0)]
+    for tp in (t for t in tps if tp_allowed(p, t)):
+        eps = [1] + [e for e in _divisors(p.experts, p.experts) if e > 1 and (e % tp == 0 or tp % e == 0)
+                     and (traits is None or traits.shardable_ep)]
         for ep in eps:
             group = ParallelConfig(tp=tp, ep=ep).devices
             if group > domain or group > max_devices:
                 continue
-            for pp in _divisors(max(1, p.layers), max_devices // group) if p.layers else [1]:
+            pps = _divisors(max(1, p.layers), max_devices // group) if p.layers else [1]
+            for pp in pps if traits is None or traits.shardable_pp else [1]:
                 if pp > 1 and _weights_fit(p, ParallelConfig(tp=tp, ep=ep, pp=_next_lower(p.layers, pp)), device):
                     continue
-                for b in batches or DEFAULT_BATCHES.get(kind, OTHER_BATCHES):
+                for b in batches or (traits.batches if traits is not None and traits.batches else OTHER_BATCHES):
                     configs.append(ParallelConfig(tp=tp, pp=pp, ep=ep, batch=b))
     return configs
 

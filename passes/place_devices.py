@@ -102,7 +102,7 @@ class PlaceDevicesPass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         target_name = pipeline_of(op).target
         if target_name is None:
-            return
+            raise IRError(f"{self.name} needs a target to plan for", hint="compile with --target NAME")
         stages = stage_graph(op)
         for name, devices in place(stages, load_target(target_name.data)).items():
             st = next(s for s in stages if s.name == name)

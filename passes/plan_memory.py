@@ -108,7 +108,7 @@ class PlanMemoryPass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         target_name = pipeline_of(op).target
         if target_name is None:
-            return
+            raise IRError(f"{self.name} needs a target to plan for", hint="compile with --target NAME")
         stages = stage_graph(op)
         devices = plan_memory(stages, load_target(target_name.data))
         for st in stages:

@@ -44,7 +44,7 @@ class PlanParallelPass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         target_name = pipeline_of(op).target
         if target_name is None:
-            return
+            raise IRError(f"{self.name} needs a target to plan for", hint="compile with --target NAME")
         solution, stages, works = plan(op, load_target(target_name.data), self.mix, self.slo or None,
                                        self.headroom)
         write_plan(stages, solution, works)

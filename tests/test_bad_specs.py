@@ -1,7 +1,7 @@
 """The bad-input corpus: every malformed spec is a located user error, never a traceback.
 
-Each file in tests/bad_specs/ starts with `# expect: LINE:COL: SUBSTRING` (and optionally
-`# hint: SUBSTRING` on line 2). `omnigraph check FILE` must exit 2 and print, first,
+Each file in tests/bad_specs/ (YAML, DSL, and IR as .mlir) starts with
+`# expect: LINE:COL: SUBSTRING` (`//` in IR) and optionally `# hint: SUBSTRING` on line 2. `omnigraph check FILE` must exit 2 and print, first,
 `FILE:LINE:COL: error: ...` containing SUBSTRING, then the offending line with a caret under
 COL (when the location is inside the file), and the hint. Inputs too big, too deep or too
 binary to store are generated here.
@@ -18,12 +18,13 @@ from omnigraph.cli import main
 from omnigraph.frontend.limits import MAX_NESTING, MAX_SPEC_BYTES
 
 CORPUS = Path(__file__).resolve().parent / "bad_specs"
-EXPECT = re.compile(r"# expect: (\d+):(\d+): (.+)")
-HINT = re.compile(r"# hint: (.+)")
+EXPECT = re.compile(r"(?:#|//) expect: (\d+):(\d+): (.+)")
+HINT = re.compile(r"(?:#|//) hint: (.+)")
+FORMATS = (".yaml", ".og", ".mlir")
 
 
 def _corpus() -> list[Path]:
-    return sorted(p for p in CORPUS.iterdir() if p.suffix in (".yaml", ".og"))
+    return sorted(p for p in CORPUS.iterdir() if p.suffix in FORMATS)
 
 
 def _check(capsys: pytest.CaptureFixture[str], path: Path, line: int, col: int, substring: str,
@@ -52,18 +53,18 @@ def _check(capsys: pytest.CaptureFixture[str], path: Path, line: int, col: int, 
     return err
 
 
-def test_corpus_is_big_and_balanced() -> None:
+def test_corpus_is_big_and_covers_every_frontend() -> None:
     files = _corpus()
-    assert len(files) >= 48
-    yaml_files = [p for p in files if p.suffix == ".yaml"]
-    assert abs(2 * len(yaml_files) - len(files)) <= len(files) // 5  # about half each
+    assert len(files) >= 180
+    for suffix in FORMATS:
+        assert len([p for p in files if p.suffix == suffix]) >= 20, suffix
 
 
 @pytest.mark.parametrize("path", _corpus(), ids=lambda p: p.name)
 def test_bad_spec(capsys: pytest.CaptureFixture[str], path: Path) -> None:
     head = path.read_bytes().decode("utf-8", "replace").splitlines()
     match = EXPECT.fullmatch(head[0])
-    assert match, f"{path.name}: the first line must be `# expect: LINE:COL: SUBSTRING`"
+    assert match, f"{path.name}: the first line must be `# expect: LINE:COL: SUBSTRING` (`//` in IR)"
     hint = HINT.fullmatch(head[1]) if len(head) > 1 else None
     _check(capsys, path, int(match[1]), int(match[2]), match[3], hint[1] if hint else None)
 

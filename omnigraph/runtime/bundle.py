@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from omnigraph import model_ref
 from omnigraph.errors import BundleError
 from omnigraph.runtime.bundle_files import read_directory, unpack_archive
 from omnigraph.runtime.bundle_manifest import CODE_DIR, PLAN_NAME, Manifest
@@ -164,7 +165,7 @@ def code_stages(plan: RuntimePlan) -> list[str]:
             continue
         if program.form == "code" or node.kind == "custom":
             found.append(f"stage '{node.name}' calls {node.model}")
-        elif program.form == "weights" and not library_class(program.ref or ""):
+        elif program.form == "weights" and not trusted_class_ref(program.ref or ""):
             found.append(f"stage '{node.name}' builds {program.ref}")
     return found
 
@@ -174,12 +175,12 @@ def kernel_stages(plan: RuntimePlan) -> list[str]:
     return [node.name for node in plan.stages() if node.kernels is not None and node.kernels.files]
 
 
-def library_class(ref: str) -> bool:
+def trusted_class_ref(ref: str) -> bool:
     """Whether `ref` names a class a bundle may rebuild without trust: transformers', diffusers',
     torch's or the runtime's own (an nn.Module check follows when it is loaded)."""
     scheme, _, target = ref.partition(":")
-    if scheme in ("transformers", "diffusers"):
-        return bool(re.fullmatch(r"\w+", target))
+    if scheme in model_ref.LIBRARIES:
+        return model_ref.syntax_problem(ref) is None
     return scheme == "py" and bool(_SAFE_MODULES.fullmatch(target.partition(":")[0]))
 
 

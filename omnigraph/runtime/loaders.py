@@ -15,14 +15,14 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from omnigraph.model_ref import library_class, split
+
 
 class ModelNotFound(Exception):
     pass
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    scheme, _, target = ref.partition(":")
-    return scheme, target
+split_ref = split
 
 
 def import_attr(target: str) -> Any:
@@ -71,11 +71,7 @@ def build_from_config(library: str, class_name: str, config: dict[str, Any], see
     """A transformers/diffusers model from its config class, with seeded random weights."""
     import torch
 
-    module = importlib.import_module(library)
-    try:
-        cls = getattr(module, class_name)
-    except AttributeError:
-        raise ModelNotFound(f"{library} has no class '{class_name}'") from None
+    cls = library_class(library, class_name)  # a model class of the library, nothing else
     torch.manual_seed(seed)
     if library == "transformers":
         config_cls = cls.config_class

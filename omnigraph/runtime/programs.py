@@ -7,7 +7,6 @@ torch module class, so a bundle cannot name an arbitrary callable to build.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import io
 import pickle
@@ -18,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from omnigraph.model_ref import LIBRARIES, library_class
 from omnigraph.runtime.loaders import import_attr, split_ref
 from omnigraph.runtime.pt2_audit import check_archive, check_graph, refusal
 
-_LIBRARIES = ("transformers", "diffusers")
 
 
 class ExportedStage(nn.Module):
@@ -71,8 +70,8 @@ def load_exported(path: Path, facts: Mapping[str, Any], device: str) -> Exported
 def module_class(ref: str) -> type[nn.Module]:
     """The torch module class a weights-form stage is rebuilt from; refuses anything else."""
     scheme, target = split_ref(ref)
-    if scheme in _LIBRARIES:
-        obj = getattr(importlib.import_module(scheme), target, None)
+    if scheme in LIBRARIES:
+        obj = library_class(scheme, target)
     elif scheme == "py":
         obj = import_attr(target)
     else:
