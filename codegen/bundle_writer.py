@@ -1,17 +1,16 @@
 """`omnigraph compile SPEC --emit bundle -o OUT`: a bundle directory, or a .ogb zip of one.
 
 The bundle is built in a private folder beside OUT and moved into place only when
-complete, so OUT is never half-written. Files are hashed last, after everything is
+complete, so OUT is never half-written; OUT is replaced only when it is a bundle omnigraph
+wrote and `--force` is given (see omnigraph/output_paths.py). Files are hashed last, after everything is
 written; the zip is reproducible (sorted entries, fixed timestamps, plain file modes).
 """
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import stat
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from omnigraph import __version__
-from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.bundle import ARCHIVE_SUFFIX, torch_minor
-from omnigraph.runtime.bundle_files import sha256_file
+from omnigraph.output_paths import put_in_place, refuse_unowned, staging_beside
+from omnigraph.runtime.bundle_files import sha256_file, written_by_omnigraph
 from omnigraph.runtime.bundle_manifest import (
     CODE_DIR, FORMAT, FORMAT_VERSION, KERNELS_DIR, MANIFEST_NAME, PLAN_NAME, README_NAME,
     BuiltWith, FileEntry, Manifest, StageEntry,
@@ -43,25 +42,27 @@ class WrittenBundle:
 
 
 def write_bundle(spec: str | Path, output: str | Path, target: str | None = None,
-                 plan_options: dict[str, dict[str, Any]] | None = None, kernels: bool = False) -> WrittenBundle:
+                 plan_options: dict[str, dict[str, Any]] | None = None, kernels: bool = False,
+                 force: bool = False) -> WrittenBundle:
     """Compile `spec` and write its bundle to `output` (a directory, or a file ending .ogb);
     with `kernels`, fuse its stages too and ship their Triton kernels in kernels/ (code: they
-    run only with --trust-code)."""
+    run only with --trust-code). An existing `output` is replaced only if it is a bundle
+    omnigraph wrote and `force` is set; anything else there is refused before any work."""
     from omnigraph.api import compile_plan
 
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".omnigraph-bundle-", dir=out.parent) as tmp:
-        staging = Path(tmp, "bundle")
+    refuse_unowned(out, written_by_omnigraph, "bundle", force)
+    with staging_beside(out, "the bundle") as tmp:
+        staging = tmp / "bundle"
         staging.mkdir()
         plan = compile_plan(spec, target, plan_options=plan_options,
                             kernels_dir=staging / KERNELS_DIR if kernels else None)
         manifest = _build(plan, staging)
+        built = staging
         if out.suffix == ARCHIVE_SUFFIX:
-            _zip(staging, manifest, Path(tmp, "bundle.ogb"))
-            os.replace(Path(tmp, "bundle.ogb"), out)
-        else:
-            _move_dir(staging, out)
+            built = tmp / "bundle.ogb"
+            _zip(staging, manifest, built)
+        put_in_place(built, out, written_by_omnigraph, "bundle", force)
     return WrittenBundle(out, manifest)
 
 
@@ -140,19 +141,6 @@ def _built_with() -> BuiltWith:
 
 def _requirements(packages: set[str], torch_version: str) -> list[str]:
     return sorted(f"torch=={torch_minor(torch_version)}.*" if p == "torch" else p for p in packages)
-
-
-def _move_dir(staging: Path, out: Path) -> None:
-    """Put the finished bundle at `out`, replacing an earlier bundle but nothing else."""
-    if out.is_symlink() or out.is_file():
-        raise OmnigraphError(f"cannot write the bundle to {out}: a file is there",
-                             hint=f"remove it, or name a directory or a {ARCHIVE_SUFFIX} file")
-    if out.is_dir():
-        if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-            raise OmnigraphError(f"cannot write the bundle to {out}: it is a directory that is not a bundle",
-                                 hint="name a new or empty directory")
-        shutil.rmtree(out)
-    staging.rename(out)
 
 
 def _zip(root: Path, manifest: Manifest, archive: Path) -> None:

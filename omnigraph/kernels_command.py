@@ -25,14 +25,33 @@ def compile_kernels(spec: str, target: str | None, plan_options: dict[str, dict[
     return kernel_files(comp.module)
 
 
+def is_kernel_dump(path: Path) -> bool:
+    """A folder `--dump-kernels` wrote: its index.json lists kernel files (and nothing else
+    may be replaced by a later dump)."""
+    import json
+
+    try:
+        index = json.loads((path / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, list) and all(isinstance(e, dict) and {"stage", "entry", "file"} <= e.keys()
+                                           for e in index)
+
+
 def kernels_command(spec: str, target: str | None, plan_options: dict[str, dict[str, Any]] | None,
-                    emit: bool, dump_dir: str | None, output: str | None) -> int:
+                    emit: bool, dump_dir: str | None, output: str | None, force: bool = False) -> int:
+    from omnigraph.output_paths import put_in_place, refuse_unowned, staging_beside
+
+    if dump_dir is not None:
+        refuse_unowned(Path(dump_dir), is_kernel_dump, "kernel dump", force)
     files, notes = compile_kernels(spec, target, plan_options)
     if dump_dir is not None:
         from omnigraph.codegen.kernel_module import write
 
         try:
-            written = write(files, Path(dump_dir))
+            with staging_beside(Path(dump_dir), "kernels") as tmp:
+                written = write(files, tmp / "kernels")
+                put_in_place(tmp / "kernels", Path(dump_dir), is_kernel_dump, "kernel dump", force)
         except OSError as exc:
             raise OmnigraphError(f"cannot write kernels to {dump_dir}: {exc.strerror}") from None
         n = sum(len(f.kernels) for f in files)

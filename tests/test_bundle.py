@@ -229,7 +229,7 @@ def test_compile_bundle_user_errors(work: Path, tmp_path: Path, capsys: pytest.C
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     assert main(["compile", spec, "--emit", "bundle", "-o", str(tmp_path / "notes")]) == 2
-    assert "not a bundle" in capsys.readouterr().err and (tmp_path / "notes" / "todo.txt").exists()
+    assert "not an omnigraph bundle" in capsys.readouterr().err and (tmp_path / "notes" / "todo.txt").exists()
     assert main(["run", str(work / "vision_chat_tiny"), "--target", "cpu-local", "-i", "prompt=x"]) == 2
     assert "already compiled for its target" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "notes"), "-i", "prompt=x"]) == 2

@@ -154,3 +154,25 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, rel: str, s
         raise BundleError(f"{rel}: a corrupt entry in the archive ({exc})") from None
     _check_size(rel, written, size)
     _check_hash(rel, digest.hexdigest(), sha256)
+
+
+def written_by_omnigraph(path: Path) -> bool:
+    """Whether `path` is a bundle (directory or .ogb) whose manifest says omnigraph wrote it:
+    the only thing `compile --emit bundle --force` may replace. Reads the manifest alone."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            manifest = path / MANIFEST_NAME
+            if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > MAX_MANIFEST_BYTES:
+                return False
+            parse_manifest(manifest.read_bytes())
+            return True
+        if path.is_file() and not path.is_symlink() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo(MANIFEST_NAME)
+                if info.file_size > MAX_MANIFEST_BYTES:
+                    return False
+                parse_manifest(zf.read(info))
+            return True
+    except (BundleError, KeyError, OSError, zipfile.BadZipFile):
+        return False
+    return False

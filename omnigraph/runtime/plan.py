@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from omnigraph.names import NAME_PATTERN, REF_PATTERN
 
 PLAN_VERSION = 4
+# Names in a plan become file names (outputs), process and actor names: a plan from a
+# bundle is untrusted, so every one is a plain name (see omnigraph/names.py).
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=200)]
+Ref = Annotated[str, StringConstraints(pattern=REF_PATTERN, max_length=401)]
 
 
 class _Model(BaseModel):
@@ -30,8 +36,8 @@ class PortType(_Model):
 class Binding(_Model):
     """One input of a node: the value it reads (`input`, `carry`, `node.port`)."""
 
-    port: str
-    source: str
+    port: Name
+    source: Ref
     modality: str  # of the value read
     stream: bool = False
 
@@ -85,12 +91,12 @@ class StageKernels(_Model):
 
 class StageNode(_Model):
     type: Literal["stage"] = "stage"
-    name: str
-    kind: str
+    name: Name
+    kind: Name
     model: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     inputs: list[Binding]
-    outputs: dict[str, PortType]
+    outputs: dict[Name, PortType]
     instances: list[Instance] = Field(min_length=1)
     batching: Batching = Field(default_factory=Batching)
     program: StageProgram | None = None  # bundles only
@@ -99,22 +105,22 @@ class StageNode(_Model):
 
 class RouteNode(_Model):
     type: Literal["route"] = "route"
-    name: str
+    name: Name
     inputs: list[Binding]  # data, key
-    cases: list[str] = Field(min_length=1)
-    default: str | None = None
-    outputs: dict[str, PortType]
+    cases: list[Name] = Field(min_length=1)
+    default: Name | None = None
+    outputs: dict[Name, PortType]
 
 
 class LoopNode(_Model):
     type: Literal["loop"] = "loop"
-    name: str
+    name: Name
     max_iters: int = Field(ge=1)
     carry: list[Binding]  # port = carried name, source = initial value
     body: list[Annotated[StageNode | RouteNode, Field(discriminator="type")]] = Field(min_length=1)
-    until: str
-    next: dict[str, str]
-    outputs: dict[str, PortType]
+    until: Ref
+    next: dict[Name, Ref]
+    outputs: dict[Name, PortType]
 
 
 Node = StageNode | RouteNode | LoopNode
@@ -122,11 +128,11 @@ Node = StageNode | RouteNode | LoopNode
 
 class RuntimePlan(_Model):
     version: int = PLAN_VERSION
-    pipeline: str
+    pipeline: Name
     target: str | None = None
-    inputs: dict[str, PortType]
-    outputs: dict[str, str]  # output name -> value it returns
-    output_types: dict[str, PortType]
+    inputs: dict[Name, PortType]
+    outputs: dict[Name, Ref]  # output name -> value it returns
+    output_types: dict[Name, PortType]
     nodes: list[Annotated[Node, Field(discriminator="type")]]
     # Directories searched for `py:` modules (the spec's own folder), after sys.path.
     module_paths: list[str] = Field(default_factory=list)
