@@ -18,6 +18,7 @@ from typing import Any
 from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.local import LoadHook, LocalBackend, RequestHandle
 from omnigraph.runtime.plan import RuntimePlan
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
 
 
 def compile_plan(spec: str | Path, target: str | None = None,
@@ -55,10 +56,11 @@ class Pipeline:
     """A loaded pipeline, ready to serve requests (on this machine, or on a Ray cluster)."""
 
     def __init__(self, plan: RuntimePlan, *, on_load: LoadHook | None = None, max_inflight: int = 256,
-                 backend: str = "local", address: str | None = None, device_resource: str | None = None) -> None:
+                 backend: str = "local", address: str | None = None, device_resource: str | None = None,
+                 step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
         self.plan = plan
         self.backend: Any = _backend(plan, backend, address, device_resource, on_load=on_load,
-                                     max_inflight=max_inflight)
+                                     max_inflight=max_inflight, step_timeout=step_timeout)
         self.on_close: list[Callable[[], None]] = []  # e.g. deleting an unpacked bundle
 
     def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
@@ -99,12 +101,13 @@ def _backend(plan: RuntimePlan, backend: str, address: str | None, device_resour
 
 def load(spec: str | Path | RuntimePlan, *, target: str | None = None, on_load: LoadHook | None = None,
          trust_code: bool = False, backend: str = "local", address: str | None = None,
-         device_resource: str | None = None) -> Pipeline:
+         device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> Pipeline:
     """Compile (if needed) and load a pipeline: a spec file, a bundle (a directory or a .ogb
     file, run without the compiler; `trust_code` lets it run the Python it carries) or a plan.
-    `backend="ray"` runs it on a Ray cluster at `address` (see Pipeline)."""
+    `backend="ray"` runs it on a Ray cluster at `address` (see Pipeline). A stage step that
+    runs longer than `step_timeout` seconds fails its requests (None: no limit)."""
     options: dict[str, Any] = {"on_load": on_load, "backend": backend, "address": address,
-                               "device_resource": device_resource}
+                               "device_resource": device_resource, "step_timeout": step_timeout}
     if isinstance(spec, RuntimePlan):
         return Pipeline(spec, **options)
     from omnigraph.runtime.bundle import is_bundle, open_bundle

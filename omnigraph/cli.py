@@ -16,6 +16,7 @@ from rich.console import Console
 
 from omnigraph import __version__
 from omnigraph.errors import OmnigraphError
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 3
@@ -73,7 +74,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from omnigraph.kernels_command import kernels_command
 
         return kernels_command(args.spec, args.target, options, args.emit == "kernels", args.dump_kernels,
-                               args.output)
+                               args.output, force=args.force)
     if args.emit == "plan":
         from omnigraph.api import compile_plan
 
@@ -105,7 +106,8 @@ def _emit_bundle(args: argparse.Namespace, options: dict | None) -> int:
 
     if not args.output or args.output == "-":
         raise OmnigraphError("--emit bundle writes files: name them with -o DIR or -o FILE.ogb")
-    written = write_bundle(args.spec, args.output, args.target, plan_options=options, kernels=args.kernels)
+    written = write_bundle(args.spec, args.output, args.target, plan_options=options, kernels=args.kernels,
+                           force=args.force)
     forms = ", ".join(f"{s.name}: {s.form}" for s in written.manifest.stages)
     _console(stderr=True).print(f"[green]wrote[/] bundle {written.path} "
                                 f"({written.manifest.total_size() / 1e6:.1f} MB; {forms})")
@@ -129,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     return run_command(args.spec, args.input or [], target=args.target, output_dir=args.output_dir,
                        as_json=args.json, stats=args.stats, timeout=args.timeout, trust_code=args.trust_code,
-                       backend=args.backend, address=args.address, device_resource=args.device_resource)
+                       backend=args.backend, address=args.address, device_resource=args.device_resource,
+                       step_timeout=args.step_timeout or None)
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
@@ -166,6 +169,32 @@ def cmd_kinds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from omnigraph.runtime import cache
+
+    if args.action == "clear":
+        freed = cache.clear()
+        _console(stderr=True).print(f"cleared {cache.cache_root()} ({freed / 1e6:.1f} MB freed)")
+        return 0
+    found = cache.entries()
+    if args.json:
+        sys.stdout.write(json.dumps({"root": str(cache.cache_root()), "entries": [
+            {"section": e.section, "path": str(e.path), "bytes": e.bytes, "source": e.source} for e in found]},
+            indent=2) + "\n")
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"omnigraph cache: {cache.cache_root()}")
+    for col in ("section", "entry", "size", "made from"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for e in found:
+        table.add_row(e.section, e.path.name[:16], f"{e.bytes / 1e6:.1f} MB", e.source or "-")
+    console = _console()
+    console.print(table)
+    console.print(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}, {sum(e.bytes for e in found) / 1e6:.1f} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnigraph", description="Declarative graph compiler for any-to-any multimodal pipelines.")
@@ -189,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", help="request mix the planner optimises for (with --target)")
     p.add_argument("--slo", type=float, help="end-to-end latency target in seconds (with --target)")
     p.add_argument("-o", "--output", help="write here instead of stdout")
+    p.add_argument("--force", action="store_true", help="let --emit bundle / --dump-kernels replace a bundle "
+                   "or kernel dump omnigraph wrote before (never anything else)")
     p.add_argument("--pass-pipeline", help="comma-separated passes (default: verify,infer-types, then "
                    "estimate-cost,plan-parallel,place-devices,plan-memory with --target)")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass to stderr")
@@ -212,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary instead")
     p.add_argument("--stats", action="store_true", help="print a per-stage timing table")
     p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
+    p.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT_S, metavar="S",
+                   help=f"fail the requests of a stage step that runs longer (default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit)")
     p.add_argument("--trust-code", action="store_true", help="let a bundle run the Python code it carries")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: one Ray actor per stage instance")
@@ -242,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kinds", help="list the stage kinds and their ports")
     p.set_defaults(func=cmd_kinds)
+
+    p = sub.add_parser("cache", help="list or clear the on-disk cache (dequantized GGUF models, profiles)")
+    p.add_argument("action", choices=["ls", "clear"])
+    p.add_argument("--json", action="store_true", help="ls: print JSON")
+    p.set_defaults(func=cmd_cache)
     return parser
 
 
@@ -254,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except BrokenPipeError:  # `omnigraph plan --json | head`: the reader left, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise again
+        return 0
     except OmnigraphError as exc:
         _console(stderr=True).print(exc.render(), markup=False, emoji=False)  # shown verbatim
         return EXIT_USER_ERROR

@@ -3,6 +3,7 @@ save outputs."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.plan import PortType, RuntimePlan
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
 
 
 def parse_inputs(pairs: list[str], plan: RuntimePlan) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def _read_value(value: str, ptype: PortType, name: str) -> Any:
         if ptype.modality in ("text",):
             return value
         if ptype.modality == "scalar":
-            return float(value)
+            return _scalar(value, name)
         raise OmnigraphError(f"--input {name}: a {ptype.modality} input is read from a file: {name}=@PATH")
     from omnigraph.runtime.media import read_input
 
@@ -52,12 +54,27 @@ def _read_value(value: str, ptype: PortType, name: str) -> Any:
         raise OmnigraphError(f"--input {name}: cannot read {path} as {ptype.modality}: {exc}") from None
 
 
+def _scalar(text: str, name: str) -> float | bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        number = float(text)
+    except ValueError:
+        raise OmnigraphError(f"--input {name}={text!r:.40}: a scalar input is a number (or true/false)") from None
+    if not math.isfinite(number):
+        raise OmnigraphError(f"--input {name}={text!r:.40}: a scalar input must be finite")
+    return number
+
+
 def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
                 as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False,
-                backend: str = "local", address: str | None = None, device_resource: str | None = None) -> int:
+                backend: str = "local", address: str | None = None, device_resource: str | None = None,
+                step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
     """Run one request through a spec (compiled here) or a bundle (checked, then run as it is),
     on this machine or (backend "ray") on a Ray cluster."""
-    where = {"backend": backend, "address": address, "device_resource": device_resource}
+    where = {"backend": backend, "address": address, "device_resource": device_resource,
+             "step_timeout": step_timeout}
     from omnigraph.runtime.bundle import is_bundle, open_bundle
 
     if is_bundle(spec):  # no compiler from here on: a bundle runs with the runtime alone
@@ -75,7 +92,7 @@ def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: 
 
 def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
              timeout: float | None, backend: str = "local", address: str | None = None,
-             device_resource: str | None = None) -> int:
+             device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
     """Load `plan`'s stages (with progress), run one request, show and save its outputs."""
     from omnigraph.api import Pipeline
     from omnigraph.runtime.local import StageLoadError
@@ -97,7 +114,7 @@ def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_
         t0 = time.monotonic()
         try:
             pipe = Pipeline(plan, on_load=on_load, backend=backend, address=address,
-                            device_resource=device_resource)
+                            device_resource=device_resource, step_timeout=step_timeout)
         except StageLoadError as exc:
             raise OmnigraphError(str(exc)) from None
     load_s = time.monotonic() - t0
@@ -169,7 +186,10 @@ def _save(outputs: dict[str, Any], plan: RuntimePlan, output_dir: str | None) ->
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OmnigraphError(f"cannot create {directory}: {exc.strerror}") from None
-    return {name: write_output(directory / name, value, plan.output_types[name].modality)
+    from omnigraph.output_paths import child
+
+    paths = {name: child(directory, name) for name in outputs}  # every name checked before any write
+    return {name: write_output(paths[name], value, plan.output_types[name].modality)
             for name, value in outputs.items()}
 
 

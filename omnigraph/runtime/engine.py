@@ -19,7 +19,7 @@ from typing import Any
 from omnigraph.runtime.channel import StreamChannel
 from omnigraph.runtime.executor import StageFailed, WorkItem
 from omnigraph.runtime.plan import Binding, LoopNode, Node, RouteNode, RuntimePlan, StageNode
-from omnigraph.runtime.values import SKIPPED, truthy
+from omnigraph.runtime.values import SKIPPED, input_problem, truthy
 
 _ids = itertools.count(1)
 
@@ -104,6 +104,11 @@ class Engine:
             self.fail(request, RequestFailed(f"{what}; pipeline '{self.plan.pipeline}' takes "
                                              f"{', '.join(self.plan.inputs) or 'no inputs'}"))
             return
+        for name, ptype in self.plan.inputs.items():
+            problem = input_problem(ptype.modality, request.inputs[name])
+            if problem is not None:
+                self.fail(request, RequestFailed(f"input '{name}': {problem}"))
+                return
         root = Scope(self.plan.nodes)
         with request.lock:
             # All inputs land before anything starts, so routes decide before the stages

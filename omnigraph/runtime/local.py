@@ -1,8 +1,9 @@
 """LocalBackend: runs a plan on this machine, one worker thread per stage instance.
 
 Workers admit work items from an inbox, drop items whose request already ended,
-and step their executor. An exception fails the items of that step (naming the
-stage) and the worker goes on serving. Timeouts and cancellation end a request
+and step their executor. Anything the stage raises fails the items of that step (naming
+the stage) and the worker goes on serving; a step that overruns the step timeout fails its
+items too (watchdog.py). Timeouts and cancellation end a request
 wherever its work is; in-flight work for it is dropped at the next step.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from omnigraph.runtime.engine import Engine, Request, RequestFailed
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
 from omnigraph.runtime.plan import RuntimePlan, StageNode
 from omnigraph.runtime.stage_loader import load_executor
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S, StepWatchdog
 
 LoadHook = Callable[[str, str], None]  # (stage, event: "start" | "done")
 
@@ -63,10 +65,27 @@ class _Worker(threading.Thread):
         self.timings: deque[StepTiming] = deque(maxlen=_TIMING_RECORDS)
         self.timings_lock = threading.Lock()  # read and cleared from other threads
         self._stepped: list[WorkItem] = []  # the items of the last step, held so their ids stay unique
+        self._step_started: float | None = None  # for the watchdog
+        self._last_start = 0.0
+        self._stepping: list[WorkItem] = []
+        self.stuck: BaseException | None = None  # set by the watchdog while a step overruns
 
     def submit(self, item: WorkItem) -> None:
+        stuck = self.stuck
+        if stuck is not None:  # do not queue behind a step that may never return
+            item.fail(stuck)
+            return
         self.inbox.put(item)
         self.wake.set()
+
+    def step_age(self) -> float | None:
+        started = self._step_started
+        return None if started is None else time.monotonic() - started
+
+    def fail_step(self, error: BaseException) -> None:
+        self.stuck = error
+        for item in list(self._stepping):
+            item.fail(error)
 
     def _admit(self, limit: int) -> None:
         while len(self.active) < limit:
@@ -96,22 +115,32 @@ class _Worker(threading.Thread):
             seen = {id(i) for i in self._stepped}
             new = sum(id(i) not in seen for i in self.active)
             batch = len(self.active) if self.executor.continuous else min(len(self.active), batching.max_batch)
-            started = time.monotonic()
-            try:
-                progressed = self.executor.step(self.active)
-            except Exception as exc:  # the stage failed these requests, not the process
-                progressed = True
-                for item in self.active:
-                    item.fail(exc)
-            elapsed = time.monotonic() - started
+            progressed = self._step()
+            elapsed = time.monotonic() - self._last_start
             self.busy_seconds += elapsed
             if progressed:
                 with self.timings_lock:
-                    self.timings.append(StepTiming(batch, min(new, batch), elapsed, started))
+                    self.timings.append(StepTiming(batch, min(new, batch), elapsed, self._last_start))
             self._stepped = self.active
             self.active = [i for i in self.active if not i.dead]
             if not progressed:
                 self.wake.wait(0.02)  # waiting on streams; a chunk or a new item wakes us
+
+    def _step(self) -> bool:
+        """One executor step. Whatever the stage's code raises — SystemExit, KeyboardInterrupt
+        and GeneratorExit included — fails the items of this step, never the worker."""
+        self._stepping = list(self.active)
+        self._last_start = self._step_started = time.monotonic()
+        try:
+            return self.executor.step(self.active)
+        except BaseException as exc:  # noqa: BLE001 - the stage failed these requests, not the process
+            for item in self.active:
+                item.fail(exc)
+            return True
+        finally:
+            self._step_started = None
+            self._stepping = []
+            self.stuck = None
 
 
 @dataclass
@@ -198,7 +227,8 @@ class Admission:
 class LocalBackend(Admission):
     """Executes a RuntimePlan in this process."""
 
-    def __init__(self, plan: RuntimePlan, *, max_inflight: int = 256, on_load: LoadHook | None = None) -> None:
+    def __init__(self, plan: RuntimePlan, *, max_inflight: int = 256, on_load: LoadHook | None = None,
+                 step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
         self.plan = plan
         self.workers: dict[str, _Worker] = {}
         ctx = ExecContext(device=_device_of(plan), seed=0)
@@ -224,6 +254,7 @@ class LocalBackend(Admission):
         for worker in self.workers.values():
             worker.start()
         self.deadlines = Deadlines(self.engine)
+        self.watchdog = StepWatchdog(lambda: self.workers.values(), step_timeout)
 
     def _enqueue(self, node: StageNode, item: WorkItem) -> None:
         self.workers[node.name].submit(item)
@@ -249,6 +280,7 @@ class LocalBackend(Admission):
     def close(self) -> None:
         self._closed = True
         self.deadlines.close()
+        self.watchdog.close()
         for worker in self.workers.values():
             worker.stopping = True
             worker.wake.set()

@@ -28,6 +28,7 @@ from typing import Any
 
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem, executor_class
 from omnigraph.runtime.local import StepTiming, _Worker
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S, StepWatchdog
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.ray_channel import InboundStream, OutboundStream
 from omnigraph.runtime.ray_values import pack, portable, resolve
@@ -78,8 +79,10 @@ def _setup(paths: list[str], threads: int) -> None:
 
 class StageActor:
     def __init__(self, node_json: str, instance: int, device: str, seed: int, module_paths: list[str],
-                 threads: int) -> None:
+                 threads: int, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
         _setup(module_paths, threads)
+        self.step_timeout = step_timeout
+        self.watchdog: StepWatchdog | None = None
         self.node = StageNode.model_validate_json(node_json)
         self.instance = self.node.instances[instance]
         self.device, self.seed = device, seed
@@ -115,6 +118,7 @@ class StageActor:
             self.executor.load()
         self.worker = _Worker(self.node, self.executor)
         self.worker.start()
+        self.watchdog = StepWatchdog(lambda: [self.worker] if self.worker else [], self.step_timeout)
         return True
 
     # -- the item protocol -------------------------------------------------------------
@@ -199,6 +203,8 @@ class StageActor:
                 self.worker.timings.clear()
 
     def stop(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
         if self.worker is not None:
             self.worker.stopping = True
             self.worker.wake.set()

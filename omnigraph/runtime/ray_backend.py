@@ -20,6 +20,7 @@ from omnigraph.runtime.deadlines import Deadlines
 from omnigraph.runtime.engine import Engine, Request
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.local import Admission, LoadHook, RequestHandle, StageLoadError, StepTiming
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
 from omnigraph.runtime.plan import LoopNode, RouteNode, RuntimePlan, StageNode
 from omnigraph.runtime.ray_cluster import (
     Placement,
@@ -60,8 +61,9 @@ class RayBackend(Admission):
 
     def __init__(self, plan: RuntimePlan, *, address: str | None = None, device_resource_name: str | None = None,
                  max_inflight: int = 256, on_load: LoadHook | None = None,
-                 load_timeout: float = LOAD_TIMEOUT_S) -> None:
+                 load_timeout: float = LOAD_TIMEOUT_S, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
         self.plan = plan
+        self.step_timeout = step_timeout
         self.resource = device_resource(plan, device_resource_name)
         connect(address, plan, self.resource)
         self.placement: Placement | None = None
@@ -94,7 +96,8 @@ class RayBackend(Admission):
             if on_load:
                 on_load(node.name, "start")
             self.instances[node.name] = [
-                RayInstance(node, i, self.placement, classes, list(self.plan.module_paths), reads, threads)
+                RayInstance(node, i, self.placement, classes, list(self.plan.module_paths), reads, threads,
+                            step_timeout=self.step_timeout)
                 for i in range(len(node.instances))]
             try:
                 started.append((node, [ref for inst in self.instances[node.name] for ref in inst.launch()]))

@@ -21,6 +21,7 @@ from typing import Any
 
 from omnigraph.runtime.channel import StreamReader
 from omnigraph.runtime.executor import WorkItem
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.ray_channel import InputForwarder, OutputRelay
 from omnigraph.runtime.ray_cluster import Placement, is_gpu_device
@@ -63,8 +64,10 @@ class RemoteClasses:
 
 class RayInstance:
     def __init__(self, node: StageNode, index: int, placement: Placement, classes: RemoteClasses,
-                 module_paths: list[str], must_resolve: frozenset[str], threads: int, seed: int = 0) -> None:
+                 module_paths: list[str], must_resolve: frozenset[str], threads: int, seed: int = 0,
+                 step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
         self.node, self.index = node, index
+        self.step_timeout = step_timeout
         self.instance = node.instances[index]
         self.placement, self.classes = placement, classes
         self.module_paths, self.must_resolve, self.seed = module_paths, must_resolve, seed
@@ -92,7 +95,8 @@ class RayInstance:
         node_json = self.node.model_dump_json()
         self.leader = self.classes.stage.options(**self.placement.options(devices[0]), max_concurrency=16,
                                                  max_restarts=0, runtime_env=_actor_env()).remote(
-            node_json, self.index, _torch_device(devices[0]), self.seed, self.module_paths, self.threads)
+            node_json, self.index, _torch_device(devices[0]), self.seed, self.module_paths, self.threads,
+            self.step_timeout)
         self.followers = []
         if self.instance.ranks == 1:
             return [self.leader.start.remote([])]

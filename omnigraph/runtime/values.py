@@ -66,3 +66,34 @@ def truthy(value: Any) -> bool:
     except ImportError:  # pragma: no cover
         pass
     return bool(value)
+
+
+def input_problem(modality: str, value: Any) -> str | None:
+    """Why `value` cannot be a pipeline input of `modality` (None: it can); checked before
+    any stage runs, so a wrong type fails the request at once, naming the input."""
+    if modality == "text":
+        return None if isinstance(value, str) else f"text is a str, not {type(value).__name__}"
+    if modality == "scalar":
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and np.isfinite(value)):
+            return None
+        return f"a scalar is a finite number or a bool, not {value!r:.40}"
+    if modality == "audio":
+        if isinstance(value, Audio):
+            samples = np.asarray(value.samples)
+            if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating) or value.sample_rate <= 0:
+                return "audio is mono float samples with a positive sample rate"
+            return None
+        return f"audio is an omnigraph Audio (samples + sample_rate), not {type(value).__name__}"
+    shape = getattr(value, "shape", None)
+    if shape is None or not hasattr(value, "dtype"):
+        if modality == "tokens" and isinstance(value, (list, tuple)) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in value):
+            return None
+        return f"{modality} is a tensor, not {type(value).__name__}"
+    rank = {"image": (3,), "video": (4,), "tokens": (1,), "latent": (2, 3, 4, 5), "embedding": (1, 2, 3)}.get(modality)
+    if rank is not None and len(shape) not in rank:
+        want = " or ".join(str(r) for r in rank)
+        return f"{modality} is a {want}-D tensor, got shape {tuple(shape)}"
+    if any(int(d) == 0 for d in shape):
+        return f"{modality} tensor has an empty dimension: shape {tuple(shape)}"
+    return None
