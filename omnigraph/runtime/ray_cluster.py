@@ -1,5 +1,9 @@
 """Reaching a Ray cluster, and placement groups shaped by the plan's devices.
 
+A cluster omnigraph starts itself (no --address) listens on 127.0.0.1 only; to serve
+other machines, start one deliberately (`ray start --head --node-ip-address=IP`) and
+pass its address.
+
 Each plan device ("node1:gpu3") is one placement-group bundle holding one unit of the
 device resource: `GPU` for GPU devices, `CPU` for CPU ones, or any custom resource named
 with `device_resource` (a test cluster declares `{"omni_gpu": 8}` to stand in for GPUs).
@@ -23,6 +27,8 @@ from omnigraph.runtime.plan import RuntimePlan
 PLACEMENT_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 5.0
 ENV_RESOURCE = "OMNIGRAPH_RAY_DEVICE_RESOURCE"
+LOOPBACK = "127.0.0.1"
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps a loopback node address
 
 
 def require_ray() -> Any:
@@ -69,6 +75,7 @@ def connect(address: str | None, plan: RuntimePlan, resource: str) -> None:
     devices = len({d for *_, d in plan_devices(plan)})
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": True}
     if address is None:
+        kwargs.update(loopback_only(ray))
         if resource == "CPU":
             kwargs["num_cpus"] = max(os.cpu_count() or 1, devices)
         elif resource != "GPU":
@@ -83,6 +90,26 @@ def connect(address: str | None, plan: RuntimePlan, resource: str) -> None:
                            hint="start one with `ray start --head` and pass --address HOST:PORT "
                                 "(or `auto`), or leave --address out to start a local one") from None
     _started_for = 1 if address is None else 0
+    if address is None:
+        node_ip = ray.get_runtime_context().gcs_address.rpartition(":")[0]
+        if node_ip not in (LOOPBACK, f"[::ffff:{LOOPBACK}]"):
+            ray.shutdown()
+            _started_for = 0
+            raise BackendError(f"the local Ray cluster came up on {node_ip}, not {LOOPBACK}; refusing to run "
+                               f"on a cluster other machines can reach",
+                               hint="start one yourself (`ray start --head --node-ip-address=...`) and pass "
+                                    "--address to expose it deliberately")
+
+
+def loopback_only(ray: Any) -> dict[str, Any]:
+    """What makes a cluster this process starts listen on 127.0.0.1 alone: its node address,
+    and Ray's switch that otherwise replaces a loopback address by the machine's external
+    one (read by Ray at import, and by the processes it starts, from the environment)."""
+    os.environ[_CLUSTER_SWITCH] = "0"
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        constants.ENABLE_RAY_CLUSTER = False
+    return {"_node_ip_address": LOOPBACK}
 
 
 def disconnect() -> None:
