@@ -17,12 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from omnigraph.kinds import KINDS
 from omnigraph.passes.cost_types import ArchProfile
 
 DEFAULT_PARAMS = 100_000_000  # a small model: what a stage with no sizes at all is assumed to be
 GGUF_BITS_PER_WEIGHT = 4.5  # typical of Q4_K_M, when the gguf package cannot read the header
 _FILE_SUFFIX = {"gguf": ".gguf", "onnx": ".onnx", "safetensors": ".safetensors"}
-_GATED_KINDS = frozenset({"ar_llm", "moe"})  # LLM MLPs are gated (SwiGLU): 3 matrices, not 2
 
 _KEYS: dict[str, tuple[str, ...]] = {
     "hidden": ("hidden_size", "d_model", "n_embd", "dim", "embed_dim"),
@@ -42,25 +42,66 @@ _KEYS: dict[str, tuple[str, ...]] = {
 def estimate_profile(kind: str, model: str | None, params: Mapping[str, Any], dtype_bytes: int,
                      note: str = "") -> ArchProfile:
     scheme, _, target = (model or "").partition(":")
-    sizes = _sizes(kind, params)
+    config = params.get("config") or {}
+    main, towers = _split_config(config)
+    sizes = _sizes(kind, params, main)
     counted = _from_file(scheme, target) if scheme in _FILE_SUFFIX else None
     if counted is not None:  # ONNX files run as they are (f32) unless the stage names a dtype
         file_dtype = 4 if scheme == "onnx" and not params.get("dtype") else dtype_bytes
         return _with_sizes(counted, sizes, file_dtype, note)
     if scheme == "py" and target.rpartition(":")[2].rpartition(".")[2] == "Identity":
-        return ArchProfile(params=0, dtype_bytes=dtype_bytes, arch=target, note=note)  # nothing to count
+        return ArchProfile(params=0, dtype_bytes=dtype_bytes, arch=target, note=note, source="config")
     profile = _from_sizes(kind, sizes, dtype_bytes)
     if profile is not None:
-        return replace(profile, arch=target, note=note)
+        tower = sum(_tower_params(t) for t in towers)
+        profile = replace(profile, params=profile.params + tower, active_params=profile.active_params + tower,
+                          encoder_params=tower)
+        return replace(profile, arch=target, note=note, source="config")
     reason = note or f"no sizes known for this {kind} stage"
     return ArchProfile(params=DEFAULT_PARAMS, active_params=DEFAULT_PARAMS, dtype_bytes=dtype_bytes,
-                       arch=target, note=f"{reason}: assumed {DEFAULT_PARAMS // 10**6}M parameters "
+                       arch=target, source="guess",
+                       note=f"{reason}: GUESSED {DEFAULT_PARAMS // 10**6}M parameters "
                        f"(set params.config hidden_size and num_hidden_layers for a real estimate)")
 
 
-def _sizes(kind: str, params: Mapping[str, Any]) -> dict[str, int]:
+# Where composite configs (omni, VLM, talker) keep their language model, outermost first.
+_MAIN_CONFIGS = ("thinker_config", "text_config", "llm_config", "language_config")
+
+
+def _split_config(config: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
+    """(the config of the part that runs per token, the configs of the other sub-models): an
+    omni thinker's text_config and its audio/vision towers; a plain config is all main."""
+    main: Mapping[str, Any] = config
+    for _ in range(3):  # thinker_config.text_config
+        inner = next((main[k] for k in _MAIN_CONFIGS if isinstance(main.get(k), Mapping)), None)
+        if inner is None:
+            break
+        main = inner
+    towers: list[Mapping[str, Any]] = []
+
+    def collect(cfg: Mapping[str, Any]) -> None:
+        for key, value in cfg.items():
+            if key.endswith("_config") and isinstance(value, Mapping) and value is not main:
+                if any(_positive(value.get(k)) for k in _KEYS["hidden"]):
+                    towers.append(value)
+                else:
+                    collect(value)
+
+    if main is not config:
+        collect(config)
+    return main, towers
+
+
+def _tower_params(config: Mapping[str, Any]) -> int:
+    """A sub-model (audio/vision tower, code predictor) counted with the encoder formulas."""
+    sizes = _sizes("encoder", {}, config)
+    profile = _from_sizes("encoder", sizes, 2)
+    return profile.params if profile is not None else 0
+
+
+def _sizes(kind: str, params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> dict[str, int]:
     """The positive integer sizes under the names above, from config then the stage's params."""
-    config = params.get("config") or {}
+    config = params.get("config") or {} if config is None else config
     found: dict[str, int] = {}
     for name, keys in _KEYS.items():
         for source in (config, params):
@@ -77,6 +118,8 @@ def _sizes(kind: str, params: Mapping[str, Any]) -> dict[str, int]:
             found[name] = params[key]
     if config.get("tie_word_embeddings") is True:
         found["tied"] = 1
+    if _positive(config.get("joint_attention_dim")):
+        found["joint"] = 1
     return found
 
 
@@ -100,7 +143,7 @@ def _from_sizes(kind: str, s: dict[str, int], dtype_bytes: int) -> ArchProfile |
     heads = s.get("heads") or max(1, hidden // head_dim)
     kv_heads = s.get("kv_heads") or heads
     inter = s.get("intermediate")
-    mats = 3 if kind in _GATED_KINDS else 2
+    mats = 3 if kind in KINDS and KINDS[kind].traits.gated_mlp else 2
     dense_mlp = mats * hidden * inter if inter else 8 * hidden * hidden
     experts, top_k = s.get("experts", 0), s.get("top_k", 0)
     expert_mlp = 3 * hidden * (s.get("moe_intermediate") or inter or 4 * hidden)
@@ -117,6 +160,10 @@ def _from_sizes(kind: str, s: dict[str, int], dtype_bytes: int) -> ArchProfile |
         mlp = per_expert_layer + hidden * experts + s.get("shared", 0) * expert_mlp
     else:
         per_expert_layer, mlp = 0, dense_mlp
+    if kind == "diffusion" and s.get("joint"):  # SD3/Flux: two streams, each attention + MLP + adaLN
+        attn, mlp = 2 * attn, 2 * (mlp + 6 * hidden * hidden)
+    elif kind == "diffusion":  # a cross-attention DiT (Wan, PixArt): self- and cross-attention
+        attn = 2 * attn
     vocab = s.get("vocab", 0)
     embedding = vocab * hidden
     head = 0 if s.get("tied") or kind != "ar_llm" else vocab * hidden  # an LLM's untied LM head
@@ -171,7 +218,7 @@ def _gguf(path: str, size: int, mtime_ns: int) -> ArchProfile:
         reader = GGUFReader(path)
     except Exception:  # no gguf package, or a header it cannot read: size over typical bits/weight
         n = int(size * 8 / GGUF_BITS_PER_WEIGHT)
-        return ArchProfile(params=n, active_params=n, arch=Path(path).name,
+        return ArchProfile(params=n, active_params=n, arch=Path(path).name, source="file",
                            note=f"GGUF header unread: {GGUF_BITS_PER_WEIGHT} bits per weight assumed")
 
     def meta(key: str) -> Any:
@@ -197,7 +244,7 @@ def _gguf(path: str, size: int, mtime_ns: int) -> ArchProfile:
         layers=int(meta(f"{arch}.block_count") or 0), hidden=hidden, heads=heads,
         kv_heads=int(meta(f"{arch}.attention.head_count_kv") or heads),
         head_dim=int(meta(f"{arch}.attention.key_length") or (hidden // heads if heads else 0)),
-        experts=experts, experts_per_token=top_k, arch=f"gguf:{arch}",
+        experts=experts, experts_per_token=top_k, arch=f"gguf:{arch}", source="file",
     )
 
 
@@ -217,7 +264,7 @@ def _safetensors(path: str, size: int, mtime_ns: int) -> ArchProfile | None:
             for d in entry.get("shape", []):
                 n *= d
             total += n
-    return ArchProfile(params=total, active_params=total, arch=Path(path).name)
+    return ArchProfile(params=total, active_params=total, arch=Path(path).name, source="file")
 
 
 def _with_sizes(counted: ArchProfile, sizes: dict[str, int], dtype_bytes: int, note: str) -> ArchProfile:

@@ -24,6 +24,7 @@ def plan_report(module: ModuleOp) -> dict[str, Any]:
         rate = p["pipeline_rate"]
         par = st.op.parallel.as_dict()
         mem = st.op.mem.as_dict() if st.op.mem is not None else {}
+        cost = from_attr(st.op.cost) if st.op.cost is not None else {}
         rows.append({
             "stage": st.name, "kind": st.kind, "config": _label(par, p["batch"]),
             "tp": par["tp"], "pp": par["pp"], "ep": par["ep"], "replicas": par["replicas"],
@@ -32,6 +33,9 @@ def plan_report(module: ModuleOp) -> dict[str, Any]:
             "memory": {**mem, "buffers": p.get("buffers", 0)},
             "latency_s": p["latency_s"], "first_output_s": p["first_output_s"],
             "rate_per_replica": p["rate"], "visits": p["visits"],
+            # How its size was known: meta (counted on an instance), file (a weights file's
+            # header), config (formulas over its sizes) or guess (nothing to go on).
+            "params": cost.get("params"), "counted": cost.get("source", "config"), "note": cost.get("note", ""),
         })
     if not rows:
         return {"pipeline": pipe.sym_name.data, "target": None, "stages": []}
@@ -44,6 +48,7 @@ def plan_report(module: ModuleOp) -> dict[str, Any]:
         "throughput_rps": rate,
         "bottleneck": bottleneck,
         "devices_used": len({d for r in rows for d in r["devices"]}),
+        "guessed": [r["stage"] for r in rows if r["counted"] == "guess"],
         "stages": rows,
     }
 
