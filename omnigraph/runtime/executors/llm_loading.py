@@ -8,18 +8,17 @@ A model built from a config has no tokenizer of its own: it gets `params.tokeniz
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omnigraph.runtime.cache import content_hash, entry_dir, record_source
 from omnigraph.runtime.executors.modules import load_module, stage_dtype
 from omnigraph.runtime.loaders import ModelNotFound, resolve_file, split_ref
 from omnigraph.runtime.plan import StageNode
 
-_PREFIX_BYTES = 1 << 20  # hashing the first MiB (plus the size) tells GGUF files apart cheaply
 
 
 class ByteTokenizer:
@@ -38,17 +37,10 @@ class ByteTokenizer:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("OMNIGRAPH_CACHE") or Path.home() / ".cache" / "omnigraph")
-
-
 def gguf_cache_dir(path: Path) -> Path:
-    """Where the dequantized copy of a GGUF file lives: keyed by content, not by path."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        digest.update(f.read(_PREFIX_BYTES))
-    digest.update(str(path.stat().st_size).encode())
-    return cache_root() / "gguf" / digest.hexdigest()[:32]
+    """Where the dequantized copy of a GGUF file lives: keyed by the file's full content hash
+    (see omnigraph/runtime/cache.py), not by its path."""
+    return entry_dir("gguf", content_hash(path))
 
 
 def _load_pretrained(directory: Path, gguf_file: str | None = None) -> tuple[Any, Any]:
@@ -64,7 +56,7 @@ def _load_pretrained(directory: Path, gguf_file: str | None = None) -> tuple[Any
     return model, tokenizer
 
 
-def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
+def _write_cache(model: Any, tokenizer: Any, target: Path, source: Path) -> None:
     """Save atomically (write aside, then rename) so a crash or a racing process never
     leaves a half-written cache that looks complete."""
     # transformers refuses to save a model that still says it is GGUF-quantized; its
@@ -76,6 +68,7 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    record_source(tmp, source, bytes=source.stat().st_size)
     try:
         tmp.rename(target)
     except OSError:  # another process finished first: keep theirs
@@ -91,7 +84,7 @@ def load_gguf(target: str) -> tuple[Any, Any]:
     model, tokenizer = _load_pretrained(path.parent, gguf_file=path.name)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        _write_cache(model, tokenizer, cached)
+        _write_cache(model, tokenizer, cached, path)
     except OSError:  # a read-only home is no reason to fail: we just stay slow
         pass
     return model, tokenizer
