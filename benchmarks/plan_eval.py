@@ -14,10 +14,10 @@ from omnigraph.dialect.textio import make_context
 from omnigraph.passes.place_devices import PlaceDevicesPass
 from omnigraph.passes.plan_memory import PlanMemoryPass
 from omnigraph.passes.plan_parallel import Problem, write_plan
-from omnigraph.passes.plan_problem import PlanSolution
-from omnigraph.passes.sim_model import make_requests, sim_pipeline_from_plan
-from omnigraph.passes.simulator import poisson_arrivals, simulate
-from omnigraph.passes.workload import parse_mix
+from omnigraph.passes.planner.plan_problem import PlanSolution
+from omnigraph.passes.sim.model import make_requests, sim_pipeline_from_plan
+from omnigraph.passes.sim.engine import poisson_arrivals, simulate
+from omnigraph.passes.planner.workload import parse_mix
 from omnigraph.runtime.plan import RuntimePlan
 from omnigraph.target import Target
 

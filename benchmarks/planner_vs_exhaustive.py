@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from plan_eval import Case, evaluate, small_targets, write_spec  # noqa: E402
 
-from omnigraph.passes.plan_exhaustive import exhaustive  # noqa: E402
-from omnigraph.passes.plan_milp import prune  # noqa: E402
+from omnigraph.passes.planner.plan_exhaustive import exhaustive  # noqa: E402
+from omnigraph.passes.planner.plan_milp import prune  # noqa: E402
 from omnigraph.passes.plan_parallel import refine  # noqa: E402
 
 GOAL = 0.98

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from omnigraph.api import compile_plan
-from omnigraph.passes.sim_calibrate import MeasuredRun, calibrate_many, median_of, replay
-from omnigraph.passes.simulator import burst_arrivals, poisson_arrivals
+from omnigraph.passes.sim.calibrate import MeasuredRun, calibrate_many, median_of, replay
+from omnigraph.passes.sim.engine import burst_arrivals, poisson_arrivals
 from omnigraph.runtime.local import LocalBackend
 from omnigraph.runtime.plan import RuntimePlan
 from omnigraph.runtime.values import Audio

@@ -22,14 +22,14 @@ from torch import fx
 from torch.export.graph_signature import InputKind, OutputKind
 
 from omnigraph import __version__
-from omnigraph.codegen.kernel_emitter import TEMPLATES, Kernel
+from omnigraph.passes.fusion.emitter import Kernel
 
 aten = torch.ops.aten
 _DROPPED = (aten._assert_tensor_metadata.default, aten._assert_scalar.default,
             aten.sym_constrain_range_for_size.default)
 _VIEWS = (aten.view.default, aten._unsafe_view.default)
 _ALLOWED_GLOBALS = {"torch", "device", "inf", "nan", "math"}
-_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")), undefined=jinja2.StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 

@@ -31,7 +31,7 @@ def planning_options(mix: str | None, slo: float | None, headroom: float | None 
 def plan_spec(spec: str, target: str, mix: str | None = None, slo: float | None = None) -> dict[str, Any]:
     """Compile and plan; the report of plan_report.py plus how long planning took."""
     from omnigraph.compiler import compile_path
-    from omnigraph.passes.plan_report import plan_report
+    from omnigraph.passes.planner.placement_report import plan_report
     from omnigraph.target import load_target
 
     load_target(target)  # an unknown target fails here, with the list of known ones

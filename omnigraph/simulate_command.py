@@ -41,8 +41,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def simulate_command(plan_path: str, *, target: str | None, rate: float | None, burst: bool, requests: int,
                      mix: str | None, slo: float | None, seed: int, as_json: bool) -> int:
-    from omnigraph.passes.sim_model import simulate_plan
-    from omnigraph.passes.workload import parse_mix
+    from omnigraph.passes.sim.model import simulate_plan
+    from omnigraph.passes.planner.workload import parse_mix
     from omnigraph.target import load_target
 
     if rate is None and not burst:

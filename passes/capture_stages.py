@@ -130,7 +130,7 @@ def _load(node: Any, meta: bool) -> Any:
 
 
 def _too_big(kind: str, model: str | None, params: dict[str, Any]) -> bool:
-    from omnigraph.passes.arch_profile import profile_stage
+    from omnigraph.passes.planner.arch_profile import profile_stage
 
     try:
         return profile_stage(kind, model, params).param_bytes > META_BYTES

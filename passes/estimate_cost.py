@@ -19,8 +19,8 @@ from xdsl.passes import ModulePass
 from omnigraph.dialect.checks import params_of
 from omnigraph.dialect.ops import StageOp
 from omnigraph.dialect.values import to_attr
-from omnigraph.passes.arch_profile import profile_stage
-from omnigraph.passes.cost_types import ArchProfile
+from omnigraph.passes.planner.arch_profile import profile_stage
+from omnigraph.passes.planner.cost_types import ArchProfile
 
 
 def cost_summary(profile: ArchProfile) -> dict[str, Any]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch is imported only when the pass runs: compiling withou
     import torch
     from torch import fx
 
-    from omnigraph.passes.fusion_state import FusionState
+    from omnigraph.passes.fusion.state import FusionState
 
 
 @dataclass
@@ -54,7 +54,7 @@ FUSED: dict[str, StageFusion] = {}  # side table: stage_key -> fusion
 
 
 def _emittable(state: FusionState, gid: int) -> str | None:
-    from omnigraph.codegen.kernel_emitter import CannotEmit, emit
+    from omnigraph.passes.fusion.emitter import CannotEmit, emit
 
     group = state.groups[gid]
     try:
@@ -94,7 +94,7 @@ def fuse_graph(graph: fx.Graph, window: int = WINDOW, overlap: int = OVERLAP) ->
     """Greedy merging to a fixed point, window by window along the graph (each window
     `window` positions, starting `overlap` back into the last where no group straddles);
     returns the final state, over the whole graph, and how many merges it made."""
-    from omnigraph.passes.fusion_state import FusionState
+    from omnigraph.passes.fusion.state import FusionState
 
     state = FusionState.of(graph)
     gains: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}  # a score depends only on the two groups
@@ -125,7 +125,7 @@ def _cut(state: FusionState, start: int, end: int) -> int:
 
 
 def _fuse_window(state: FusionState, gains: dict) -> tuple[FusionState, int]:
-    from omnigraph.passes import fusion_legality, fusion_score
+    from omnigraph.passes.fusion import legality as fusion_legality, score as fusion_score
 
     # A refusal stands while neither group changes: a cycle through third groups stays one
     # whatever they merge with, and a merge elsewhere rarely lowers the peak it would raise
@@ -157,9 +157,9 @@ def _fuse_window(state: FusionState, gains: dict) -> tuple[FusionState, int]:
 
 def fuse_program(program: torch.export.ExportedProgram) -> FusedGraph:
     """Lower, fuse and emit one captured entry."""
-    from omnigraph.codegen.kernel_emitter import CannotEmit, emit
-    from omnigraph.passes.fx_classify import is_compute
-    from omnigraph.passes.fx_lower import lower
+    from omnigraph.passes.fusion.emitter import CannotEmit, emit
+    from omnigraph.passes.fusion.classify import is_compute
+    from omnigraph.passes.fusion.fx_lower import lower
 
     lowered = lower(program)
     state, merges = fuse_graph(lowered.graph)

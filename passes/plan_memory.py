@@ -20,11 +20,11 @@ from xdsl.passes import ModulePass
 from omnigraph.dialect.attrs import MemAttr
 from omnigraph.dialect.values import to_attr
 from omnigraph.errors import IRError
-from omnigraph.passes.arch_profile import profile_stage
+from omnigraph.passes.planner.arch_profile import profile_stage
 from omnigraph.passes.place_devices import plan_of
 from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
-from omnigraph.passes.offload import MAX_OFFLOAD
-from omnigraph.passes.stage_options import GIB, device_types
+from omnigraph.passes.planner.offload import MAX_OFFLOAD
+from omnigraph.passes.planner.stage_options import GIB, device_types
 from omnigraph.target import Target, load_target
 
 

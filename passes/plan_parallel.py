@@ -18,15 +18,15 @@ from xdsl.passes import ModulePass
 from omnigraph.dialect.attrs import ParallelAttr
 from omnigraph.dialect.values import to_attr
 from omnigraph.errors import IRError
-from omnigraph.passes.plan_explain import no_fit, no_plan
-from omnigraph.passes.plan_milp import solve
-from omnigraph.passes.cost_types import StageWork
-from omnigraph.passes.plan_problem import PlanProblem, PlanSolution, StageChoices, StagePlan, throughput_of
+from omnigraph.passes.planner.plan_explain import no_fit, no_plan
+from omnigraph.passes.planner.plan_milp import solve
+from omnigraph.passes.planner.cost_types import StageWork
+from omnigraph.passes.planner.plan_problem import PlanProblem, PlanSolution, StageChoices, StagePlan, throughput_of
 from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
-from omnigraph.passes.stage_options import (
+from omnigraph.passes.planner.stage_options import (
     DeviceType, device_types, latency_at, little_batch, stage_options, stage_works,
 )
-from omnigraph.passes.workload import parse_mix
+from omnigraph.passes.planner.workload import parse_mix
 from omnigraph.target import Target, load_target
 
 

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from omnigraph.passes.arena import ALIGN, Buffer, arena_bytes, pack
-from omnigraph.passes.cost_types import ArchProfile
+from omnigraph.passes.planner.arena import ALIGN, Buffer, arena_bytes, pack
+from omnigraph.passes.planner.cost_types import ArchProfile
 
 
 def overlaps(a: tuple[int, Buffer], b: tuple[int, Buffer]) -> bool:

@@ -13,12 +13,12 @@ from omnigraph.compiler import compile_path
 from omnigraph.dialect.textio import parse_module, print_module
 from omnigraph.frontend import load_spec
 from omnigraph.model_ref import ModelRefError
-from omnigraph.passes.arch_estimate import DEFAULT_PARAMS
-from omnigraph.passes.arch_profile import profile_stage
-from omnigraph.passes.cost_rules import (
+from omnigraph.passes.planner.arch_estimate import DEFAULT_PARAMS
+from omnigraph.passes.planner.arch_profile import profile_stage
+from omnigraph.passes.planner.cost_rules import (
     enumerate_configs, fits, infeasibility_hint, memory_per_device, stage_cost, stage_work, usable_bytes,
 )
-from omnigraph.passes.cost_types import ArchProfile, ParallelConfig, RequestShape, StageWork
+from omnigraph.passes.planner.cost_types import ArchProfile, ParallelConfig, RequestShape, StageWork
 from omnigraph.target import Device
 
 torch = pytest.importorskip("torch")

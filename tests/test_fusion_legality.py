@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from fusion_cases import AUTO, compile_case, export, run_fused
-from omnigraph.passes import fusion_legality
+from omnigraph.passes.fusion import legality as fusion_legality
 from omnigraph.passes.fuse_ops import _emittable, fuse_graph
-from omnigraph.passes.fusion_state import FusionState
-from omnigraph.passes.fx_lower import lower
+from omnigraph.passes.fusion.state import FusionState
+from omnigraph.passes.fusion.fx_lower import lower
 
 pytest.importorskip("triton")
 

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from omnigraph.passes.cost_types import ParallelConfig, StageCost
-from omnigraph.passes.plan_exhaustive import exhaustive
-from omnigraph.passes.plan_milp import prune, solve
-from omnigraph.passes.plan_problem import DevicePool, Option, PlanProblem, StageChoices, throughput_of
+from omnigraph.passes.planner.cost_types import ParallelConfig, StageCost
+from omnigraph.passes.planner.plan_exhaustive import exhaustive
+from omnigraph.passes.planner.plan_milp import prune, solve
+from omnigraph.passes.planner.plan_problem import DevicePool, Option, PlanProblem, StageChoices, throughput_of
 
 GIB = 1 << 30
 

@@ -1,7 +1,6 @@
 """The discrete-event simulator, request mixes, the plan glue, calibration and `omnigraph simulate`."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,18 +9,16 @@ import pytest
 
 from omnigraph.cli import main
 from omnigraph.errors import SpecError
-from omnigraph.passes.cost_types import StageWork
-from omnigraph.passes.sim_calibrate import deshare
-from omnigraph.passes.sim_model import fit_ar, fit_batch, make_requests, plan_graph
-from omnigraph.passes.simulator import (
+from omnigraph.passes.planner.cost_types import StageWork
+from omnigraph.passes.sim.calibrate import deshare
+from omnigraph.passes.sim.model import fit_ar, fit_batch, make_requests, plan_graph
+from omnigraph.passes.sim.engine import (
     SimEdge, SimPipeline, SimRequest, SimStage, SimulationError, burst_arrivals, poisson_arrivals, simulate,
 )
-from omnigraph.passes.workload import PRESETS, mean_shape, parse_mix, sample_shapes
+from omnigraph.passes.planner.workload import PRESETS, mean_shape, parse_mix, sample_shapes
 
 TINY = Path(__file__).resolve().parent.parent / "examples" / "tiny"
 W = StageWork(tokens=16)
-HAVE_COST_RULES = all(importlib.util.find_spec(f"omnigraph.passes.{m}") for m in ("cost_rules", "arch_profile"))
-needs_cost_rules = pytest.mark.skipif(not HAVE_COST_RULES, reason="the cost rules (passes/cost_rules.py) are not here")
 
 
 def one_stage(**kw) -> SimPipeline:
@@ -284,9 +281,8 @@ def test_plan_graph_looks_through_routes_and_loops() -> None:
         plan_graph(_plan("refine_loop_tiny"), loop_iters={"polish": 5})
 
 
-@needs_cost_rules
 def test_moe_tiny_plan_simulates_with_the_cost_rules() -> None:
-    from omnigraph.passes.sim_model import sim_pipeline_from_plan
+    from omnigraph.passes.sim.model import sim_pipeline_from_plan
     from omnigraph.target import load_target
 
     mix = parse_mix("chat")
@@ -304,7 +300,6 @@ def test_moe_tiny_plan_simulates_with_the_cost_rules() -> None:
     assert 0 < report.stages["thinker"].utilisation <= 1
 
 
-@needs_cost_rules
 def test_cli_simulates_a_plan(tmp_path: Path, capsys) -> None:
     plan = tmp_path / "plan.json"
     assert main(["compile", str(TINY / "moe_tiny.yaml"), "--emit", "plan", "-o", str(plan)]) == 0

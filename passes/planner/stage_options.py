@@ -7,12 +7,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from omnigraph.passes.cost_rules import enumerate_configs, fits, stage_cost, stage_work, usable_bytes
-from omnigraph.passes.arch_profile import profile_stage
-from omnigraph.passes.cost_types import ParallelConfig, RequestShape, StageCost, StageWork
-from omnigraph.passes.offload import with_offload
-from omnigraph.passes.work_rules import chunked, stream_chunks
-from omnigraph.passes.plan_problem import DevicePool, Option
+from omnigraph.passes.planner.cost_rules import enumerate_configs, fits, stage_cost, stage_work, usable_bytes
+from omnigraph.passes.planner.arch_profile import profile_stage
+from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, StageCost, StageWork
+from omnigraph.passes.planner.offload import with_offload
+from omnigraph.passes.planner.work_rules import chunked, stream_chunks
+from omnigraph.passes.planner.plan_problem import DevicePool, Option
 from omnigraph.passes.stage_graph import StageInfo
 from omnigraph.kinds import KINDS
 from omnigraph.target import Device, Target

@@ -10,11 +10,11 @@ import sympy
 import torch
 from torch import fx
 
-from omnigraph.codegen import kernel_index as ki
-from omnigraph.codegen.kernel_index import Index, Size
-from omnigraph.codegen.kernel_ops import compute_type
-from omnigraph.codegen.kernel_types import CannotEmit, _dim, _Value, shape_of, tensor_val
-from omnigraph.passes.fx_classify import OpClass, classify
+from omnigraph.passes.fusion import kernel_index as ki
+from omnigraph.passes.fusion.kernel_index import Index, Size
+from omnigraph.passes.fusion.kernel_ops import compute_type
+from omnigraph.passes.fusion.kernel_types import CannotEmit, _dim, _Value, shape_of, tensor_val
+from omnigraph.passes.fusion.classify import OpClass, classify
 
 aten = torch.ops.aten
 

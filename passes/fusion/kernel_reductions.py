@@ -9,10 +9,10 @@ import operator
 import torch
 from torch import fx
 
-from omnigraph.codegen import kernel_index as ki
-from omnigraph.codegen.kernel_index import Index, Seg, Size
-from omnigraph.codegen.kernel_ops import compute_type
-from omnigraph.codegen.kernel_types import CannotEmit, _dim, _Value, shape_of, tensor_val
+from omnigraph.passes.fusion import kernel_index as ki
+from omnigraph.passes.fusion.kernel_index import Index, Seg, Size
+from omnigraph.passes.fusion.kernel_ops import compute_type
+from omnigraph.passes.fusion.kernel_types import CannotEmit, _dim, _Value, shape_of, tensor_val
 
 aten = torch.ops.aten
 MAX_UNROLLED = 16  # top-k picks (and reductions over them) are unrolled, one value per pick

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from omnigraph.passes.cost_types import ArchProfile, StageCost, StageWork
+from omnigraph.passes.planner.cost_types import ArchProfile, StageCost, StageWork
 
 HOST_LINK_GB_S = 55.0  # PCIe 5.0 x16, one direction, achievable
 MAX_OFFLOAD = 0.9  # of the experts on a device; the hottest tenth always stays resident

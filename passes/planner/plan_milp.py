@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pulp
 
-from omnigraph.passes.plan_problem import (
+from omnigraph.passes.planner.plan_problem import (
     EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency,
 )
 

@@ -21,9 +21,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from omnigraph.passes.sim_model import StageTimings, make_requests, sim_pipeline_from_measurements
-from omnigraph.passes.simulator import SimReport, SimulationError, shared_speed, simulate
-from omnigraph.passes.workload import parse_mix
+from omnigraph.passes.sim.model import StageTimings, make_requests, sim_pipeline_from_measurements
+from omnigraph.passes.sim.engine import SimReport, SimulationError, shared_speed, simulate
+from omnigraph.passes.planner.workload import parse_mix
 from omnigraph.runtime.plan import RuntimePlan
 
 Step = tuple[int, int, float, float]  # batch, new, seconds, started (any clock, one per run)

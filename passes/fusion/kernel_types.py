@@ -12,7 +12,7 @@ import sympy
 import torch
 from torch import fx
 
-from omnigraph.codegen.kernel_index import Size
+from omnigraph.passes.fusion.kernel_index import Size
 
 
 class CannotEmit(Exception):

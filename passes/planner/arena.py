@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omnigraph.passes.cost_types import ArchProfile
+from omnigraph.passes.planner.cost_types import ArchProfile
 
 ALIGN = 256  # bytes: offsets stay aligned for vectorised kernels
 

@@ -7,7 +7,7 @@ arithmetic, so bytes are the score; a merge that saves nothing is not made.
 """
 from __future__ import annotations
 
-from omnigraph.passes.fusion_state import FusionState, nbytes
+from omnigraph.passes.fusion.state import FusionState, nbytes
 
 
 def bytes_saved(state: FusionState, a: int, b: int) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omnigraph.errors import SpecError
-from omnigraph.passes.cost_types import RequestShape
+from omnigraph.passes.planner.cost_types import RequestShape
 
 # The presets. Sizes are those of common open models: a 336 px image is 576 vision tokens
 # (LLaVA-1.5 / Qwen2-VL at that size), a video is 32 frames of 256 tokens, speech

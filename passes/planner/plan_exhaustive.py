@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from omnigraph.passes.plan_problem import (
+from omnigraph.passes.planner.plan_problem import (
     EPS, Option, PlanProblem, PlanSolution, StagePlan, path_latency,
 )
 

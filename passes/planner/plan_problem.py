@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omnigraph.passes.cost_types import StageCost
+from omnigraph.passes.planner.cost_types import StageCost
 
 EPS = 1e-9
 

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from omnigraph.passes.cost_types import StageWork
-from omnigraph.passes.sim_types import (  # noqa: F401  (the public API lives here too)
+from omnigraph.passes.planner.cost_types import StageWork
+from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API lives here too)
     BatchTime, Latency, RequestReport, SimEdge, SimPipeline, SimReport, SimRequest, SimStage,
     SimulationError, StageReport, StepTime, burst_arrivals, latency, poisson_arrivals, validate,
 )

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from omnigraph.passes.fusion_state import FusionState, nbytes
+from omnigraph.passes.fusion.state import FusionState, nbytes
 
 MAX_GROUP_OPS = 48
 MAX_INPUTS = 16

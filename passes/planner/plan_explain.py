@@ -7,12 +7,12 @@ and the fix: a larger TP degree, another device, fp8 weights, or a looser latenc
 from __future__ import annotations
 
 from omnigraph.errors import IRError
-from omnigraph.passes.arch_profile import profile_stage
-from omnigraph.passes.cost_rules import infeasibility_fixes
-from omnigraph.passes.cost_types import StageCost, StageWork
-from omnigraph.passes.plan_problem import Option, PlanProblem, path_latency
+from omnigraph.passes.planner.arch_profile import profile_stage
+from omnigraph.passes.planner.cost_rules import infeasibility_fixes
+from omnigraph.passes.planner.cost_types import StageCost, StageWork
+from omnigraph.passes.planner.plan_problem import Option, PlanProblem, path_latency
 from omnigraph.passes.stage_graph import StageInfo
-from omnigraph.passes.stage_options import DeviceType
+from omnigraph.passes.planner.stage_options import DeviceType
 
 GIB = 1 << 30
 

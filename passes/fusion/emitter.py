@@ -29,12 +29,12 @@ import torch
 from torch import fx
 from torch.utils._sympy.printers import PythonPrinter
 
-from omnigraph.codegen import kernel_index as ki
-from omnigraph.codegen.kernel_index import Index, Seg, Size
-from omnigraph.codegen.kernel_ops import TRITON_DTYPES
-from omnigraph.codegen.kernel_values import (
+from omnigraph.passes.fusion import kernel_index as ki
+from omnigraph.passes.fusion.kernel_index import Index, Seg, Size
+from omnigraph.passes.fusion.kernel_ops import TRITON_DTYPES
+from omnigraph.passes.fusion.kernel_values import (
     MAX_UNROLLED, CannotEmit, GroupValues, view_bases, matmul_operands, row_item, shape_of, size_expr, tensor_val)
-from omnigraph.passes.fx_classify import OpClass, classify
+from omnigraph.passes.fusion.classify import OpClass, classify
 
 aten = torch.ops.aten
 TEMPLATES = Path(__file__).parent / "templates"

@@ -15,13 +15,13 @@ import sympy
 import torch
 from torch import fx
 
-from omnigraph.codegen import kernel_index as ki
-from omnigraph.codegen.kernel_index import Index, Size
-from omnigraph.codegen.kernel_ops import COMPARISONS, IDENTITY_OPS, OPS, TRITON_DTYPES, compute_type, literal
-from omnigraph.codegen.kernel_reductions import MAX_UNROLLED, RowReductions, row_item
-from omnigraph.codegen.kernel_types import CannotEmit, _Value, shape_of, size_expr, tensor_val
-from omnigraph.codegen.kernel_views import ViewValues, view_bases
-from omnigraph.passes.fx_classify import OpClass, classify
+from omnigraph.passes.fusion import kernel_index as ki
+from omnigraph.passes.fusion.kernel_index import Index, Size
+from omnigraph.passes.fusion.kernel_ops import COMPARISONS, IDENTITY_OPS, OPS, TRITON_DTYPES, compute_type, literal
+from omnigraph.passes.fusion.kernel_reductions import MAX_UNROLLED, RowReductions, row_item
+from omnigraph.passes.fusion.kernel_types import CannotEmit, _Value, shape_of, size_expr, tensor_val
+from omnigraph.passes.fusion.kernel_views import ViewValues, view_bases
+from omnigraph.passes.fusion.classify import OpClass, classify
 
 aten = torch.ops.aten
 __all__ = ["MAX_UNROLLED", "CannotEmit", "GroupValues", "matmul_operands", "row_item", "shape_of", "size_expr",

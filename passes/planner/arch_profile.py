@@ -23,8 +23,8 @@ from dataclasses import replace
 from typing import Any
 
 from omnigraph import model_ref
-from omnigraph.passes.arch_estimate import estimate_profile
-from omnigraph.passes.cost_types import DTYPE_BYTES, ArchProfile
+from omnigraph.passes.planner.arch_estimate import estimate_profile
+from omnigraph.passes.planner.cost_types import DTYPE_BYTES, ArchProfile
 
 DEFAULT_DTYPE = "bf16"  # planning is for GPUs; a stage that says f32 gets f32
 KV_KINDS = frozenset({"ar_llm"})  # kinds that keep a KV cache between steps

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from omnigraph.kinds import KINDS
-from omnigraph.passes.cost_types import ArchProfile, RequestShape, StageWork
+from omnigraph.passes.planner.cost_types import ArchProfile, RequestShape, StageWork
 
 AUDIO_FRAMES_PER_S = 25  # encoder frames per second of audio (100 mel frames/s, /4 by conv + pool)
 VIDEO_TEMPORAL_DOWNSAMPLE = 4  # video VAEs (Wan, HunyuanVideo) fold 4 frames into one latent frame

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from omnigraph.kinds import KINDS
-from omnigraph.passes.cost_types import ArchProfile
+from omnigraph.passes.planner.cost_types import ArchProfile
 
 DEFAULT_PARAMS = 100_000_000  # a small model: what a stage with no sizes at all is assumed to be
 GGUF_BITS_PER_WEIGHT = 4.5  # typical of Q4_K_M, when the gguf package cannot read the header

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from omnigraph.passes.cost_types import ParallelConfig, RequestShape, StageWork
-from omnigraph.passes.simulator import (
+from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, StageWork
+from omnigraph.passes.sim.engine import (
     SimEdge, SimPipeline, SimReport, SimRequest, SimStage, SimulationError, burst_arrivals, poisson_arrivals, simulate,
 )
-from omnigraph.passes.work_rules import chunk_tokens
-from omnigraph.passes.workload import sample_shapes
+from omnigraph.passes.planner.work_rules import chunk_tokens
+from omnigraph.passes.planner.workload import sample_shapes
 from omnigraph.runtime.plan import LoopNode, RouteNode, RuntimePlan, StageNode
 from omnigraph.target import Device, Target
 
@@ -182,8 +182,8 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
     """The plan on `target`, timed by the cost rules. Replicas are the plan's instances
     (timed as the first one: the planner gives a stage's replicas one configuration);
     stages on one device share it (see simulator.py)."""
-    from omnigraph.passes.arch_profile import profile_stage
-    from omnigraph.passes.cost_rules import stage_cost, stage_work
+    from omnigraph.passes.planner.arch_profile import profile_stage
+    from omnigraph.passes.planner.cost_rules import stage_cost, stage_work
 
     graph = plan_graph(plan, loop_iters)
     profiles = {name: profile_stage(st.node.kind, st.node.model, st.node.params) for name, st in graph.stages.items()}

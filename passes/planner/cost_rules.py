@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from omnigraph.kinds import KINDS
-from omnigraph.passes.arena import arena_bytes
-from omnigraph.passes.cost_types import ArchProfile, ParallelConfig, StageCost, StageWork
-from omnigraph.passes.work_rules import WORK_RULES, stage_work  # noqa: F401  (re-exported)
+from omnigraph.passes.planner.arena import arena_bytes
+from omnigraph.passes.planner.cost_types import ArchProfile, ParallelConfig, StageCost, StageWork
+from omnigraph.passes.planner.work_rules import WORK_RULES, stage_work  # noqa: F401  (re-exported)
 from omnigraph.target import Device
 
 # --- Efficiency constants: the only tuning knobs of the model. --------------------------

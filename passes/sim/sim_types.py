@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from omnigraph.errors import OmnigraphError
-from omnigraph.passes.cost_types import StageWork
+from omnigraph.passes.planner.cost_types import StageWork
 
 BatchTime = Callable[[Sequence[StageWork]], float]  # seconds to run these requests as one batch
 StepTime = Callable[[int, float], float]  # (running sequences, mean KV context) -> one decode step

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from omnigraph.passes.fx_classify import OpClass, classify, is_compute
+from omnigraph.passes.fusion.classify import OpClass, classify, is_compute
 
 
 @dataclass
