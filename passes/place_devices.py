@@ -21,7 +21,7 @@ from xdsl.passes import ModulePass
 from omnigraph.dialect.attrs import PlaceAttr
 from omnigraph.dialect.values import from_attr
 from omnigraph.errors import IRError
-from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
+from omnigraph.passes.stage_graph import FlatStage, pipeline_of, stage_graph
 from omnigraph.target import Target, load_target
 
 
@@ -48,14 +48,14 @@ def domains(target: Target) -> list[_Domain]:
     return out
 
 
-def plan_of(st: StageInfo) -> dict:
+def plan_of(st: FlatStage) -> dict:
     attr = st.op.plan
     if attr is None or st.op.parallel is None:
         raise IRError(f"stage '{st.name}': place-devices needs plan-parallel to run first")
     return from_attr(attr)
 
 
-def place(stages: list[StageInfo], target: Target) -> dict[str, list[str]]:
+def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
     """Device ids per stage, replicas back to back."""
     doms = domains(target)
     groups = []  # (size, order, stage, type)

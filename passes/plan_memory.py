@@ -22,7 +22,7 @@ from omnigraph.dialect.values import to_attr
 from omnigraph.errors import IRError
 from omnigraph.passes.planner.arch_profile import profile_stage
 from omnigraph.passes.place_devices import plan_of
-from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
+from omnigraph.passes.stage_graph import FlatStage, pipeline_of, stage_graph
 from omnigraph.passes.planner.offload import MAX_OFFLOAD
 from omnigraph.passes.planner.stage_options import GIB, device_types
 from omnigraph.target import Target, load_target
@@ -48,7 +48,7 @@ class DeviceMemory:
         return sum(m.weights + m.kv + m.arena + m.buffers for m in self.stages.values())
 
 
-def _needs(st: StageInfo) -> StageMemory:
+def _needs(st: FlatStage) -> StageMemory:
     p = plan_of(st)
     # The cost rules sized the activation arena (arena.py: one block's buffers packed by
     # liveness, over the tokens of its largest forward) when they checked the config fits.
@@ -58,7 +58,7 @@ def _needs(st: StageInfo) -> StageMemory:
                        buffers=buffers, offload=int(p.get("offload", 0)))
 
 
-def plan_memory(stages: list[StageInfo], target: Target) -> dict[str, DeviceMemory]:
+def plan_memory(stages: list[FlatStage], target: Target) -> dict[str, DeviceMemory]:
     usable = {t.type: t.usable_bytes for t in device_types(target)}
     kind_of = {f"{n.name}:{d.name}": d.type for n in target.nodes for d in n.devices}
     devices: dict[str, DeviceMemory] = {}
@@ -75,7 +75,7 @@ def plan_memory(stages: list[StageInfo], target: Target) -> dict[str, DeviceMemo
     return devices
 
 
-def _fit(mem: DeviceMemory, stages: dict[str, StageInfo]) -> None:
+def _fit(mem: DeviceMemory, stages: dict[str, FlatStage]) -> None:
     """Offload cold experts if short, then hand what is left to the KV pools."""
     short = mem.used - mem.usable
     for name, sm in mem.stages.items():

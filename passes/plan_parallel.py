@@ -22,7 +22,7 @@ from omnigraph.passes.planner.plan_explain import no_fit, no_plan
 from omnigraph.passes.planner.plan_milp import solve
 from omnigraph.passes.planner.cost_types import StageWork
 from omnigraph.passes.planner.plan_problem import PlanProblem, PlanSolution, StageChoices, StagePlan, throughput_of
-from omnigraph.passes.stage_graph import StageInfo, pipeline_of, stage_graph
+from omnigraph.passes.stage_graph import FlatStage, pipeline_of, stage_graph
 from omnigraph.passes.planner.stage_options import (
     DeviceType, device_types, latency_at, little_batch, stage_options, stage_works,
 )
@@ -55,7 +55,7 @@ class Problem:
     """A module's planning problem, with what building it learned along the way."""
 
     problem: PlanProblem
-    stages: list[StageInfo]
+    stages: list[FlatStage]
     works: dict[str, list[StageWork]]
     types: list[DeviceType]
     target: Target
@@ -82,7 +82,7 @@ def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float 
 
 
 def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
-         headroom: float) -> tuple[PlanSolution, list[StageInfo], dict[str, list[StageWork]]]:
+         headroom: float) -> tuple[PlanSolution, list[FlatStage], dict[str, list[StageWork]]]:
     """The solved plan for a module (raises IRError, explained, when none exists)."""
     built = build_problem(module, target, mix, slo, headroom)
     solution, _ = refine(built)
@@ -160,7 +160,7 @@ def _same_options(problem: PlanProblem, solution: PlanSolution) -> dict[str, Sta
     return out
 
 
-def write_plan(stages: list[StageInfo], solution: PlanSolution, works: dict[str, list[StageWork]]) -> None:
+def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str, list[StageWork]]) -> None:
     for st in stages:
         # What plan-memory sizes buffers from: the longest forward, the largest hand-off in.
         forward_tokens = max(w.tokens for w in works[st.name])

@@ -11,7 +11,7 @@ from omnigraph.passes.planner.arch_profile import profile_stage
 from omnigraph.passes.planner.cost_rules import infeasibility_fixes
 from omnigraph.passes.planner.cost_types import StageCost, StageWork
 from omnigraph.passes.planner.plan_problem import Option, PlanProblem, path_latency
-from omnigraph.passes.stage_graph import StageInfo
+from omnigraph.passes.stage_graph import FlatStage
 from omnigraph.passes.planner.stage_options import DeviceType
 
 GIB = 1 << 30
@@ -25,7 +25,7 @@ def _where(target: str, dt: DeviceType) -> str:
     return f"on {target} ({dt.count} x {dt.type}, {dt.device.memory_gib:g} GiB each)"
 
 
-def no_fit(st: StageInfo, works: list[StageWork], target: str, types: list[DeviceType],
+def no_fit(st: FlatStage, works: list[StageWork], target: str, types: list[DeviceType],
            misfits: list[tuple[DeviceType, StageCost]]) -> IRError:
     """A stage that fits on no device of the target in any config."""
     dt = max(types, key=lambda t: t.usable_bytes)  # the roomiest device type it could have had

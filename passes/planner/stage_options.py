@@ -13,7 +13,7 @@ from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, St
 from omnigraph.passes.planner.offload import with_offload
 from omnigraph.passes.planner.work_rules import chunked, stream_chunks
 from omnigraph.passes.planner.plan_problem import DevicePool, Option
-from omnigraph.passes.stage_graph import StageInfo
+from omnigraph.passes.stage_graph import FlatStage
 from omnigraph.kinds import KINDS
 from omnigraph.target import Device, Target
 
@@ -57,7 +57,7 @@ def device_types(target: Target) -> list[DeviceType]:
     return list(found.values())
 
 
-def stage_works(stages: list[StageInfo], mix: list[RequestShape]) -> dict[str, list[StageWork]]:
+def stage_works(stages: list[FlatStage], mix: list[RequestShape]) -> dict[str, list[StageWork]]:
     """Each stage's work for each request shape of the mix, flowing along the graph."""
     works: dict[str, list[StageWork]] = {}
     by_name = {st.name: st for st in stages}
@@ -90,7 +90,7 @@ def mixed_cost(costs: list[StageCost], mix: list[RequestShape]) -> StageCost:
     )
 
 
-def stage_options(st: StageInfo, works: list[StageWork], mix: list[RequestShape],
+def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape],
                   types: list[DeviceType]) -> tuple[list[Option], list[tuple[DeviceType, StageCost]]]:
     """(options that fit, the smallest config per device type that did not) for one stage."""
     profile = profile_stage(st.kind, st.model, st.params)
@@ -114,7 +114,7 @@ def stage_options(st: StageInfo, works: list[StageWork], mix: list[RequestShape]
     return options, misfits
 
 
-def pinned_degrees(st: StageInfo) -> dict[str, int]:
+def pinned_degrees(st: FlatStage) -> dict[str, int]:
     """The degrees a spec asked for (`parallel: {tp: 2}`), which the planner keeps; 1 is
     the default, so only a degree above it pins anything."""
     par = st.op.parallel
@@ -123,7 +123,7 @@ def pinned_degrees(st: StageInfo) -> dict[str, int]:
     return {k: par.get(k) for k in ("tp", "ep") if par.get(k) > 1}
 
 
-def _batches(st: StageInfo) -> tuple[int, ...]:
+def _batches(st: FlatStage) -> tuple[int, ...]:
     """1, 2, 4, ... up to the stage's max_batch (its kind's default when unset)."""
     field = KINDS[st.kind].params.model_fields.get("max_batch") if st.kind in KINDS else None
     cap = int(st.params.get("max_batch") or (field.default if field is not None else DEFAULT_MAX_BATCH))
@@ -134,7 +134,7 @@ def _batches(st: StageInfo) -> tuple[int, ...]:
     return tuple(out + [cap])
 
 
-def latency_at(st: StageInfo, works: list[StageWork], mix: list[RequestShape], dt: DeviceType,
+def latency_at(st: FlatStage, works: list[StageWork], mix: list[RequestShape], dt: DeviceType,
                cfg: ParallelConfig) -> float:
     """Seconds one batch of `cfg.batch` requests of the mix spends in the stage."""
     profile = profile_stage(st.kind, st.model, st.params)

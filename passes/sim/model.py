@@ -25,7 +25,7 @@ import bisect
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -35,7 +35,9 @@ from omnigraph.passes.sim.engine import (
 )
 from omnigraph.passes.planner.work_rules import chunk_tokens
 from omnigraph.passes.planner.workload import sample_shapes
-from omnigraph.runtime.plan import LoopNode, RouteNode, RuntimePlan, StageNode
+from omnigraph.passes.stage_graph import FlatStage, GraphError, StageGraph
+from omnigraph.passes.stage_graph import plan_graph as flat_plan_graph
+from omnigraph.runtime.plan import RuntimePlan
 from omnigraph.target import Device, Target
 
 WorkFn = Callable[[RequestShape, random.Random], dict[str, StageWork]]
@@ -58,121 +60,12 @@ class StageTimings:
                          else (r.batch, r.new, r.seconds) for r in records))
 
 
-@dataclass
-class Deps:
-    """What a value or a stage waits on, with routes and loops looked through."""
-
-    reads: list[tuple[str, bool]] = field(default_factory=list)  # (producer stage, stream edge)
-    inputs: list[str] = field(default_factory=list)  # pipeline inputs read
-    gates: set[str] = field(default_factory=set)  # route cases ("route.case") passed on the way
-
-
-@dataclass
-class FlatStage(Deps):
-    node: StageNode | None = None
-    iters: float = 1.0  # expected runs per request (loop bodies)
-
-
-@dataclass
-class PlanGraph:
-    """The plan's stages with routes looked through and loops unrolled once."""
-
-    stages: dict[str, FlatStage]  # in dependency order
-    outputs: list[str]
-    text_output: str | None
-    audio_output: str | None
-    routes: dict[str, list[str]]  # route -> its cases
-
-    def choose(self, rng: random.Random, weights: dict[str, dict[str, float]]) -> list[str]:
-        """The stages one request runs: draw each route's case, skip what it rules out."""
-        taken = set()
-        for route, cases in self.routes.items():
-            w = weights.get(route, {})
-            taken.add(f"{route}.{rng.choices(cases, [w.get(c, 1.0) for c in cases])[0]}")
-        doomed: set[str] = set()
-        for name, st in self.stages.items():
-            if any(g not in taken for g in st.gates) or any(p in doomed for p, _ in st.reads):
-                doomed.add(name)
-        needed: set[str] = set()
-        readers: dict[str, list[str]] = {n: [] for n in self.stages}
-        for name, st in self.stages.items():
-            for p, _ in st.reads:
-                readers[p].append(name)
-        for name in reversed(self.stages):
-            if name not in doomed and (name in self.outputs or any(r in needed for r in readers[name])):
-                needed.add(name)
-        return [n for n in self.stages if n in needed]
-
-
-def plan_graph(plan: RuntimePlan, loop_iters: dict[str, float] | None = None) -> PlanGraph:
-    """Flatten the plan: stage-to-stage edges through routes, loop bodies as stages."""
-    nodes: dict[str, Any] = {}
-    for node in plan.nodes:
-        nodes[node.name] = node
-        if isinstance(node, LoopNode):
-            nodes.update({n.name: n for n in node.body})
-    iters = loop_iters or {}
-    for name in iters:
-        if not isinstance(nodes.get(name), LoopNode):
-            raise SimulationError(f"loop_iters names '{name}', which is not a loop of '{plan.pipeline}'")
-
-    def resolve(source: str, carry: dict[str, str], stream: bool, into: Deps) -> None:
-        if source in carry:
-            resolve(carry[source], {}, stream, into)
-            return
-        name, dot, port = source.partition(".")
-        node = nodes.get(name)
-        if not dot or node is None:
-            if source not in into.inputs:
-                into.inputs.append(source)
-        elif isinstance(node, StageNode):
-            if (name, stream) not in into.reads:
-                into.reads.append((name, stream))
-        elif isinstance(node, RouteNode):
-            into.gates.add(f"{name}.{port}")
-            for b in node.inputs:  # the data, and the key that decides
-                resolve(b.source, carry, False, into)
-        else:  # a loop's result: everything in its body
-            for n in node.body:
-                if isinstance(n, StageNode) and (n.name, False) not in into.reads:
-                    into.reads.append((n.name, False))
-
-    stages: dict[str, FlatStage] = {}
-    routes: dict[str, list[str]] = {}
-    for node in plan.nodes:
-        body = node.body if isinstance(node, LoopNode) else [node]
-        carry = {b.port: b.source for b in node.carry} if isinstance(node, LoopNode) else {}
-        expected = 1.0
-        if isinstance(node, LoopNode):
-            expected = float(iters.get(node.name, node.max_iters))
-            if not 0 < expected <= node.max_iters:
-                raise SimulationError(f"loop '{node.name}': expected iterations {expected:g} must be "
-                                      f"in (0, {node.max_iters}] (its max_iters)")
-        for n in body:
-            if isinstance(n, RouteNode):
-                routes[n.name] = list(n.cases)
-                continue
-            st = FlatStage(node=n, iters=expected)
-            for b in n.inputs:
-                resolve(b.source, carry, b.stream, st)
-            for source in carry.values():  # a loop starts once all its carries are in
-                resolve(source, {}, False, st)
-            stages[n.name] = st
-
-    outputs: list[str] = []
-    text = audio = None
-    for out, source in plan.outputs.items():
-        probe = Deps()
-        resolve(source, {}, False, probe)
-        producers = [p for p, _ in probe.reads]
-        outputs += [p for p in producers if p not in outputs]
-        modality = plan.output_types[out].modality
-        if len(producers) == 1:
-            if modality == "text" and text is None:
-                text = producers[0]
-            elif modality == "audio" and audio is None:
-                audio = producers[0]
-    return PlanGraph(stages, outputs, text, audio, routes)
+def plan_graph(plan: RuntimePlan, loop_iters: dict[str, float] | None = None) -> StageGraph:
+    """The plan flattened (passes/stage_graph.py: the graph the planner plans on)."""
+    try:
+        return flat_plan_graph(plan, loop_iters)
+    except GraphError as exc:
+        raise SimulationError(exc.message) from None
 
 
 def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestShape], *,
@@ -310,7 +203,7 @@ def _curve(points: Sequence[tuple[float, float]], min_count: int = 3) -> Callabl
 
 # -- shared pieces ---------------------------------------------------------------------------
 
-def _sim_stage(graph: PlanGraph, st: FlatStage, **timing: Any) -> SimStage:
+def _sim_stage(graph: StageGraph, st: FlatStage, **timing: Any) -> SimStage:
     node = st.node
     ar = node.kind == "ar_llm"
     streams_out = any(s and graph.stages[c].node.kind != "ar_llm"
@@ -325,7 +218,7 @@ def _sim_stage(graph: PlanGraph, st: FlatStage, **timing: Any) -> SimStage:
         **{k: timing[k] for k in wanted})
 
 
-def _pipeline(graph: PlanGraph, stages: list[SimStage], capacity: float, handoff_s: float) -> SimPipeline:
+def _pipeline(graph: StageGraph, stages: list[SimStage], capacity: float, handoff_s: float) -> SimPipeline:
     edges = [SimEdge(p, name, stream) for name, st in graph.stages.items() for p, stream in st.reads]
     inputs: dict[str, list[str]] = {}
     for name, st in graph.stages.items():
