@@ -29,12 +29,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
-from omnigraph.passes.planner.cost_types import StageWork
+from omnigraph.passes.sim.report import report
+from omnigraph.passes.sim.rules import _ar_fracs, _event_budget, _scale, shared_speed  # noqa: F401
+from omnigraph.passes.sim.state import Job, Replica, Req, Run, Stage, Task
 from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API lives here too)
     BatchTime, Latency, RequestReport, SimEdge, SimPipeline, SimReport, SimRequest, SimStage,
     SimulationError, StageReport, StepTime, burst_arrivals, latency, poisson_arrivals, validate,
@@ -51,92 +51,12 @@ def simulate(pipeline: SimPipeline, requests: Sequence[SimRequest], *, slo_s: fl
     return _Sim(pipeline, requests, max_events).run(slo_s)
 
 
-# --------------------------------------------------------------------------------------
-# The engine. A _Task is one request at one stage; a _Job is one unit a batch stage runs
-# (a task, or one chunk of it); a _Run is one timed step on a replica (a batch, a
-# prefill, a decode step).
-
-
-@dataclass(eq=False)
-class _Req:
-    spec: SimRequest
-    tasks: dict[str, _Task] = field(default_factory=dict)
-    pending_outputs: int = 0
-    finish: float | None = None
-    ttft: float | None = None
-    ttfa: float | None = None
-
-
-@dataclass(eq=False)
-class _Task:
-    req: _Req
-    stage: _Stage
-    work: StageWork
-    fracs: list[float]  # the share of the work in each output chunk
-    waiting_on: int = 0  # producers (read whole) not yet done
-    driver: _Task | None = None  # the stream producer whose chunks this task follows
-    driven: list[_Task] = field(default_factory=list)
-    waiters: list[_Task] = field(default_factory=list)
-    chunks_out: int = 0
-    next_chunk: int = 0
-    in_flight: bool = False
-    done: bool = False
-    queued_at: float = 0.0
-    # ar mode
-    generated: int = 0
-    context: float = 0.0
-
-
-@dataclass(eq=False)
-class _Job:
-    task: _Task
-    work: StageWork
-    ready_at: float
-    chunks: int = 1  # of the task's output chunks this job makes
-
-
-@dataclass(eq=False)
-class _Replica:
-    index: int
-    devices: tuple[str, ...]
-    busy: bool = False
-    running: list[_Task] = field(default_factory=list)  # ar mode
-
-
-@dataclass(eq=False)
-class _Stage:
-    spec: SimStage
-    replicas: list[_Replica]
-    queue: deque = field(default_factory=deque)  # _Job (batch) or _Task (ar)
-    fill_token: int | None = None
-    fill_ready: bool = False
-    busy_s: float = 0.0
-    waits: float = 0.0
-    jobs: int = 0
-    batches: int = 0
-    batched: int = 0
-    text: bool = False
-    audio: bool = False
-    outputs: bool = False
-
-
-@dataclass(eq=False)
-class _Run:
-    stage: _Stage
-    replica: _Replica
-    remaining: float
-    on_done: Callable[[], None]
-    started: float
-    since: float
-    rate: float = 1.0
-    version: int = 0
-
-
+# The engine; its state is in state.py, its report in report.py.
 class _Sim:
     def __init__(self, pipeline: SimPipeline, requests: Sequence[SimRequest], max_events: int | None) -> None:
         self.p = pipeline
         self.order = validate(pipeline)
-        self.stages = {s.name: _Stage(s, [_Replica(i, s.placement[i] if s.placement else ())
+        self.stages = {s.name: Stage(s, [Replica(i, s.placement[i] if s.placement else ())
                                           for i in range(s.replicas)]) for s in pipeline.stages}
         for name in pipeline.outputs:
             self.stages[name].outputs = True
@@ -153,16 +73,16 @@ class _Sim:
                 raise SimulationError(f"request {r.id}: no stage named {', '.join(unknown)}")
             if not (r.arrival_s >= 0 and math.isfinite(r.arrival_s)):
                 raise SimulationError(f"request {r.id}: arrival time {r.arrival_s!r} is not a time")
-        self.requests = [_Req(r) for r in requests]
+        self.requests = [Req(r) for r in requests]
         self.now = 0.0
         self.heap: list[tuple[float, int, str, Any]] = []
         self.seq = itertools.count()
         self.events = 0
         self.max_events = max_events or _event_budget(requests, pipeline)
-        self.device_runs: dict[str, list[_Run]] = {}
+        self.device_runs: dict[str, list[Run]] = {}
         # Stages with new work or a free server: dispatched once every event at this instant is
         # in, so that requests arriving together are batched together.
-        self.dirty: dict[_Stage, None] = {}
+        self.dirty: dict[Stage, None] = {}
 
     # -- the loop --------------------------------------------------------------------
     def run(self, slo_s: float | None) -> SimReport:
@@ -203,13 +123,13 @@ class _Sim:
         heapq.heappush(self.heap, (t, next(self.seq), kind, payload))
 
     # -- requests and tasks -----------------------------------------------------------
-    def _arrive(self, req: _Req) -> None:
+    def _arrive(self, req: Req) -> None:
         for name in self.order:
             work = req.spec.works.get(name)
             if work is None:
                 continue  # skipped for this request
             stage = self.stages[name]
-            task = _Task(req, stage, work, fracs=[1.0])
+            task = Task(req, stage, work, fracs=[1.0])
             producers = [(e, req.tasks[e.src]) for e in self.in_edges[name] if e.src in req.tasks]
             driver = next((t for e, t in producers if e.stream and stage.spec.mode == "batch"), None)
             for _, prod in producers:
@@ -227,7 +147,7 @@ class _Sim:
         for task in list(req.tasks.values()):
             self._try_ready(task)
 
-    def _try_ready(self, task: _Task) -> None:
+    def _try_ready(self, task: Task) -> None:
         if task.waiting_on or task.in_flight or task.done:
             return
         stage = task.stage
@@ -243,20 +163,20 @@ class _Sim:
                 return
             work = task.work if len(task.fracs) == 1 else _scale(task.work, sum(task.fracs[j:arrived]))
             task.in_flight, task.next_chunk = True, arrived
-            self._enqueue(stage, _Job(task, work, self.now, arrived - j))
+            self._enqueue(stage, Job(task, work, self.now, arrived - j))
 
-    def _enqueue(self, stage: _Stage, item: _Job | _Task, handed_off: bool = False) -> None:
+    def _enqueue(self, stage: Stage, item: Job | Task, handed_off: bool = False) -> None:
         if self.p.handoff_s > 0 and not handed_off:
             self._at(self.now + self.p.handoff_s, "enqueue", (stage, item))
             return
-        if isinstance(item, _Job):
+        if isinstance(item, Job):
             item.ready_at = self.now
         else:
             item.queued_at = self.now
         stage.queue.append(item)
         self.dirty[stage] = None
 
-    def _emit(self, task: _Task, chunks: int = 1) -> None:
+    def _emit(self, task: Task, chunks: int = 1) -> None:
         """`chunks` more output chunks of `task` are out."""
         first = task.chunks_out == 0
         task.chunks_out += chunks
@@ -279,7 +199,7 @@ class _Sim:
                     req.finish = self.now
 
     # -- dispatch -----------------------------------------------------------------------
-    def _dispatch(self, stage: _Stage) -> None:
+    def _dispatch(self, stage: Stage) -> None:
         if stage.spec.mode == "ar":
             for rep in stage.replicas:
                 if not rep.busy and (rep.running or stage.queue):
@@ -301,7 +221,7 @@ class _Sim:
             self._start_batch(stage, rep, jobs)
         stage.fill_ready = False
 
-    def _start_batch(self, stage: _Stage, rep: _Replica, jobs: list[_Job]) -> None:
+    def _start_batch(self, stage: Stage, rep: Replica, jobs: list[Job]) -> None:
         for job in jobs:
             stage.waits += self.now - job.ready_at
         stage.jobs += len(jobs)
@@ -319,7 +239,7 @@ class _Sim:
 
         self._start_run(stage, rep, seconds, done)
 
-    def _ar_iteration(self, stage: _Stage, rep: _Replica) -> None:
+    def _ar_iteration(self, stage: Stage, rep: Replica) -> None:
         """Admit and prefill what fits, then one decode step for everything running."""
         room = stage.spec.max_batch - len(rep.running)
         admitted = [stage.queue.popleft() for _ in range(min(room, len(stage.queue)))]
@@ -342,7 +262,7 @@ class _Sim:
         else:
             self._ar_decode(stage, rep)
 
-    def _ar_decode(self, stage: _Stage, rep: _Replica) -> None:
+    def _ar_decode(self, stage: Stage, rep: Replica) -> None:
         running = list(rep.running)
         if not running:
             rep.busy = False
@@ -362,7 +282,7 @@ class _Sim:
 
         self._start_run(stage, rep, seconds, stepped)
 
-    def _token(self, task: _Task) -> None:
+    def _token(self, task: Task) -> None:
         """One more token out of an AR task: a chunk at each boundary, done at the last."""
         task.generated += 1
         total = task.work.decode_steps + 1  # the prefill writes the first token
@@ -373,22 +293,22 @@ class _Sim:
             self._emit(task)
 
     # -- timed runs, with devices shared by processor sharing -----------------------------
-    def _start_run(self, stage: _Stage, rep: _Replica, seconds: float, on_done: Callable[[], None]) -> None:
+    def _start_run(self, stage: Stage, rep: Replica, seconds: float, on_done: Callable[[], None]) -> None:
         rep.busy = True
-        run = _Run(stage, rep, seconds, on_done, started=self.now, since=self.now)
+        run = Run(stage, rep, seconds, on_done, started=self.now, since=self.now)
         if rep.devices:
             self._reshare(rep.devices, add=run)
         else:
             self._at(self.now + seconds, "run", (run, run.version))
 
-    def _finish_run(self, run: _Run) -> None:
+    def _finish_run(self, run: Run) -> None:
         if run.replica.devices:
             self._reshare(run.replica.devices, remove=run)
         run.stage.busy_s += self.now - run.started
         run.replica.busy = False
         run.on_done()
 
-    def _reshare(self, devices: tuple[str, ...], add: _Run | None = None, remove: _Run | None = None) -> None:
+    def _reshare(self, devices: tuple[str, ...], add: Run | None = None, remove: Run | None = None) -> None:
         affected = {id(r): r for d in devices for r in self.device_runs.get(d, [])}
         for run in affected.values():  # progress so far, at the old rates
             run.remaining = max(0.0, run.remaining - run.rate * (self.now - run.since))
@@ -408,30 +328,11 @@ class _Sim:
             run.version += 1
             self._at(self.now + run.remaining / run.rate, "run", (run, run.version))
 
-    # -- the report -----------------------------------------------------------------------
     def _report(self, slo_s: float | None) -> SimReport:
-        per = [RequestReport(r.spec.id, r.spec.arrival_s, r.finish, r.ttft, r.ttfa)  # type: ignore[arg-type]
-               for r in self.requests]
-        start = min(r.arrival_s for r in per)
-        makespan = max(r.finish_s for r in per) - start
-        span = max(makespan, self.now - start)
-        rate = (lambda k: k / makespan if makespan > 0 else math.inf)
-        good = len(per) if slo_s is None else sum(r.jct_s <= slo_s for r in per)
-        stages = {}
-        for name, st in self.stages.items():
-            cap = st.spec.replicas * span
-            stages[name] = StageReport(
-                name, st.spec.replicas, st.busy_s / cap if cap > 0 else 0.0,
-                st.waits / st.jobs if st.jobs else 0.0, st.batched / st.batches if st.batches else 0.0, st.jobs)
-        ttft = [r.ttft_s for r in per if r.ttft_s is not None]
-        ttfa = [r.ttfa_s for r in per if r.ttfa_s is not None]
-        return SimReport(
-            requests=len(per), makespan_s=makespan, throughput=rate(len(per)), goodput=rate(good), slo_s=slo_s,
-            jct=latency([r.jct_s for r in per]), ttft=latency(ttft) if ttft else None,
-            ttfa=latency(ttfa) if ttfa else None, stages=stages, per_request=per, events=self.events)
+        return report(self.requests, self.stages, self.now, self.events, slo_s)
 
 
-def _timed(stage: _Stage, what: str, fn: Callable[..., float] | None, *args: Any) -> float:
+def _timed(stage: Stage, what: str, fn: Callable[..., float] | None, *args: Any) -> float:
     assert fn is not None  # _validate checked the mode's functions are there
     seconds = fn(*args)
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
@@ -439,34 +340,3 @@ def _timed(stage: _Stage, what: str, fn: Callable[..., float] | None, *args: Any
         raise SimulationError(f"stage '{stage.spec.name}': {what} returned {seconds!r} for a batch of {n}; "
                               "times must be positive seconds")
     return float(seconds)
-
-
-def shared_speed(capacity: float, k: int) -> float:
-    """The speed of each of k steps sharing a device: alone, full speed; together, the
-    device's capacity split evenly (never faster than alone)."""
-    return 1.0 if k == 1 else min(1.0, capacity / k)
-
-
-def _ar_fracs(stage: SimStage, work: StageWork) -> list[float]:
-    """Output chunks of a task: AR stages stream every chunk_tokens tokens, others emit once."""
-    if stage.mode != "ar" or not stage.chunk_tokens:
-        return [1.0]
-    total = work.decode_steps + 1
-    sizes = [stage.chunk_tokens] * (total // stage.chunk_tokens)
-    if total % stage.chunk_tokens:
-        sizes.append(total % stage.chunk_tokens)
-    return [s / total for s in sizes]
-
-
-def _scale(work: StageWork, frac: float) -> StageWork:
-    """The part of a request's work that one chunk brings."""
-    part = (lambda n: max(1, round(n * frac)) if n > 0 else 0)
-    return replace(work, tokens=part(work.tokens), decode_steps=part(work.decode_steps),
-                   out_tokens=part(work.out_tokens), out_bytes=part(work.out_bytes))
-
-
-def _event_budget(requests: Sequence[SimRequest], pipeline: SimPipeline) -> int:
-    """Generous: every run is an event, plus re-timings when devices are shared."""
-    units = sum(w.decode_steps + 3 for r in requests for w in r.works.values())
-    shared = 1 + sum(s.replicas for s in pipeline.stages if s.placement)
-    return 10_000 + 8 * units * shared
