@@ -63,9 +63,9 @@ def fuse_entries(model: nn.Module, device: str, interpret: bool) -> dict[str, Fu
     """prefill and decode_step, captured with `_llm_entries`' example inputs and dynamic dims
     (moved to `device`), fused, assembled and bound to the model's live weights."""
     from omnigraph.codegen.kernel_module import assemble
-    from omnigraph.passes.capture_entries import _llm_entries
-    from omnigraph.passes.capture_stages import export_entry
-    from omnigraph.passes.fuse_ops import fuse_program
+    from omnigraph.runtime.entry_points import _llm_entries
+    from omnigraph.passes.fusion.capture import export_entry
+    from omnigraph.passes.fusion.fuse import fuse_program
     from omnigraph.runtime.fused_stage import FusedProgram, load_kernels
 
     out = {}

@@ -15,7 +15,6 @@ import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from omnigraph import __version__
 from omnigraph.runtime.bundle import ARCHIVE_SUFFIX, torch_minor
@@ -28,6 +27,7 @@ from omnigraph.runtime.bundle_manifest import (
 from omnigraph.runtime.plan import RuntimePlan, StageKernels
 
 from omnigraph.codegen.bundle_readme import render_readme
+from omnigraph.codegen.kernel_module import KernelFile, attach_kernels
 from omnigraph.codegen.stage_packer import StagePacker
 
 _LIBRARIES = ("transformers", "diffusers", "onnxruntime", "safetensors", "gguf", "piper-tts")
@@ -41,22 +41,20 @@ class WrittenBundle:
     manifest: Manifest
 
 
-def write_bundle(spec: str | Path, output: str | Path, target: str | None = None,
-                 plan_options: dict[str, dict[str, Any]] | None = None, kernels: bool = False,
+def write_bundle(plan: RuntimePlan, output: str | Path, kernels: list[KernelFile] | None = None,
                  force: bool = False) -> WrittenBundle:
-    """Compile `spec` and write its bundle to `output` (a directory, or a file ending .ogb);
-    with `kernels`, fuse its stages too and ship their Triton kernels in kernels/ (code: they
-    run only with --trust-code). An existing `output` is replaced only if it is a bundle
-    omnigraph wrote and `force` is set; anything else there is refused before any work."""
-    from omnigraph.api import compile_plan
-
+    """Write a compiled pipeline's bundle to `output` (a directory, or a file ending .ogb): its
+    runtime plan, each stage packed, and `kernels` (the fusion kernel files; code, so they run
+    only with --trust-code). An existing `output` is replaced only if it is a bundle omnigraph
+    wrote and `force` is set; anything else there is refused before any work."""
     out = Path(output)
     refuse_unowned(out, written_by_omnigraph, "bundle", force)
+    plan = plan.model_copy(deep=True)  # the bundle's plan gets programs and relative paths
     with staging_beside(out, "the bundle") as tmp:
         staging = tmp / "bundle"
         staging.mkdir()
-        plan = compile_plan(spec, target, plan_options=plan_options,
-                            kernels_dir=staging / KERNELS_DIR if kernels else None)
+        if kernels:
+            attach_kernels(plan, kernels, staging / KERNELS_DIR)
         manifest = _build(plan, staging)
         built = staging
         if out.suffix == ARCHIVE_SUFFIX:

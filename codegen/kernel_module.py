@@ -22,6 +22,7 @@ from torch import fx
 from torch.export.graph_signature import InputKind, OutputKind
 
 from omnigraph import __version__
+from omnigraph.passes.compilation import Compilation
 from omnigraph.passes.fusion.emitter import Kernel
 
 aten = torch.ops.aten
@@ -178,18 +179,16 @@ def write(files: list[KernelFile], directory: Path) -> list[Path]:
     return written
 
 
-def kernel_files(module: Any) -> tuple[list[KernelFile], list[str]]:
-    """Every fused stage entry of a compiled module (after fuse-ops) as a kernel file, and a
+def kernel_files(comp: Compilation) -> tuple[list[KernelFile], list[str]]:
+    """Every fused stage entry of a compilation (after fuse-ops) as a kernel file, and a
     line per stage or entry that has none, saying why."""
     from omnigraph.dialect.ops import StageOp
-    from omnigraph.passes.capture_stages import key_of
-    from omnigraph.passes.fuse_ops import FUSED
 
     files, notes = [], []
-    for op in module.walk():
+    for op in comp.module.walk():
         if not isinstance(op, StageOp):
             continue
-        fusion = FUSED.get(key_of(op))
+        fusion = comp.artifacts.fusions.get(op.label)
         if fusion is None:
             notes.append(f"stage '{op.label}': not captured (run capture-stages and fuse-ops)")
             continue
@@ -200,12 +199,11 @@ def kernel_files(module: Any) -> tuple[list[KernelFile], list[str]]:
     return files, notes
 
 
-def attach_kernels(plan: Any, module: Any, directory: Path) -> None:
-    """Write every fused entry's kernel file into `directory` and point the plan's stages
-    at them (entries whose graph has a runnable `forward` and at least one kernel)."""
+def attach_kernels(plan: Any, files: list[KernelFile], directory: Path) -> None:
+    """Write the kernel files into `directory` and point the plan's stages at them (entries
+    whose graph has a runnable `forward` and at least one kernel)."""
     from omnigraph.runtime.plan import StageKernels
 
-    files, _ = kernel_files(module)
     write(files, directory)
     kernels: dict[str, StageKernels] = {}
     for f in files:

@@ -8,7 +8,7 @@ A table keyed by kind picks the form (see omnigraph.runtime.plan.StageProgram):
   tts      the ONNX voice and its JSON config, kept as they are
   vocoder  ONNX kept as it is; a torch module as weights; a plain function as code
   custom   code: its Python source (when it lives beside the spec) ships in code/
-Torch stages are loaded exactly as the runtime loads them (their executor's `load`),
+Torch stages are loaded exactly as the runtime loads them (runtime/entry_points.load_stage),
 so the weights written are the ones a direct run computes with.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ from omnigraph.errors import OmnigraphError
 from omnigraph.kinds import ArLlmParams
 from omnigraph.runtime.bundle import trusted_class_ref
 from omnigraph.runtime.bundle_manifest import CODE_DIR, check_relpath
-from omnigraph.runtime.executor import ExecContext, Executor, executor_class
+from omnigraph.runtime.entry_points import load_stage
+from omnigraph.runtime.executor import Executor
 from omnigraph.runtime.loaders import ModelNotFound, import_attr, resolve_file, split_ref
 from omnigraph.runtime.plan import RuntimePlan, StageNode, StageProgram
 
@@ -49,10 +50,10 @@ class Packed:
 class StagePacker:
     """Writes stages' files under `root` (a bundle being built) and says how to load them."""
 
-    def __init__(self, root: Path, plan: RuntimePlan, ctx: ExecContext | None = None) -> None:
+    def __init__(self, root: Path, plan: RuntimePlan) -> None:
         self.root = root
         self.plan = plan
-        self.ctx = ctx or ExecContext()
+        self.stages = {s.name: s for s in plan.stages()}
         self.code: set[str] = set()  # bundle paths of Python source files copied in
         for path in plan.module_paths:  # `py:` modules beside the spec, found as LocalBackend finds them
             if path not in sys.path:
@@ -101,9 +102,8 @@ class StagePacker:
         return shipped
 
     def load(self, node: StageNode) -> Executor:
-        executor = executor_class(node.kind)(node, self.ctx)
         try:
-            executor.load()
+            executor = load_stage(node)
         except Exception as exc:
             raise OmnigraphError(f"cannot load model '{node.model}' to bundle it: {exc}",
                                  where=f"stage '{node.name}'") from None
@@ -114,7 +114,7 @@ class StagePacker:
 def _torch_stage(packer: StagePacker, node: StageNode) -> Packed:
     executor = packer.load(node)
     try:
-        exported = export_stage(executor, packer.plan)
+        exported = export_stage(executor, packer.stages)
     except ExportFailed as exc:
         return _weights(packer, node, executor, str(exc))
     import torch

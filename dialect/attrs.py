@@ -1,14 +1,17 @@
-"""Stage attributes that passes fill in: parallelism, placement, memory.
+"""Stage attributes that passes fill in: parallelism, the planner's choice, placement, memory.
 
     #omni.parallel<tp = 2, pp = 1, dp = 1, ep = 4, replicas = 2>
+    #omni.plan<batch = 8, device_type = "h100", devices_per_replica = 2, shared = false, ...>
     #omni.place<["node0:gpu0", "node0:gpu1"]>
-    #omni.mem<weights = 270532608, kv = 1073741824, arena = 16777216, offload = 0>   (bytes)
+    #omni.mem<weights = 270532608, kv = 1073741824, arena = 16777216, buffers = 0, offload = 0>   (bytes)
 """
 from __future__ import annotations
 
 from typing import ClassVar
 
-from xdsl.dialects.builtin import ArrayAttr, IntAttr, StringAttr
+from typing import Any
+
+from xdsl.dialects.builtin import ArrayAttr, FloatData, IntAttr, StringAttr
 from xdsl.ir import Attribute, ParametrizedAttribute
 from xdsl.irdl import irdl_attr_definition
 from xdsl.parser import AttrParser
@@ -76,15 +79,123 @@ class ParallelAttr(_IntFieldsAttr):
 
 @irdl_attr_definition
 class MemAttr(_IntFieldsAttr):
+    """One device's share of a stage instance, in bytes: its weight shard, KV-cache pool,
+    activation arena, double-buffered inputs, and the weights kept in host memory."""
+
     name = "omni.mem"
-    FIELDS = ("weights", "kv", "arena", "offload")
+    FIELDS = ("weights", "kv", "arena", "buffers", "offload")
     weights: IntAttr
     kv: IntAttr
     arena: IntAttr
+    buffers: IntAttr
     offload: IntAttr
 
-    def __init__(self, weights: int = 0, kv: int = 0, arena: int = 0, offload: int = 0) -> None:
-        super().__init__(IntAttr(weights), IntAttr(kv), IntAttr(arena), IntAttr(offload))
+    def __init__(self, weights: int = 0, kv: int = 0, arena: int = 0, buffers: int = 0, offload: int = 0) -> None:
+        super().__init__(IntAttr(weights), IntAttr(kv), IntAttr(arena), IntAttr(buffers), IntAttr(offload))
+
+
+_KINDS: dict[type, str] = {int: "integer", float: "number", str: "string", bool: "true or false"}
+
+
+@irdl_attr_definition
+class PlanAttr(ParametrizedAttribute):
+    """What plan-parallel chose for a stage and what it predicts, read by place-devices,
+    plan-memory, the plan emitter and the placement report. Rates are requests/s, times
+    seconds, sizes bytes per device."""
+
+    name = "omni.plan"
+    FIELDS: ClassVar[dict[str, type]] = {
+        "batch": int,  # requests a replica runs at once
+        "device_type": str,
+        "devices_per_replica": int,  # tp x pp x max(1, ep / tp)
+        "shared": bool,  # time-sliced in its device type's shared pool
+        "visits": float,  # runs per request (routes, loops)
+        "rate": float,  # requests/s one replica sustains
+        "latency_s": float,
+        "first_output_s": float,
+        "mem_per_device": int,
+        "weights_per_device": int,
+        "kv_per_device": int,
+        "activations": int,  # the activation arena one batch needs
+        "offload": int,  # expert weights kept in host memory
+        "forward_tokens": int,  # tokens of its longest forward
+        "in_bytes": int,  # the largest hand-off it reads
+        "pipeline_rate": float,  # the plan's predicted throughput
+        "solver": str,
+    }
+    values: ArrayAttr[Attribute]
+
+    def __init__(self, **values: Any) -> None:
+        missing = [f for f in self.FIELDS if f not in values]
+        extra = [k for k in values if k not in self.FIELDS]
+        if missing or extra:
+            raise ValueError(f"omni.plan: missing {missing}, unknown {extra}")
+        super().__init__(ArrayAttr([_wrap(self.FIELDS[f], values[f]) for f in self.FIELDS]))
+
+    def get(self, field: str) -> Any:
+        kind = self.FIELDS[field]
+        data = self.values.data[list(self.FIELDS).index(field)].data
+        return bool(data) if kind is bool else data
+
+    def __getattr__(self, item: str) -> Any:  # attr.batch, attr.rate, ...
+        if item in type(self).FIELDS:
+            return self.get(item)
+        raise AttributeError(item)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: self.get(f) for f in self.FIELDS}
+
+    def verify(self) -> None:
+        if len(self.values.data) != len(self.FIELDS):
+            raise VerifyException(f"omni.plan: {len(self.values.data)} values for {len(self.FIELDS)} fields")
+        for f in ("batch", "devices_per_replica"):
+            if self.get(f) < 1:
+                raise VerifyException(f"omni.plan: {f} must be >= 1, got {self.get(f)}")
+
+    def print_parameters(self, printer: Printer) -> None:
+        with printer.in_angle_brackets():
+            for i, (f, kind) in enumerate(self.FIELDS.items()):
+                value = self.get(f)
+                printer.print_string(f"{', ' if i else ''}{f} = ")
+                if kind is str:
+                    printer.print_string_literal(value)
+                elif kind is bool:
+                    printer.print_string("true" if value else "false")
+                else:
+                    printer.print_string(repr(float(value)) if kind is float else str(value))
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
+        values: dict[str, Any] = {}
+
+        def entry() -> None:
+            key = parser.parse_identifier()
+            if key not in cls.FIELDS:
+                parser.raise_error(f"omni.plan: unknown field '{key}' (fields: {', '.join(cls.FIELDS)})")
+            parser.parse_punctuation("=")
+            kind = cls.FIELDS[key]
+            if kind is bool:
+                values[key] = parser.parse_boolean()
+            elif kind is str:
+                values[key] = parser.parse_str_literal()
+            elif kind is float:
+                values[key] = float(parser.parse_number())
+            else:
+                values[key] = parser.parse_integer(allow_boolean=False)
+
+        parser.parse_comma_separated_list(parser.Delimiter.ANGLE, entry)
+        missing = [f for f in cls.FIELDS if f not in values]
+        if missing:
+            parser.raise_error(f"omni.plan: missing {', '.join(missing)}")
+        return [ArrayAttr([_wrap(cls.FIELDS[f], values[f]) for f in cls.FIELDS])]
+
+
+def _wrap(kind: type, value: Any) -> Attribute:
+    if kind is str:
+        return StringAttr(str(value))
+    if kind is float:
+        return FloatData(float(value))
+    return IntAttr(int(value))
 
 
 @irdl_attr_definition

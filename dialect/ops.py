@@ -27,7 +27,7 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.traits import IsTerminator, NoTerminator
 
-from omnigraph.dialect.attrs import MemAttr, ParallelAttr, PlaceAttr
+from omnigraph.dialect.attrs import MemAttr, ParallelAttr, PlaceAttr, PlanAttr
 from omnigraph.dialect.types import _EdgeType
 
 
@@ -145,7 +145,7 @@ class StageOp(PortedOp):
     place = opt_prop_def(PlaceAttr)
     mem = opt_prop_def(MemAttr)
     cost = opt_prop_def(DictionaryAttr)  # estimate-cost: what the cost rules know of the module
-    plan = opt_prop_def(DictionaryAttr)  # plan-parallel: batch, sharing, predicted rate and time
+    plan = opt_prop_def(PlanAttr)  # plan-parallel: batch, sharing, predicted rate and time
     graphs = opt_prop_def(DictionaryAttr)  # capture-stages: each entry point's FX graph, summarized
     fusion = opt_prop_def(DictionaryAttr)  # fuse-ops: kernels and fused ops per entry point
     inputs = var_operand_def(_EdgeType)

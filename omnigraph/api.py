@@ -13,12 +13,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.local import LoadHook, LocalBackend, RequestHandle
 from omnigraph.runtime.plan import RuntimePlan
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
+
+if TYPE_CHECKING:  # the compiler is imported only when a spec is compiled (bundles run without it)
+    from omnigraph.passes.compilation import Compilation
+
+
+def compile_spec_plan(spec: str | Path, target: str | None = None,
+                      plan_options: dict[str, dict[str, Any]] | None = None,
+                      fused: bool = False) -> tuple[Compilation, RuntimePlan]:
+    """Compile a spec file (.yaml, .og, .mlir) and emit its runtime plan; with `fused`, its
+    stages are captured and fused too (the kernels are in the compilation's artifacts)."""
+    from omnigraph.codegen.plan_emitter import emit_plan
+    from omnigraph.compiler import compile_path
+    from omnigraph.passes.registry import default_pipeline
+
+    pipeline = ",".join(default_pipeline(planned=target is not None, fused=True)) if fused else None
+    comp = compile_path(spec, target=target, plan_options=plan_options, pass_pipeline=pipeline)
+    plan = emit_plan(comp.module, comp.target.devices if comp.target is not None else None)
+    plan.module_paths = [str(Path(spec).resolve().parent)]  # `py:` modules beside the spec
+    return comp, plan
 
 
 def compile_plan(spec: str | Path, target: str | None = None,
@@ -26,26 +45,11 @@ def compile_plan(spec: str | Path, target: str | None = None,
                  kernels_dir: str | Path | None = None) -> RuntimePlan:
     """Compile a spec file (.yaml, .og, .mlir) down to its runtime plan; with `kernels_dir`,
     fuse its stages too, write their Triton kernels there and point the plan at them."""
-    from omnigraph.codegen.plan_emitter import emit_plan
-    from omnigraph.compiler import compile_path
-
-    devices = None
-    if target is not None:
-        from omnigraph.target import load_target
-
-        devices = load_target(target).devices
-    pipeline = None
+    comp, plan = compile_spec_plan(spec, target, plan_options, fused=kernels_dir is not None)
     if kernels_dir is not None:
-        from omnigraph.passes.registry import default_pipeline
+        from omnigraph.codegen.kernel_module import attach_kernels, kernel_files
 
-        pipeline = ",".join(default_pipeline(planned=target is not None, fused=True))
-    module = compile_path(spec, target=target, plan_options=plan_options, pass_pipeline=pipeline).module
-    plan = emit_plan(module, devices)
-    if kernels_dir is not None:
-        from omnigraph.codegen.kernel_module import attach_kernels
-
-        attach_kernels(plan, module, Path(kernels_dir))
-    plan.module_paths = [str(Path(spec).resolve().parent)]  # `py:` modules beside the spec
+        attach_kernels(plan, kernel_files(comp)[0], Path(kernels_dir))
     return plan
 
 

@@ -106,8 +106,15 @@ def _emit_bundle(args: argparse.Namespace, options: dict | None) -> int:
 
     if not args.output or args.output == "-":
         raise OmnigraphError("--emit bundle writes files: name them with -o DIR or -o FILE.ogb")
-    written = write_bundle(args.spec, args.output, args.target, plan_options=options, kernels=args.kernels,
-                           force=args.force)
+    from omnigraph.api import compile_spec_plan
+    from omnigraph.codegen.kernel_module import kernel_files
+    from omnigraph.output_paths import refuse_unowned
+    from omnigraph.runtime.bundle_files import written_by_omnigraph
+
+    refuse_unowned(Path(args.output), written_by_omnigraph, "bundle", args.force)  # before compiling
+    comp, plan = compile_spec_plan(args.spec, args.target, options, fused=args.kernels)
+    kernels = kernel_files(comp)[0] if args.kernels else None
+    written = write_bundle(plan, args.output, kernels=kernels, force=args.force)
     forms = ", ".join(f"{s.name}: {s.form}" for s in written.manifest.stages)
     _console(stderr=True).print(f"[green]wrote[/] bundle {written.path} "
                                 f"({written.manifest.total_size() / 1e6:.1f} MB; {forms})")

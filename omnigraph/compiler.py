@@ -1,44 +1,38 @@
 """The compiler driver: spec → IR → passes, turning verifier failures into located errors.
 
-Every phase is a pure function of its input; this module only strings them
-together, verifies after lowering and after every pass (MLIR's verify-each), and
-maps an op that fails verification back to the spec line it came from.
+A compile is a function of its inputs (spec, target, options). This module makes the one
+`Compilation` a compile carries (passes/compilation.py: the module, the Target loaded once,
+the artifacts passes make), runs the pass pipeline over it, verifies after lowering and
+after every pass (MLIR's verify-each), and maps an op that fails verification back to the
+spec line (or the IR text) it came from.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xdsl.dialects.builtin import ModuleOp, StringAttr
 from xdsl.ir import Operation
-from xdsl.passes import ModulePass
 from xdsl.utils.exceptions import ArgSpecParseError, ParseError, VerifyException
 
 from omnigraph.dialect.checks import OmniVerifyError
 from omnigraph.dialect.lower import Origins, lower
-from omnigraph.dialect.ops import PipelineOp
 from omnigraph.dialect.textio import MAX_IR_NESTING, parse_module, too_deep
 from omnigraph.errors import IRError, OmnigraphError, Span, SpecError
 from omnigraph.names import is_name
 from omnigraph.frontend.load import LoadedSpec, load_spec
 from omnigraph.frontend.source import SourceMap
 from omnigraph.frontend.text import read_spec_text
+from omnigraph.passes.compilation import Compilation, CompilerPass
 from omnigraph.passes.registry import PASSES, build_pipeline
+from omnigraph.passes.stage_graph import pipeline_of
+from omnigraph.target import Target, load_target
 
 IR_SUFFIXES = (".mlir",)
 PassHook = Callable[[str, ModuleOp], None]
 PassOptions = dict[str, dict[str, Any]]  # pass name -> field values (e.g. plan-parallel's mix)
-
-
-@dataclass
-class Compilation:
-    module: ModuleOp
-    loaded: LoadedSpec | None = None  # None when compiled from IR text
-    origins: Origins | None = None
-    ir_source: tuple[str, str] | None = None  # (file, text) when compiled from IR text
 
 
 def load_ir(path: str | Path) -> Compilation:
@@ -118,37 +112,45 @@ def compile_path(
     path: str | Path, *, target: str | None = None, pass_pipeline: str | None = None,
     after_pass: PassHook | None = None, plan_options: PassOptions | None = None,
 ) -> Compilation:
-    """Compile a spec (.yaml/.og) or IR file (.mlir) through the pass pipeline."""
+    """Compile a spec (.yaml/.og) or IR file (.mlir) through the pass pipeline, for `target`
+    (a shipped target's name or a YAML file) when one is named."""
+    loaded_target = load_target(target) if target is not None else None
     if Path(path).suffix.lower() in IR_SUFFIXES:
         comp = load_ir(path)
         if target is not None:
             _retarget(comp, target)
+        named = pipeline_of(comp.module).target
+        comp.target = loaded_target or (load_target(named.data) if named is not None else None)
         return run_passes(comp, pass_pipeline, after_pass, plan_options)
     return compile_spec(load_spec(path), target=target, pass_pipeline=pass_pipeline, after_pass=after_pass,
-                        plan_options=plan_options)
+                        plan_options=plan_options, loaded_target=loaded_target)
 
 
 def _retarget(comp: Compilation, target: str) -> None:
     """`--target` on IR text: plan the module for it, unless it was planned for another."""
-    for op in comp.module.ops:
-        if isinstance(op, PipelineOp):
-            if op.target is not None and op.target.data != target:
-                raise IRError(f"this IR is for target '{op.target.data}', not '{target}'",
-                              hint="compile its spec again for the other target")
-            op.properties["target"] = StringAttr(target)
+    op = pipeline_of(comp.module)
+    if op.target is not None and op.target.data != target:
+        raise IRError(f"this IR is for target '{op.target.data}', not '{target}'",
+                      hint="compile its spec again for the other target")
+    op.properties["target"] = StringAttr(target)
 
 
 def compile_spec(
     loaded: LoadedSpec, *, target: str | None = None, pass_pipeline: str | None = None,
     after_pass: PassHook | None = None, plan_options: PassOptions | None = None,
+    loaded_target: Target | None = None,
 ) -> Compilation:
+    if target is not None and loaded_target is None:
+        loaded_target = load_target(target)
     module, origins = lower(loaded.spec, target)
-    return run_passes(Compilation(module, loaded, origins), pass_pipeline, after_pass, plan_options)
+    comp = Compilation(module, loaded_target, loaded=loaded, origins=origins)
+    return run_passes(comp, pass_pipeline, after_pass, plan_options)
 
 
 def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHook | None,
                plan_options: PassOptions | None = None) -> Compilation:
-    """Run the passes; without an explicit list, the planning passes run when a target is named."""
+    """Run the passes over the compilation; without an explicit list, the planning passes run
+    when a target is named. The module is verified after lowering and after every pass."""
     from omnigraph.dialect.textio import make_context
 
     srcmap = comp.loaded.srcmap if comp.loaded else None
@@ -159,24 +161,26 @@ def run_passes(comp: Compilation, pass_pipeline: str | None, after_pass: PassHoo
         except VerifyException as exc:
             raise locate_verify_error(exc, srcmap, comp.origins, comp.ir_source) from None
 
-    def callback(prev: ModulePass | None, module: ModuleOp, _next: ModulePass | None) -> None:
-        if prev is not None:
-            if prev.name != "verify":  # it verified the module itself
-                verified()
-            if after_pass is not None:
-                after_pass(prev.name, module)
-
     try:
-        planned = any(isinstance(op, PipelineOp) and op.target is not None for op in comp.module.ops)
-        pipeline = build_pipeline(pass_pipeline, callback, plan_options, planned=planned)
+        planned = pipeline_of(comp.module).target is not None
+        pipeline = build_pipeline(pass_pipeline, None, plan_options, planned=planned)
     except (Exception, ArgSpecParseError) as exc:  # unknown pass names, bad options, bad syntax
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise OmnigraphError(f"bad --pass-pipeline: {message[:300]}",
                              hint="a comma-separated list of passes: " + ", ".join(PASSES)) from None
     if not pipeline.passes or pipeline.passes[0].name != "verify":
         verified()  # lowering (or the parsed IR) must verify before any pass runs
-    try:
-        pipeline.apply(make_context(), comp.module)
-    except VerifyException as exc:
-        raise locate_verify_error(exc, srcmap, comp.origins, comp.ir_source) from None
+    ctx = make_context()
+    for p in pipeline.passes:
+        try:
+            if isinstance(p, CompilerPass):
+                p.run(comp)
+            else:
+                p.apply(ctx, comp.module)
+        except VerifyException as exc:
+            raise locate_verify_error(exc, srcmap, comp.origins, comp.ir_source) from None
+        if p.name != "verify":  # the verify pass verified the module itself
+            verified()
+        if after_pass is not None:
+            after_pass(p.name, comp.module)
     return comp

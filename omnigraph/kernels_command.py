@@ -16,13 +16,11 @@ from omnigraph.errors import OmnigraphError
 def compile_kernels(spec: str, target: str | None, plan_options: dict[str, dict[str, Any]] | None = None) -> tuple[
         list[Any], list[str]]:
     """The kernel files of every stage entry fusion reached, and a note for each it did not."""
+    from omnigraph.api import compile_spec_plan
     from omnigraph.codegen.kernel_module import kernel_files
-    from omnigraph.compiler import compile_path
-    from omnigraph.passes.registry import default_pipeline
 
-    pipeline = ",".join(default_pipeline(planned=target is not None, fused=True))
-    comp = compile_path(spec, target=target, pass_pipeline=pipeline, plan_options=plan_options)
-    return kernel_files(comp.module)
+    comp, _ = compile_spec_plan(spec, target, plan_options, fused=True)
+    return kernel_files(comp)
 
 
 def is_kernel_dump(path: Path) -> bool:

@@ -29,15 +29,15 @@ def planning_options(mix: str | None, slo: float | None, headroom: float | None 
 
 
 def plan_spec(spec: str, target: str, mix: str | None = None, slo: float | None = None) -> dict[str, Any]:
-    """Compile and plan; the report of plan_report.py plus how long planning took."""
+    """Compile and plan; the placement report (planner/placement_report.py) and how long planning took."""
     from omnigraph.compiler import compile_path
-    from omnigraph.passes.planner.placement_report import plan_report
+    from omnigraph.passes.planner.placement_report import placement_report
     from omnigraph.target import load_target
 
     load_target(target)  # an unknown target fails here, with the list of known ones
     started = time.perf_counter()
     comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo))
-    report = plan_report(comp.module)
+    report = placement_report(comp.module)
     if not report["stages"]:
         raise OmnigraphError(f"{spec}: nothing was planned (the pipeline has no stages to place)")
     report["planning_s"] = time.perf_counter() - started

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp
-from xdsl.passes import ModulePass
 
-from omnigraph.dialect.attrs import PlaceAttr
-from omnigraph.dialect.values import from_attr
+from omnigraph.dialect.attrs import PlaceAttr, PlanAttr
 from omnigraph.errors import IRError
-from omnigraph.passes.stage_graph import FlatStage, pipeline_of, stage_graph
-from omnigraph.target import Target, load_target
+from omnigraph.passes.compilation import Compilation, CompilerPass
+from omnigraph.passes.stage_graph import FlatStage, stage_graph
+from omnigraph.target import Target
 
 
 @dataclass
@@ -48,11 +45,11 @@ def domains(target: Target) -> list[_Domain]:
     return out
 
 
-def plan_of(st: FlatStage) -> dict:
+def plan_of(st: FlatStage) -> PlanAttr:
     attr = st.op.plan
     if attr is None or st.op.parallel is None:
         raise IRError(f"stage '{st.name}': place-devices needs plan-parallel to run first")
-    return from_attr(attr)
+    return attr
 
 
 def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
@@ -63,11 +60,11 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
     plans = {st.name: plan_of(st) for st in stages}
     for order, st in enumerate(stages):
         p = plans[st.name]
-        if p["shared"]:
-            pools[p["device_type"]] = st.op.parallel.get("replicas")
+        if p.shared:
+            pools[p.device_type] = st.op.parallel.get("replicas")
             continue
         for _ in range(st.op.parallel.get("replicas")):
-            groups.append((p["devices_per_replica"], order, st, p["device_type"]))
+            groups.append((p.devices_per_replica, order, st, p.device_type))
     placed: dict[str, list[str]] = {st.name: [] for st in stages}
     home: dict[str, set[str]] = {}  # nodes a stage landed on
     groups.sort(key=lambda g: (-g[0], g[1]))
@@ -88,7 +85,7 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
             raise IRError(f"the shared {dtype} pool needs {count} devices, {len(free)} are left on {target.target}")
         pool = free[:count]
         for st in stages:
-            if plans[st.name]["shared"] and plans[st.name]["device_type"] == dtype:
+            if plans[st.name].shared and plans[st.name].device_type == dtype:
                 placed[st.name] = list(pool)
         for d in doms:
             d.free = [x for x in d.free if x not in pool]
@@ -96,14 +93,12 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True)
-class PlaceDevicesPass(ModulePass):
+class PlaceDevicesPass(CompilerPass):
     name = "place-devices"
 
-    def apply(self, ctx: Context, op: ModuleOp) -> None:
-        target_name = pipeline_of(op).target
-        if target_name is None:
-            raise IRError(f"{self.name} needs a target to plan for", hint="compile with --target NAME")
-        stages = stage_graph(op)
-        for name, devices in place(stages, load_target(target_name.data)).items():
+    def run(self, comp: Compilation) -> None:
+        target = comp.need_target(self.name)
+        stages = stage_graph(comp.module)
+        for name, devices in place(stages, target).items():
             st = next(s for s in stages if s.name == name)
             st.op.properties["place"] = PlaceAttr(devices)

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from xdsl.context import Context
-from xdsl.dialects.builtin import DictionaryAttr, ModuleOp
-from xdsl.passes import ModulePass
 
 from omnigraph.dialect.attrs import MemAttr
-from omnigraph.dialect.values import to_attr
 from omnigraph.errors import IRError
 from omnigraph.passes.planner.arch_profile import profile_stage
 from omnigraph.passes.place_devices import plan_of
-from omnigraph.passes.stage_graph import FlatStage, pipeline_of, stage_graph
+from omnigraph.passes.compilation import Compilation, CompilerPass
+from omnigraph.passes.stage_graph import FlatStage, stage_graph
 from omnigraph.passes.planner.offload import MAX_OFFLOAD
 from omnigraph.passes.planner.stage_options import GIB, device_types
-from omnigraph.target import Target, load_target
+from omnigraph.target import Target
 
 
 @dataclass
@@ -52,10 +49,8 @@ def _needs(st: FlatStage) -> StageMemory:
     p = plan_of(st)
     # The cost rules sized the activation arena (arena.py: one block's buffers packed by
     # liveness, over the tokens of its largest forward) when they checked the config fits.
-    arena = int(p["activations"])
-    buffers = 2 * int(p["batch"]) * int(p["in_bytes"])
-    return StageMemory(weights=int(p["weights_per_device"]), kv=int(p["kv_per_device"]), arena=arena,
-                       buffers=buffers, offload=int(p.get("offload", 0)))
+    return StageMemory(weights=p.weights_per_device, kv=p.kv_per_device, arena=p.activations,
+                       buffers=2 * p.batch * p.in_bytes, offload=p.offload)
 
 
 def plan_memory(stages: list[FlatStage], target: Target) -> dict[str, DeviceMemory]:
@@ -102,20 +97,15 @@ def _fit(mem: DeviceMemory, stages: dict[str, FlatStage]) -> None:
 
 
 @dataclass(frozen=True)
-class PlanMemoryPass(ModulePass):
+class PlanMemoryPass(CompilerPass):
     name = "plan-memory"
 
-    def apply(self, ctx: Context, op: ModuleOp) -> None:
-        target_name = pipeline_of(op).target
-        if target_name is None:
-            raise IRError(f"{self.name} needs a target to plan for", hint="compile with --target NAME")
-        stages = stage_graph(op)
-        devices = plan_memory(stages, load_target(target_name.data))
+    def run(self, comp: Compilation) -> None:
+        stages = stage_graph(comp.module)
+        devices = plan_memory(stages, comp.need_target(self.name))
         for st in stages:
             # Every device of a stage holds the same layout; the first speaks for all.
             first = st.op.place.devices.data[0].data
             sm = devices[first].stages[st.name]
-            st.op.properties["mem"] = MemAttr(weights=sm.weights, kv=sm.kv, arena=sm.arena, offload=sm.offload)
-            p = plan_of(st)
-            p["buffers"] = sm.buffers
-            st.op.properties["plan"] = DictionaryAttr({k: to_attr(v) for k, v in p.items()})
+            st.op.properties["mem"] = MemAttr(weights=sm.weights, kv=sm.kv, arena=sm.arena, buffers=sm.buffers,
+                                              offload=sm.offload)

@@ -4,48 +4,44 @@ Per stage, stage_options.py lists the configs that fit (tp divides heads, ep div
 experts, TP x EP inside one NVLink domain, memory) scored by the cost rules for the request
 mix; plan_milp.py picks one per stage and the replica counts that maximise throughput under
 the device budget and the latency target. The result lands on each stage as
-`#omni.parallel<…>` plus a `plan` dictionary (batch, device type, sharing, predicted rate and
-times) that place-devices and plan-memory read. A module without a target is left alone.
+`#omni.parallel<…>` plus `#omni.plan<…>` (batch, device type, sharing, predicted rate and
+times, memory needs) that place-devices and plan-memory read.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from xdsl.context import Context
-from xdsl.dialects.builtin import DictionaryAttr, ModuleOp
-from xdsl.passes import ModulePass
 
-from omnigraph.dialect.attrs import ParallelAttr
-from omnigraph.dialect.values import to_attr
+from xdsl.dialects.builtin import ModuleOp
+
+from omnigraph.dialect.attrs import ParallelAttr, PlanAttr
 from omnigraph.errors import IRError
 from omnigraph.passes.planner.plan_explain import no_fit, no_plan
 from omnigraph.passes.planner.plan_milp import solve
 from omnigraph.passes.planner.cost_types import StageWork
 from omnigraph.passes.planner.plan_problem import PlanProblem, PlanSolution, StageChoices, StagePlan, throughput_of
-from omnigraph.passes.stage_graph import FlatStage, pipeline_of, stage_graph
+from omnigraph.passes.compilation import Compilation, CompilerPass
+from omnigraph.passes.stage_graph import FlatStage, stage_graph
 from omnigraph.passes.planner.stage_options import (
     DeviceType, device_types, latency_at, little_batch, stage_options, stage_works,
 )
 from omnigraph.passes.planner.workload import parse_mix
-from omnigraph.target import Target, load_target
+from omnigraph.target import Target
 
 
 REFINE_ROUNDS = 4  # solve, re-rate the shared pools, solve again: at most this many times
 
 
 @dataclass(frozen=True)
-class PlanParallelPass(ModulePass):
+class PlanParallelPass(CompilerPass):
     name = "plan-parallel"
 
     mix: str = ""  # request mix: presets `chat:0.7,long:0.3` or a YAML file; "" = default
     slo: float = 0.0  # end-to-end latency target in seconds; 0 = none
     headroom: float = 0.9  # highest utilisation a stage is planned at
 
-    def apply(self, ctx: Context, op: ModuleOp) -> None:
-        target_name = pipeline_of(op).target
-        if target_name is None:
-            raise IRError(f"{self.name} needs a target to plan for", hint="compile with --target NAME")
-        solution, stages, works = plan(op, load_target(target_name.data), self.mix, self.slo or None,
+    def run(self, comp: Compilation) -> None:
+        solution, stages, works = plan(comp.module, comp.need_target(self.name), self.mix, self.slo or None,
                                        self.headroom)
         write_plan(stages, solution, works)
 
@@ -169,7 +165,7 @@ def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str,
         cfg, cost = sp.option.cost.config, sp.option.cost
         replicas = solution.shared_devices[sp.option.device_type] if sp.shared else sp.replicas
         st.op.properties["parallel"] = ParallelAttr(tp=cfg.tp, pp=cfg.pp, dp=1, ep=cfg.ep, replicas=replicas)
-        st.op.properties["plan"] = DictionaryAttr({k: to_attr(v) for k, v in {
+        st.op.properties["plan"] = PlanAttr(**{
             "batch": cfg.batch,
             "device_type": sp.option.device_type,
             "devices_per_replica": cost.devices,
@@ -187,4 +183,4 @@ def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str,
             "in_bytes": in_bytes,
             "pipeline_rate": solution.throughput,
             "solver": solution.solver,
-        }.items()})
+        })

@@ -285,7 +285,7 @@ def export(module: nn.Module, args: tuple[Any, ...], dynamic: tuple[Any, ...]) -
 def compile_case(module: nn.Module, args: tuple[Any, ...], dynamic: tuple[Any, ...], name: str = "case") -> Any:
     """The kernel file fusion makes of `module` (codegen.kernel_module.KernelFile)."""
     from omnigraph.codegen.kernel_module import assemble
-    from omnigraph.passes.fuse_ops import fuse_program
+    from omnigraph.passes.fusion.fuse import fuse_program
 
     fused = fuse_program(export(module, args, dynamic))
     return assemble(name, "forward", fused.program, fused.kernels, fused.compute_ops)

@@ -67,7 +67,7 @@ def test_attrs_print_and_compare() -> None:
     assert str(ParallelAttr(tp=2, ep=4)) == "#omni.parallel<tp = 2, pp = 1, dp = 1, ep = 4, replicas = 1>"
     assert ParallelAttr(tp=2) == ParallelAttr(tp=2) != ParallelAttr(tp=4)
     assert str(PlaceAttr(["n0:g0", "n0:g1"])) == '#omni.place<["n0:g0", "n0:g1"]>'
-    assert MemAttr(weights=10).as_dict() == {"weights": 10, "kv": 0, "arena": 0, "offload": 0}
+    assert MemAttr(weights=10).as_dict() == {"weights": 10, "kv": 0, "arena": 0, "buffers": 0, "offload": 0}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from torch import nn
 
 from fusion_cases import AUTO, compile_case, export, run_fused
 from omnigraph.passes.fusion import legality as fusion_legality
-from omnigraph.passes.fuse_ops import _emittable, fuse_graph
+from omnigraph.passes.fusion.fuse import _emittable, fuse_graph
 from omnigraph.passes.fusion.state import FusionState
 from omnigraph.passes.fusion.fx_lower import lower
 
@@ -132,7 +132,7 @@ def test_a_deep_graph_fuses_window_by_window_as_it_does_whole() -> None:
 
 
 def test_windows_start_where_no_group_straddles() -> None:
-    from omnigraph.passes.fuse_ops import _cut
+    from omnigraph.passes.fusion.fuse import _cut
 
     graph = _state(Layers(), torch.randn(2, 6, 32)).graph
     fused, _ = fuse_graph(graph, window=10**9)

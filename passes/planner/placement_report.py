@@ -1,7 +1,9 @@
-"""A planned module, summarised: per stage what was chosen and why it costs what it does.
+"""The placement report: a planned module summarised, per stage what was chosen and why it
+costs what it does (not the RuntimePlan, which `compile --emit plan` writes for the runtime).
 
 Read back from the IR attributes the planning passes wrote, so the report shows exactly
-what the runtime plan will run; `omnigraph plan` prints it, benchmarks compare it.
+what the runtime plan will run; `omnigraph plan` prints it (`--json`: this dictionary,
+`"report": "placement"`), benchmarks compare it.
 """
 from __future__ import annotations
 
@@ -13,14 +15,14 @@ from omnigraph.dialect.values import from_attr
 from omnigraph.passes.stage_graph import pipeline_of, stage_graph
 
 
-def plan_report(module: ModuleOp) -> dict[str, Any]:
+def placement_report(module: ModuleOp) -> dict[str, Any]:
     pipe = pipeline_of(module)
     rows: list[dict[str, Any]] = []
     rate = 0.0
     for st in stage_graph(module):
         if st.op.plan is None or st.op.parallel is None:
             continue
-        p = from_attr(st.op.plan)
+        p = st.op.plan.as_dict()
         rate = p["pipeline_rate"]
         par = st.op.parallel.as_dict()
         mem = st.op.mem.as_dict() if st.op.mem is not None else {}
@@ -30,7 +32,7 @@ def plan_report(module: ModuleOp) -> dict[str, Any]:
             "tp": par["tp"], "pp": par["pp"], "ep": par["ep"], "replicas": par["replicas"],
             "batch": p["batch"], "shared": p["shared"], "device_type": p["device_type"],
             "devices": [d.data for d in st.op.place.devices.data] if st.op.place is not None else [],
-            "memory": {**mem, "buffers": p.get("buffers", 0)},
+            "memory": mem,
             "latency_s": p["latency_s"], "first_output_s": p["first_output_s"],
             "rate_per_replica": p["rate"], "visits": p["visits"],
             # How its size was known: meta (counted on an instance), file (a weights file's
@@ -38,11 +40,12 @@ def plan_report(module: ModuleOp) -> dict[str, Any]:
             "params": cost.get("params"), "counted": cost.get("source", "config"), "note": cost.get("note", ""),
         })
     if not rows:
-        return {"pipeline": pipe.sym_name.data, "target": None, "stages": []}
+        return {"report": "placement", "pipeline": pipe.sym_name.data, "target": None, "stages": []}
     _utilisation(rows, rate)
     # The busiest devices; within a shared pool, the stage that takes most of its time.
     bottleneck = max(rows, key=lambda r: (round(r["utilisation"], 6), r["load_share"]))["stage"]
     return {
+        "report": "placement",
         "pipeline": pipe.sym_name.data,
         "target": pipe.target.data if pipe.target else None,
         "throughput_rps": rate,
