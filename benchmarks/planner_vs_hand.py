@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from plan_eval import judge, requests_for  # noqa: E402
 
 from omnigraph.api import compile_plan  # noqa: E402
-from omnigraph.plan_command import plan_spec  # noqa: E402
+from omnigraph.cli.plan import plan_spec  # noqa: E402
 from omnigraph.runtime.plan import Instance, RuntimePlan  # noqa: E402
 from omnigraph.target import load_target  # noqa: E402
 

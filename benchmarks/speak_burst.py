@@ -72,13 +72,13 @@ def _long_replies(plan: Any) -> Any:
 def load_baseline_models(plan: Any) -> tuple[Any, Any, Any, dict]:
     """The same model objects the runtime uses, loaded the same way."""
     from omnigraph.runtime.executors.llm_loading import load_causal_lm
-    from omnigraph.runtime.executors.tts import _voice_files
+    from omnigraph.runtime.loaders import voice_files
     from piper import PiperVoice
 
     thinker = next(s for s in plan.stages() if s.name == "thinker")
     talker = next(s for s in plan.stages() if s.name == "talker")
     model, tokenizer = load_causal_lm(thinker, "cpu")
-    onnx_path, config_path = _voice_files(talker.model)
+    onnx_path, config_path = voice_files(talker.model)
     voice = PiperVoice.load(str(onnx_path), config_path=str(config_path))
     return model, tokenizer, voice, thinker.params
 

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from omnigraph.passes.fusion.capture import program_signature
-from omnigraph.runtime.entry_points import Args, NoEntry, Stages, stage_entries
-from omnigraph.runtime.executor import Executor
+from omnigraph.runtime.entry_points import Args, Loaded, NoEntry, Stages, stage_entries
 
 
 class ExportFailed(Exception):
@@ -29,7 +28,7 @@ class Exported:
     signature: list[str]  # each input as "name: dtype[dims]", "?" for a dynamic dim
 
 
-def export_stage(executor: Executor, stages: Stages) -> Exported:
+def export_stage(executor: Loaded, stages: Stages) -> Exported:
     """The loaded stage as a checked torch.export program; ExportFailed says why not."""
     if executor.node.kind == "ar_llm":
         raise ExportFailed("ar_llm stages are not exported")

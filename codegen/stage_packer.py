@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnigraph.errors import OmnigraphError
-from omnigraph.kinds import ArLlmParams
+from omnigraph.kinds import KINDS, ArLlmParams
 from omnigraph.runtime.bundle import trusted_class_ref
 from omnigraph.runtime.bundle_manifest import CODE_DIR, check_relpath
-from omnigraph.runtime.entry_points import load_stage
-from omnigraph.runtime.executor import Executor
-from omnigraph.runtime.loaders import ModelNotFound, import_attr, resolve_file, split_ref
+from omnigraph.runtime.entry_points import Loaded as Executor, load_stage
+from omnigraph.runtime.loaders import ModelNotFound, import_attr, resolve_file, split_ref, voice_files
 from omnigraph.runtime.plan import RuntimePlan, StageNode, StageProgram
 
 from omnigraph.codegen.chat_frame import chat_frame
@@ -125,7 +124,7 @@ def _torch_stage(packer: StagePacker, node: StageNode) -> Packed:
     program = StageProgram(form="pt2", files={"program": rel}, facts=executor.bundle_facts(),
                            reason="torch.export program (weights inside as raw tensors), loaded with "
                                   "torch.export.load; it matched the module bit for bit when exported")
-    return Packed(program, exported.signature, _KIND_NEEDS.get(node.kind, set()))
+    return Packed(program, exported.signature, set(KINDS[node.kind].traits.requires))
 
 
 def _weights(packer: StagePacker, node: StageNode, executor: Executor, why: str) -> Packed:
@@ -138,7 +137,7 @@ def _weights(packer: StagePacker, node: StageNode, executor: Executor, why: str)
     elif not trusted_class_ref(ref):
         reason += f"; its class comes from the installed module '{_top_module(ref)}' ({_CODE_WHY})"
     program = StageProgram(form="weights", files=files, ref=ref, facts=executor.bundle_facts(), reason=reason)
-    return Packed(program, requires=_KIND_NEEDS.get(node.kind, set()) | _library_of(ref))
+    return Packed(program, requires=set(KINDS[node.kind].traits.requires) | _library_of(ref))
 
 
 def _ar_llm(packer: StagePacker, node: StageNode) -> Packed:
@@ -173,9 +172,7 @@ def _ar_llm(packer: StagePacker, node: StageNode) -> Packed:
 
 
 def _tts(packer: StagePacker, node: StageNode) -> Packed:
-    from omnigraph.runtime.executors.tts import _voice_files
-
-    model, config = _voice_files(node.model)
+    model, config = voice_files(node.model)
     files = {"onnx": packer.copy(model, f"programs/{node.name}/{model.name}"),
              "onnx_config": packer.copy(config, f"programs/{node.name}/{config.name}")}
     return Packed(StageProgram(form="file", files=files, reason="Piper voice (ONNX) and its config kept as "
@@ -224,8 +221,6 @@ PACKERS: dict[str, Callable[[StagePacker, StageNode], Packed]] = {
     "vocoder": _vocoder,
     "custom": _custom,
 }
-# pip packages an executor needs beyond torch, whatever the form (see the executors' imports).
-_KIND_NEEDS: dict[str, set[str]] = {"diffusion": {"diffusers"}, "encoder": {"transformers"}}
 
 
 # helpers --------------------------------------------------------------------------------

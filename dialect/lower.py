@@ -16,7 +16,7 @@ from omnigraph.dialect.attrs import ParallelAttr
 from omnigraph.dialect.ops import InputOp, LoopOp, OutputOp, PipelineOp, RouteOp, StageOp, YieldOp
 from omnigraph.dialect.types import StreamType, TensorType
 from omnigraph.dialect.values import to_attr
-from omnigraph.frontend.resolve import stage_edges, stage_output_ports
+from omnigraph.spec import stage_edges, stage_output_ports
 from omnigraph.frontend.source import DocPath
 from omnigraph.kinds import SAME_AS_INPUT
 from omnigraph.spec import LoopSpec, PipelineSpec, StageSpec, TypeSpec

@@ -8,6 +8,8 @@ This module imports nothing from the compiler: the runtime reads it too.
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -138,6 +140,8 @@ class Traits:
     batches: tuple[int, ...] | None = None  # batch sizes the planner tries (None: up to max_batch)
     default_batch: int = 8  # the runtime's batch when the kind has no max_batch parameter
     file_role: str | None = None  # the bundled role of a model kept as its file (gguf, onnx)
+    bundle_forms: frozenset[str] = frozenset({"pt2", "weights"})  # how a bundle may carry it
+    requires: frozenset[str] = frozenset()  # pip packages its executor needs beyond torch
 
 
 # How a kind's output ports are known: fixed, one per route case, the decoder's modality,
@@ -187,6 +191,11 @@ class StageKind:
             return f"pp={pp}: {self.name} stages are not pipeline-parallel" + _shardable()
         return None
 
+    def settings(self, params: dict[str, Any]) -> Params:
+        """The stage's parameters validated, with the kind's defaults filled in: what every
+        phase reads (never `params.get(name, default)` with a default of its own)."""
+        return _settings(self.name, json.dumps(params, sort_keys=True, default=str))
+
     def max_batch(self, params: dict[str, Any]) -> int:
         """The batch the runtime runs at: the stage's max_batch, else the kind's default."""
         value = params.get("max_batch")
@@ -196,11 +205,21 @@ class StageKind:
         return int(field.default) if field is not None else self.traits.default_batch
 
 
+@functools.lru_cache(maxsize=1024)
+def _settings(kind: str, params_json: str) -> Params:
+    return KINDS[kind].params.model_validate(json.loads(params_json))
+
+
+def settings(kind: str, params: dict[str, Any]) -> Any:
+    """`KINDS[kind].settings(params)`, typed loosely for the phases that read one field."""
+    return KINDS[kind].settings(params)
+
+
 def _shardable() -> str:
     tp = [k.name for k in KINDS.values() if k.traits.shardable_tp]
     ep = [k.name for k in KINDS.values() if k.traits.shardable_ep]
     pp = [k.name for k in KINDS.values() if k.traits.shardable_pp]
-    return f" (tp: {', '.join(tp)}; ep: {', '.join(ep)}; pp: {', '.join(pp)})"
+    return f" (tp: {', '.join(tp) or 'none'}; ep: {', '.join(ep) or 'none'}; pp: {', '.join(pp) or 'none'})"
 
 _EMB = ("embedding",)
 KINDS: dict[str, StageKind] = {
@@ -209,7 +228,7 @@ KINDS: dict[str, StageKind] = {
         StageKind(
             "encoder", "image/audio/video/text encoder producing embeddings",
             (Port("x", ("image", "audio", "video", "text", "tokens")),),
-            (Port("embeds", _EMB),), EncoderParams, Traits(shardable_tp=True),
+            (Port("embeds", _EMB),), EncoderParams, Traits(shardable_tp=True, requires=frozenset({"transformers"})),
         ),
         StageKind(
             "projector", "maps (and fuses) embeddings into another model's space",
@@ -221,12 +240,13 @@ KINDS: dict[str, StageKind] = {
             (Port("text", ("text",)), Port("tokens", ("tokens",)), Port("hidden", _EMB)),
             ArLlmParams,
             Traits(autoregressive=True, kv_cache=True, streams=frozenset({"text", "tokens"}), continuous=True,
-                   shardable_tp=True, shardable_ep=True, shardable_pp=True, gated_mlp=True, batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf"),
+                   shardable_tp=True, gated_mlp=True, requires=frozenset({"transformers"}),
+                   bundle_forms=frozenset({"file", "weights"}), batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf"),
         ),
         StageKind(
             "diffusion", "denoising loop over a scheduler",
             (Port("cond", ("embedding", "text")), Port("latents", ("latent",), optional=True)),
-            (Port("latents", ("latent",)),), DiffusionParams,
+            (Port("latents", ("latent",)),), DiffusionParams, Traits(requires=frozenset({"diffusers"})),
         ),
         StageKind(
             "decoder", "VAE / codec decoder from latents to pixels or samples",
@@ -239,20 +259,22 @@ KINDS: dict[str, StageKind] = {
         StageKind(
             "vocoder", "codec tokens or features to a waveform",
             (Port("codes", ("tokens", "latent", "embedding")),), (Port("audio", ("audio",)),),
-            AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx"),
+            AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx",
+                                   bundle_forms=frozenset({"file", "weights", "code"})),
         ),
         StageKind(
             "tts", "text to speech", (Port("text", ("text",)),), (Port("audio", ("audio",)),),
-            AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx"),
+            AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx",
+                                   bundle_forms=frozenset({"file"}), requires=frozenset({"onnxruntime", "piper-tts"})),
         ),
         StageKind(
             "route", "data-dependent dispatch: one output per case, only the chosen fires",
             (Port("data", ANY_MODALITY), Port("key", ("text", "scalar", "tokens"))),
-            (), RouteParams, needs_model=False, outputs_from="cases",
+            (), RouteParams, Traits(bundle_forms=frozenset()), needs_model=False, outputs_from="cases",
         ),
         StageKind(
             "custom", "any torch module; ports declared by the spec",
-            (), (), CustomParams, outputs_from="declared",
+            (), (), CustomParams, Traits(bundle_forms=frozenset({"code"})), outputs_from="declared",
         ),
     )
 }

@@ -7,11 +7,13 @@ equal pipelines give equal specs whatever they were written in. Semantic checks
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omnigraph.modality import DTYPES, MODALITIES
+from omnigraph.kinds import KINDS, Port
 from omnigraph.names import NAME_PATTERN, REF_PATTERN
 
 
@@ -131,6 +133,20 @@ class PipelineSpec(_Model):
     def to_document(self) -> dict[str, Any]:
         """The canonical raw document (what YAML would say), without defaults."""
         return self.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+
+
+def stage_edges(stage: StageSpec) -> Iterator[tuple[str, int, EdgeSpec]]:
+    """(port, index within the port, edge) for each wired input of a resolved stage."""
+    assert isinstance(stage.inputs, dict)
+    for port, edges in stage.inputs.items():
+        for i, edge in enumerate(edges if isinstance(edges, list) else [edges]):
+            yield port, i, edge
+
+
+def stage_output_ports(stage: StageSpec) -> tuple[Port, ...]:
+    kind = KINDS[stage.kind]
+    declared = {k: v.modality for k, v in (stage.outputs or {}).items()}
+    return kind.output_ports(stage.params, declared)
 
 
 _NAME_OR_REF = {"type": "string", "pattern": REF_PATTERN}

@@ -68,7 +68,7 @@ def load_target(name_or_path: str) -> Target:
     else:
         entry = resources.files("omnigraph.targets").joinpath(f"{name_or_path}.yaml")
         if not entry.is_file():
-            from omnigraph.frontend.resolve import suggest
+            from omnigraph.frontend.messages import suggest
 
             raise TargetError(f"unknown target '{name_or_path}'",
                               hint=suggest(name_or_path, shipped_targets())

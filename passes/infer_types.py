@@ -19,6 +19,7 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
 from omnigraph.dialect.checks import OmniVerifyError, describe_value, params_of
+from omnigraph.kinds import KINDS
 from omnigraph.dialect.ops import InputOp, LoopOp, PipelineOp, PortedOp
 from omnigraph.dialect.types import _EdgeType
 from omnigraph.modality import DEFAULT_DTYPE, DEFAULT_SHAPE
@@ -46,6 +47,11 @@ class _Stage:
                                           f"positive integer, got {value!r}", self.op, field=field)
                 return value
         return None
+
+    @property
+    def settings(self) -> Any:
+        """The stage's parameters with its kind's defaults (kinds.py)."""
+        return KINDS[self.op.kind.data].settings(self.params)
 
     @property
     def float_dtype(self) -> str:
@@ -82,23 +88,22 @@ def _ar_llm(s: _Stage) -> list[Out]:
 
 
 def _diffusion(s: _Stage) -> list[Out]:
-    down = s.setting("downsample") or 8
+    down = s.settings.downsample
     sizes = []
     for key in ("height", "width"):
-        size = s.setting(key) or 64
+        size = getattr(s.settings, key)
         if size < down:  # the latent would have no rows (or columns)
             raise OmniVerifyError(f"stage '{s.op.label}': {key} {size} is smaller than its downsample "
                                   f"factor {down}", s.op, field=("params", key))
         sizes.append(size // down)
-    return [("f32", (s.setting("latent_channels") or 4, *sizes))]
+    return [("f32", (s.settings.latent_channels, *sizes))]
 
 
 def _decoder(s: _Stage) -> list[Out]:
-    modality = s.params.get("modality", "image")
-    if modality != "image":
+    if s.settings.modality != "image":
         return [(None, None)]
     latents = s.op.operands[0].type.dims
-    up = s.setting("upsample") or 8
+    up = s.settings.upsample
     if latents and len(latents) == 3:
         return [("u8", (3, *(d * up if d else None for d in latents[1:])))]
     return [("u8", (3, None, None))]

@@ -10,7 +10,7 @@ import yaml
 from omnigraph.api import compile_plan
 from omnigraph.cli import main
 from omnigraph.errors import IRError
-from omnigraph.plan_command import plan_spec
+from omnigraph.cli.plan import plan_spec
 from omnigraph.target import load_target
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -149,7 +149,7 @@ def test_an_untrusted_bundle_cannot_write_outside_the_output_dir(tmp_path: Path,
 
 
 def test_run_checks_every_output_name_before_writing(tmp_path: Path) -> None:
-    from omnigraph.run_command import _save
+    from omnigraph.runtime.run_once import _save
 
     plan = RuntimePlan.model_validate(_plan_doc())
     with pytest.raises(OmnigraphError, match="not a plain name"):

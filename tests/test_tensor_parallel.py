@@ -131,7 +131,7 @@ def test_stages_that_cannot_shard_are_named(tmp_path: Path) -> None:
     plan = compile_plan(EXAMPLES / "tiny" / "text_to_image_tiny.yaml")
     unet = next(s for s in plan.stages() if s.name == "unet")
     unet.instances = [Instance(devices=["node0:cpu0", "node0:cpu1"], tp=2)]
-    with pytest.raises(StageLoadError, match=r"stage 'unet'.*shards ar_llm and encoder stages"):
+    with pytest.raises(StageLoadError, match=r"stage 'unet'.*diffusion stages are not tensor-parallel"):
         omnigraph.load(plan)
     plan = compile_plan(llm_spec(tmp_path, 1))
     plan.stages()[0].instances = [Instance(devices=["a:cpu0", "a:cpu1"], ep=2)]

@@ -7,7 +7,6 @@ Type compatibility across edges is the dialect verifier's job (see lowering).
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -15,12 +14,12 @@ from typing import Any, Iterator
 import networkx as nx
 from pydantic import ValidationError
 
-from omnigraph.errors import SpecError
+from omnigraph.frontend.messages import brief_int, schema_error, suggest
 from omnigraph.frontend.source import DocPath, SourceMap
 from omnigraph import model_ref
-from omnigraph.kinds import KINDS, MODEL_SCHEMES, Port, StageKind
+from omnigraph.kinds import KINDS, MODEL_SCHEMES, StageKind
 from omnigraph.names import is_name, shown
-from omnigraph.spec import EdgeSpec, LoopSpec, PipelineSpec, StageSpec
+from omnigraph.spec import EdgeSpec, LoopSpec, PipelineSpec, StageSpec, stage_edges, stage_output_ports
 
 _RESERVED = {"pipeline", "loop", "return", "until", "next", "stream", "max", "true", "false", "null"}
 
@@ -33,70 +32,9 @@ def build_spec(raw: Any, srcmap: SourceMap) -> PipelineSpec:
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
-        raise _schema_error(exc, raw, srcmap) from None
+        raise schema_error(exc, raw, srcmap) from None
     _Resolver(spec, srcmap).run()
     return spec
-
-
-# -- schema errors ---------------------------------------------------------------------
-def _doc_path(raw: Any, loc: tuple[Any, ...]) -> tuple[DocPath, int]:
-    """The part of a pydantic loc that exists in the document (union tags dropped)."""
-    path: list[str | int] = []
-    node = raw
-    skipped = 0
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        else:
-            skipped += 1
-    return tuple(path), skipped
-
-
-def _schema_error(exc: ValidationError, raw: Any, srcmap: SourceMap) -> SpecError:
-    ranked = []
-    for err in exc.errors():
-        path, skipped = _doc_path(raw, tuple(err["loc"]))
-        ranked.append((-len(path), skipped, err, path))
-    ranked.sort(key=lambda r: (r[0], r[1]))
-    _, _, err, path = ranked[0]
-    loc = tuple(err["loc"])
-    field = str(loc[-1]) if loc else ""
-    kind = err["type"]
-    if kind == "missing":
-        return srcmap.error(f"missing required field '{field}'", path, key=True)
-    if kind == "extra_forbidden":
-        return srcmap.error(f"unknown field '{field}'", path, key=True, hint=_fields_hint(path))
-    what = ".".join(str(p) for p in path) or "spec"
-    msg = err["msg"]
-    if kind == "string_pattern_mismatch":
-        msg = "expected a name (letters, digits, _) or a reference `stage.port`"
-    return srcmap.error(f"{what}: {msg}", path)
-
-
-def _fields_hint(path: DocPath) -> str | None:
-    parent = path[:-1]
-    models = {0: PipelineSpec, 2: StageSpec}
-    if parent and parent[0] == "loops" and len(parent) == 2:
-        return "loop fields: " + ", ".join(LoopSpec.model_fields)
-    model = models.get(len(parent)) if (not parent or parent[0] == "stages") else None
-    if model is None:
-        return None
-    return "allowed: " + ", ".join(f.alias or n for n, f in model.model_fields.items())
-
-
-def _brief_int(value: int) -> str:
-    """An integer as a person can read it (and Python can print: it refuses > 4300 digits)."""
-    digits = value.bit_length() * 30103 // 100000 + 1
-    return str(value) if digits < 30 else f"a {digits}-digit integer"
-
-
-def suggest(word: str, choices: Any) -> str | None:
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean '{match[0]}'?" if match else None
 
 
 def _walk(value: Any, loc: DocPath = ()) -> Iterator[tuple[DocPath, Any]]:
@@ -119,20 +57,6 @@ class Producer:
     kind: str  # "input" | "stage" | "loop" | "carry"
     node: str  # the graph node it comes from ("" for pipeline inputs)
     port: str
-
-
-def stage_edges(stage: StageSpec) -> Iterator[tuple[str, int, EdgeSpec]]:
-    """(port, index within the port, edge) for each wired input of a resolved stage."""
-    assert isinstance(stage.inputs, dict)
-    for port, edges in stage.inputs.items():
-        for i, edge in enumerate(edges if isinstance(edges, list) else [edges]):
-            yield port, i, edge
-
-
-def stage_output_ports(stage: StageSpec) -> tuple[Port, ...]:
-    kind = KINDS[stage.kind]
-    declared = {k: v.modality for k, v in (stage.outputs or {}).items()}
-    return kind.output_ports(stage.params, declared)
 
 
 class _Resolver:
@@ -263,7 +187,7 @@ class _Resolver:
         for loc, value in _walk(stage.params):
             name = ".".join(str(p) for p in loc)
             if isinstance(value, int) and not -2**63 <= value < 2**63:  # IR integers are i64
-                raise self.err(f"{who} parameter '{name}': {_brief_int(value)} does not fit in 64 bits",
+                raise self.err(f"{who} parameter '{name}': {brief_int(value)} does not fit in 64 bits",
                                (*path, "params", *loc))
             if isinstance(value, float) and not math.isfinite(value):
                 raise self.err(f"{who} parameter '{name}': {value} is not a finite number",

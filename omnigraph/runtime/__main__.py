@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        from omnigraph.run_command import run_plan
+        from omnigraph.runtime.run_once import run_plan
         from omnigraph.runtime.bundle import open_bundle
 
         with open_bundle(args.bundle) as bundle:

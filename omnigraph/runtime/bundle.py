@@ -26,25 +26,13 @@ from pydantic import ValidationError
 
 from omnigraph import model_ref
 from omnigraph.errors import BundleError
+from omnigraph.kinds import KINDS
 from omnigraph.runtime.bundle_files import read_directory, unpack_archive
 from omnigraph.runtime.bundle_manifest import CODE_DIR, PLAN_NAME, Manifest
 from omnigraph.runtime.plan import RuntimePlan, StageKernels, StageNode
 
 ARCHIVE_SUFFIX = ".ogb"
 
-# The forms each kind's executor can load, and the model file a `file` form carries.
-FORMS: dict[str, frozenset[str]] = {
-    "ar_llm": frozenset({"file", "weights"}),
-    "tts": frozenset({"file"}),
-    "vocoder": frozenset({"file", "weights", "code"}),
-    "encoder": frozenset({"pt2", "weights"}),
-    "projector": frozenset({"pt2", "weights"}),
-    "decoder": frozenset({"pt2", "weights"}),
-    "diffusion": frozenset({"pt2", "weights"}),
-    "moe": frozenset({"pt2", "weights"}),
-    "custom": frozenset({"code"}),
-}
-FILE_ROLES: dict[str, str] = {"ar_llm": "gguf", "tts": "onnx", "vocoder": "onnx"}
 _ROLES: dict[str, frozenset[str]] = {
     "pt2": frozenset({"program"}),
     "weights": frozenset({"weights", "tokenizer"}),
@@ -212,7 +200,7 @@ def _localize_stage(node: StageNode, root: Path, listed: set[str]) -> None:
     program = node.program
     if program is None:
         raise BundleError(f"{PLAN_NAME}: stage '{node.name}' has no program")
-    allowed = FORMS.get(node.kind, frozenset())
+    allowed = KINDS[node.kind].traits.bundle_forms if node.kind in KINDS else frozenset()
     if program.form not in allowed:
         raise BundleError(f"{PLAN_NAME}: a {node.kind} stage ('{node.name}') cannot be loaded from a "
                           f"{program.form} program")
@@ -223,7 +211,7 @@ def _localize_stage(node: StageNode, root: Path, listed: set[str]) -> None:
         if not inside:
             raise BundleError(f"{PLAN_NAME}: stage '{node.name}': {role} '{rel}' is not a file of the bundle")
         program.files[role] = os.fspath(root.joinpath(*rel.split("/")))
-    needed = {"pt2": "program", "weights": "weights", "file": FILE_ROLES.get(node.kind)}.get(program.form)
+    needed = {"pt2": "program", "weights": "weights", "file": KINDS[node.kind].traits.file_role}.get(program.form)
     if needed is not None and needed not in program.files:
         raise BundleError(f"{PLAN_NAME}: stage '{node.name}': its {program.form} program names no {needed} file")
     if program.form == "file":  # the executor loads the model file the bundle carries

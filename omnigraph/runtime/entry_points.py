@@ -34,6 +34,7 @@ from omnigraph.runtime.plan import StageNode
 AUTO = Dim.AUTO
 Args = tuple[torch.Tensor, ...]
 Stages = Mapping[str, StageNode]  # every stage of the pipeline, by name (a decoder asks its producer)
+Loaded = Executor  # a stage as load_stage returns it: its module (`.model`) and what loading read
 
 
 class NoEntry(Exception):

@@ -11,8 +11,9 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
+from omnigraph.kinds import KINDS
 from omnigraph.runtime.channel import StreamChannel, StreamReader
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.values import join_chunks
@@ -94,12 +95,15 @@ class ExecContext:
 
 
 class Executor(ABC):
-    continuous: ClassVar[bool] = False
-
     def __init__(self, node: StageNode, ctx: ExecContext) -> None:
         self.node = node
         self.ctx = ctx
         self.params = node.params
+
+    @property
+    def continuous(self) -> bool:
+        """Requests join and leave a running batch at any step (the kind's trait)."""
+        return KINDS[self.node.kind].traits.continuous
 
     def load(self) -> None:
         """Load weights; called once, before the first step (with progress shown)."""
@@ -176,11 +180,3 @@ def executor_class(kind: str) -> type[Executor]:
         raise ValueError(f"no executor for stage kind '{kind}'") from None
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
-
-# Output ports an executor can deliver in chunks; a pipeline output read from one of
-# these is streamed to the caller even when no stage reads it as a stream.
-STREAMING_PORTS: dict[str, frozenset[str]] = {
-    "ar_llm": frozenset({"text", "tokens"}),
-    "tts": frozenset({"audio"}),
-    "vocoder": frozenset({"audio"}),
-}

@@ -89,3 +89,15 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
         return load_file(str(path))
     return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def voice_files(ref: str | None) -> tuple[Path, Path]:
+    """A Piper voice: its ONNX model and the JSON config beside it."""
+    scheme, target = split_ref(ref or "")
+    if scheme != "onnx" or not target:
+        raise ValueError(f"tts stages take a Piper voice as `onnx:PKG_OR_PATH`, not '{ref}'")
+    model = resolve_file(target, ".onnx")
+    config = model.with_name(model.name + ".json")
+    if not config.is_file():
+        raise ModelNotFound(f"Piper voice {model} has no config beside it ({config.name})")
+    return model, config

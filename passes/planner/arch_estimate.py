@@ -166,14 +166,15 @@ def _from_sizes(kind: str, s: dict[str, int], dtype_bytes: int) -> ArchProfile |
         attn = 2 * attn
     vocab = s.get("vocab", 0)
     embedding = vocab * hidden
-    head = 0 if s.get("tied") or kind != "ar_llm" else vocab * hidden  # an LLM's untied LM head
+    traits = KINDS[kind].traits if kind in KINDS else None
+    head = vocab * hidden if traits and traits.autoregressive and not s.get("tied") else 0  # an untied LM head
     total = layers * (attn + mlp + 2 * hidden) + embedding + head
     expert_params = layers * per_expert_layer
     active = total - expert_params + (expert_params * top_k // experts if experts else 0)
     return ArchProfile(
         params=total, dtype_bytes=dtype_bytes, expert_params=expert_params, active_params=active,
         embedding_params=embedding, layers=layers, hidden=hidden, heads=heads if attn else 0,
-        kv_heads=kv_heads if kind == "ar_llm" else 0, head_dim=head_dim if attn else 0,
+        kv_heads=kv_heads if traits and traits.kv_cache else 0, head_dim=head_dim if attn else 0,
         experts=experts, experts_per_token=top_k if experts else 0,
     )
 

@@ -23,11 +23,11 @@ from dataclasses import replace
 from typing import Any
 
 from omnigraph import model_ref
+from omnigraph.kinds import KINDS
 from omnigraph.passes.planner.arch_estimate import estimate_profile
 from omnigraph.passes.planner.cost_types import DTYPE_BYTES, ArchProfile
 
 DEFAULT_DTYPE = "bf16"  # planning is for GPUs; a stage that says f32 gets f32
-KV_KINDS = frozenset({"ar_llm"})  # kinds that keep a KV cache between steps
 # Sub-configs of an omni/VLM model whose modules run once over their own inputs (audio,
 # vision, VQ image towers), not once per generated token.
 TOWER_CONFIGS = ("audio_config", "vision_config", "vq_config")
@@ -71,7 +71,7 @@ def _buildable_ref(model: str | None, params: Mapping[str, Any], config: dict[st
 
 def _for_kind(kind: str, profile: ArchProfile) -> ArchProfile:
     """Only kinds that decode step by step keep a KV cache."""
-    return profile if kind in KV_KINDS or not profile.kv_heads else replace(profile, kv_heads=0)
+    return profile if KINDS[kind].traits.kv_cache or not profile.kv_heads else replace(profile, kv_heads=0)
 
 
 @functools.lru_cache(maxsize=128)

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from omnigraph.kinds import KINDS
+from omnigraph.kinds import KINDS, Traits
 from omnigraph.passes.planner.arena import arena_bytes
 from omnigraph.passes.planner.cost_types import ArchProfile, ParallelConfig, StageCost, StageWork
 from omnigraph.passes.planner.work_rules import WORK_RULES, stage_work  # noqa: F401  (re-exported)
@@ -263,7 +263,8 @@ def tp_allowed(profile: ArchProfile, tp: int) -> bool:
 
 
 def enumerate_configs(kind: str, profile: ArchProfile, device_counts: Sequence[int], max_devices: int,
-                      device: Device, batches: Sequence[int] | None = None) -> list[ParallelConfig]:
+                      device: Device, batches: Sequence[int] | None = None,
+                      traits: Traits | None = None) -> list[ParallelConfig]:
     """Every (tp, pp, ep, batch) a stage may run at: tp divides the heads, ep divides the
     experts (MoE only), the TP x EP group fits in one NVLink domain (the largest of
     `device_counts`), pp divides the layers, a replica uses at most `max_devices`.
@@ -271,7 +272,7 @@ def enumerate_configs(kind: str, profile: ArchProfile, device_counts: Sequence[i
     not hold the weights, since in this model pipelining never beats tensor parallelism."""
     domain = max(1, max(device_counts, default=1))
     p = profile
-    traits = KINDS[kind].traits if kind in KINDS else None  # only degrees the kind can honour
+    traits = traits or (KINDS[kind].traits if kind in KINDS else None)  # only degrees the kind can honour
     tps = range(1, domain + 1) if traits is None or traits.shardable_tp else (1,)
     configs: list[ParallelConfig] = []
     for tp in (t for t in tps if tp_allowed(p, t)):

@@ -18,8 +18,6 @@ from omnigraph.kinds import KINDS
 from omnigraph.target import Device, Target
 
 GIB = 1 << 30
-DEFAULT_MAX_BATCH = 8
-AR_KINDS = frozenset({"ar_llm"})  # the runtime's default batch for kinds without a max_batch param
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,8 @@ def stage_works(stages: list[FlatStage], mix: list[RequestShape]) -> dict[str, l
                               [works[p][i] for p, _ in st.preds if p in works], st.feeds)
             # Fed by an AR stream, a batch stage runs once per chunk (an AR consumer instead
             # prefills as text arrives, which its own rule already counts).
-            drivers = [p for p, stream in st.preds if stream and by_name[p].kind in AR_KINDS]
-            if drivers and st.kind not in AR_KINDS:
+            drivers = [p for p, stream in st.preds if stream and KINDS[by_name[p].kind].traits.autoregressive]
+            if drivers and not KINDS[st.kind].traits.autoregressive:
                 work = chunked(work, max(stream_chunks(by_name[p].params, works[p][i]) for p in drivers))
             works[st.name].append(work)
     return works
@@ -125,8 +123,7 @@ def pinned_degrees(st: FlatStage) -> dict[str, int]:
 
 def _batches(st: FlatStage) -> tuple[int, ...]:
     """1, 2, 4, ... up to the stage's max_batch (its kind's default when unset)."""
-    field = KINDS[st.kind].params.model_fields.get("max_batch") if st.kind in KINDS else None
-    cap = int(st.params.get("max_batch") or (field.default if field is not None else DEFAULT_MAX_BATCH))
+    cap = KINDS[st.kind].max_batch(st.params)
     out, b = [], 1
     while b < cap:
         out.append(b)

@@ -197,7 +197,7 @@ STREAM_CHUNK_TOKENS: dict[str, int] = {"token": 1, "word": 2, "sentence": 20}
 
 def chunk_tokens(producer_params: Mapping[str, Any]) -> int:
     """Tokens per streamed chunk of an AR stage, from its stream_chunk setting."""
-    return STREAM_CHUNK_TOKENS.get(str(producer_params.get("stream_chunk", "sentence")), 20)
+    return STREAM_CHUNK_TOKENS[KINDS["ar_llm"].settings(dict(producer_params)).stream_chunk]
 
 
 def stream_chunks(producer_params: Mapping[str, Any], producer: StageWork) -> int:

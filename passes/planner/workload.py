@@ -101,7 +101,7 @@ def _preset_entry(part: str) -> RequestShape:
 def _preset(name: str) -> RequestShape:
     if name in PRESETS:
         return PRESETS[name]
-    from omnigraph.frontend.resolve import suggest
+    from omnigraph.frontend.messages import suggest
 
     raise SpecError(f"unknown request preset '{name}'",
                     hint=suggest(name, PRESETS) or f"presets: {', '.join(PRESETS)}")
@@ -129,7 +129,7 @@ def _mix_file(path: Path) -> list[RequestShape]:
 
 
 def _shape_from(entry: dict[str, Any], i: int, srcmap: Any) -> RequestShape:
-    from omnigraph.frontend.resolve import suggest
+    from omnigraph.frontend.messages import suggest
 
     base = RequestShape()
     if "preset" in entry:

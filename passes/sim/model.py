@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from omnigraph.kinds import KINDS, settings
 from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, StageWork
 from omnigraph.passes.sim.engine import (
     SimEdge, SimPipeline, SimReport, SimRequest, SimStage, SimulationError, burst_arrivals, poisson_arrivals, simulate,
@@ -42,8 +43,6 @@ from omnigraph.target import Device, Target
 
 WorkFn = Callable[[RequestShape, random.Random], dict[str, StageWork]]
 
-# Executors that batch continuously or step per request: no max_wait to fill a batch.
-_CONTINUOUS = frozenset({"ar_llm", "tts", "vocoder"})
 _DECODE_PROBE = 16  # decode steps costed to take a per-step time from the cost rules
 
 
@@ -118,8 +117,8 @@ def sim_pipeline_from_measurements(plan: RuntimePlan, measured: dict[str, StageT
     stages = []
     for name, st in graph.stages.items():
         samples = measured[name].samples
-        if st.node.kind == "ar_llm":
-            prefill_only = st.node.params.get("max_new_tokens", 64) <= 1
+        if KINDS[st.node.kind].traits.autoregressive:
+            prefill_only = settings(st.node.kind, st.node.params).max_new_tokens <= 1
             prefill, step = fit_ar(samples, prefill_only)
             stages.append(_sim_stage(graph, st, prefill_time=prefill, step_time=step))
         else:
@@ -130,7 +129,8 @@ def sim_pipeline_from_measurements(plan: RuntimePlan, measured: dict[str, StageT
         out = {}
         for name in graph.choose(rng, route_weights or {}):
             node = graph.stages[name].node
-            decode = max(0, int(node.params.get("max_new_tokens", 64)) - 1) if node.kind == "ar_llm" else 0
+            ar = KINDS[node.kind].traits.autoregressive
+            decode = max(0, settings(node.kind, node.params).max_new_tokens - 1) if ar else 0
             base = StageWork(tokens=shape.prompt_tokens, decode_steps=decode)
             out[name] = _repeat(node.kind, base, graph.stages[name].iters)
         return out
@@ -205,15 +205,15 @@ def _curve(points: Sequence[tuple[float, float]], min_count: int = 3) -> Callabl
 
 def _sim_stage(graph: StageGraph, st: FlatStage, **timing: Any) -> SimStage:
     node = st.node
-    ar = node.kind == "ar_llm"
-    streams_out = any(s and graph.stages[c].node.kind != "ar_llm"
+    ar = KINDS[node.kind].traits.autoregressive
+    streams_out = any(s and not KINDS[graph.stages[c].node.kind].traits.autoregressive
                       for c, other in graph.stages.items() for p, s in other.reads if p == node.name)
     chunk = chunk_tokens(node.params) if ar and streams_out else 0
     wanted = ("prefill_time", "step_time") if ar else ("batch_time",)
     return SimStage(
         name=node.name, mode="ar" if ar else "batch", replicas=len(node.instances),
         max_batch=node.batching.max_batch, chunk_tokens=chunk,
-        max_wait_s=0.0 if node.kind in _CONTINUOUS else node.batching.max_wait_ms / 1000,
+        max_wait_s=0.0 if KINDS[node.kind].traits.continuous else node.batching.max_wait_ms / 1000,
         placement=tuple(tuple(i.devices) for i in node.instances),
         **{k: timing[k] for k in wanted})
 
@@ -233,7 +233,7 @@ def _repeat(kind: str, work: StageWork, iters: float) -> StageWork:
     """A loop body's work over its expected iterations, run as one."""
     if iters == 1:
         return work
-    if kind == "ar_llm":
+    if KINDS[kind].traits.autoregressive:
         return replace(work, tokens=max(1, round(work.tokens * iters)),
                        decode_steps=max(0, round((work.decode_steps + 1) * iters) - 1))
     return replace(work, repeats=max(1, round(work.repeats * iters)))

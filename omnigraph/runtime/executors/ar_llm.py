@@ -66,7 +66,6 @@ class _Prefill:
 
 
 class ArLlmExecutor(Executor):
-    continuous = True
 
     def load(self) -> None:
         params = {k: v for k, v in self.params.items() if k != "tokenizer"}  # see llm_loading

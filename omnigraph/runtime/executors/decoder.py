@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnigraph.kinds import KINDS
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.media import to_uint8
@@ -43,9 +44,10 @@ OUTPUTS: dict[str, Callable[[torch.Tensor, int], Any]] = {"image": _image, "vide
 
 class DecoderExecutor(GroupedExecutor[torch.Tensor]):
     def load(self) -> None:
-        self.modality = self.params.get("modality", "image")
-        self.upsample = int(self.params.get("upsample", 8))
-        self.rate = int(self.params.get("sample_rate") or DEFAULT_RATE)
+        s = KINDS["decoder"].settings(self.params)
+        self.modality = s.modality
+        self.upsample = s.upsample
+        self.rate = s.sample_rate or DEFAULT_RATE
         self.dtype = stage_dtype(self.params)
         self.model = load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)
         # An exported program is the decode itself: it has no `decode`, and its scales are recorded.

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnigraph.kinds import KINDS
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.media import byte_ids
@@ -73,16 +74,14 @@ class DiffusionExecutor(GroupedExecutor[Job]):
         import diffusers
 
         p = self.params
-        name = p.get("scheduler", "ddim")
-        if name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
-        self.scheduler_cls = getattr(diffusers, SCHEDULERS[name])
-        self.steps = int(p.get("steps", 20))
-        self.guidance = float(p.get("guidance_scale", 1.0))
-        self.branches = max(int(p.get("cfg_branches", 1)), 2) if self.guidance > 1 else 1
-        down = int(p.get("downsample", 8))
-        self.shape = (int(p.get("latent_channels", 4)), int(p.get("height", 64)) // down,
-                      int(p.get("width", 64)) // down)
+        s = KINDS["diffusion"].settings(p)  # the kind's defaults, as every phase reads them
+        if s.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{s.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+        self.scheduler_cls = getattr(diffusers, SCHEDULERS[s.scheduler])
+        self.steps = s.steps
+        self.guidance = s.guidance_scale
+        self.branches = max(s.cfg_branches, 2) if self.guidance > 1 else 1
+        self.shape = (s.latent_channels, s.height // s.downsample, s.width // s.downsample)
         self.seed = stage_seed(p, self.ctx.seed)
         self.dtype = stage_dtype(p)
         self.model = load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)

@@ -28,7 +28,7 @@ import numpy as np
 
 from omnigraph.runtime.executor import Executor, WorkItem
 from omnigraph.runtime.executors import audio_io
-from omnigraph.runtime.loaders import ModelNotFound, resolve_file, split_ref
+from omnigraph.runtime.loaders import voice_files
 from omnigraph.runtime.values import Audio
 
 # A sentence ends at . ! ? (and any closing quotes or brackets) before whitespace or
@@ -83,12 +83,11 @@ class _Progress:
 
 
 class TtsExecutor(Executor):
-    continuous = True
 
     def load(self) -> None:
         from piper import PiperConfig, PiperVoice, SynthesisConfig
 
-        model, config_path = _voice_files(self.node.model)
+        model, config_path = voice_files(self.node.model)
         voice = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         self.sample_rate: int = voice.sample_rate
         asked = self.params.get("sample_rate")
@@ -137,17 +136,6 @@ class TtsExecutor(Executor):
         """Float32 samples for `text` (empty when it has nothing to say, e.g. "...")."""
         chunks = [c.audio_float_array for c in self.voice.synthesize(text, self.synthesis)]
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-
-
-def _voice_files(ref: str | None) -> tuple[Path, Path]:
-    scheme, target = split_ref(ref or "")
-    if scheme != "onnx" or not target:
-        raise ValueError(f"tts stages take a Piper voice as `onnx:PKG_OR_PATH`, not '{ref}'")
-    model = resolve_file(target, ".onnx")
-    config = model.with_name(model.name + ".json")
-    if not config.is_file():
-        raise ModelNotFound(f"Piper voice {model} has no config beside it ({config.name})")
-    return model, config
 
 
 def _speaker_id(speaker: int | str | None, voice: Any) -> int | None:

@@ -29,7 +29,6 @@ DEFAULT_SAMPLE_RATE = 22050  # AudioOutParams' default
 
 
 class VocoderExecutor(Executor):
-    continuous = True
 
     def load(self) -> None:
         scheme, target = split_ref(self.node.model or "")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from omnigraph.kinds import KINDS
 from omnigraph.runtime.executor import Executor, WorkItem
 from omnigraph.runtime.plan import Instance, StageNode
 from omnigraph.runtime.tp.comm import RankComm, RankFailed
@@ -20,8 +21,6 @@ from omnigraph.runtime.tp.mirror import Mirror, Snapshots, StepMessage
 
 log = logging.getLogger(__name__)
 
-TP_KINDS = frozenset({"ar_llm", "encoder"})  # Megatron-sharded attention and MLPs
-EP_KINDS = frozenset({"moe"})  # experts split across the ranks
 _DEATH_GRACE_S = 1.0  # after a failed step: time for a crashed rank's exit to show
 
 
@@ -41,11 +40,9 @@ class Followers(Protocol):
 
 def check_shardable(node: StageNode, instance: Instance) -> None:
     """Fail before any rank starts if this stage cannot run on `instance.ranks` ranks."""
-    if node.kind in TP_KINDS and instance.ep > 1:
-        raise ValueError(f"ep={instance.ep}: a {node.kind} stage has no experts to split (use tp)")
-    if node.kind not in TP_KINDS | EP_KINDS:
-        raise ValueError(f"the runtime shards ar_llm and encoder stages (tp) and moe stages (ep), "
-                         f"not a {node.kind} stage: give it tp=1, ep=1")
+    problem = KINDS[node.kind].parallel_problem(instance.tp, instance.ep)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def shard_executor(executor: Executor, comm: RankComm) -> None:
@@ -55,7 +52,7 @@ def shard_executor(executor: Executor, comm: RankComm) -> None:
     model = getattr(executor, "model", None)
     if model is None:
         raise ValueError(f"a {executor.node.kind} executor without a torch model cannot be sharded")
-    if executor.node.kind in EP_KINDS:
+    if KINDS[executor.node.kind].traits.shardable_ep:
         from omnigraph.runtime.tp.experts import shard_experts
 
         executor.model = shard_experts(model, comm)  # type: ignore[attr-defined]
@@ -81,7 +78,6 @@ class SpmdLeader(Executor):
     def __init__(self, inner: Executor, comm: RankComm, followers: Followers) -> None:
         super().__init__(inner.node, inner.ctx)
         self.inner = inner
-        self.continuous = inner.continuous  # type: ignore[misc]  # the worker reads it per instance
         self.comm = comm
         self.followers = followers
         self.mirror = Mirror()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -118,3 +119,15 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="show a bundle: manifest, stages, plan, sizes (and check its files)")
+    p.add_argument("bundle", help="a bundle directory or .ogb file")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=_cmd)
+
+
+
+def _cmd(args: Any) -> int:
+    return inspect_command(args.bundle, as_json=args.json)

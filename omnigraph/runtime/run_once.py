@@ -1,5 +1,6 @@
-"""`omnigraph run`: load a pipeline (a spec or a bundle), run one request, show it as it happens,
-save outputs."""
+"""One request through a loaded plan, shown as it happens, its outputs saved: what `omnigraph
+run` and `python -m omnigraph.runtime BUNDLE` do once the plan is in hand (a spec compiled
+by the CLI, or a bundle opened by the runtime alone)."""
 from __future__ import annotations
 
 import json
@@ -67,34 +68,11 @@ def _scalar(text: str, name: str) -> float | bool:
     return number
 
 
-def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
-                as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False,
-                backend: str = "local", address: str | None = None, device_resource: str | None = None,
-                step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
-    """Run one request through a spec (compiled here) or a bundle (checked, then run as it is),
-    on this machine or (backend "ray") on a Ray cluster."""
-    where = {"backend": backend, "address": address, "device_resource": device_resource,
-             "step_timeout": step_timeout}
-    from omnigraph.runtime.bundle import is_bundle, open_bundle
-
-    if is_bundle(spec):  # no compiler from here on: a bundle runs with the runtime alone
-        if target is not None:
-            raise OmnigraphError("--target: a bundle is already compiled for its target",
-                                 hint="recompile the spec: omnigraph compile SPEC --target T --emit bundle")
-        with open_bundle(spec) as bundle:
-            return run_plan(bundle.runnable_plan(trust_code), pairs, output_dir=output_dir, as_json=as_json,
-                            stats=stats, timeout=timeout, **where)
-    from omnigraph.api import compile_plan
-
-    return run_plan(compile_plan(spec, target), pairs, output_dir=output_dir, as_json=as_json, stats=stats,
-                    timeout=timeout, **where)
-
-
 def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
              timeout: float | None, backend: str = "local", address: str | None = None,
              device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
     """Load `plan`'s stages (with progress), run one request, show and save its outputs."""
-    from omnigraph.api import Pipeline
+    from omnigraph.runtime.pipeline import Pipeline
     from omnigraph.runtime.local import StageLoadError
 
     err = Console(stderr=True, highlight=False)

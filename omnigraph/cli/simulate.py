@@ -18,7 +18,7 @@ from omnigraph.errors import OmnigraphError
 _SPEC_SUFFIXES = (".yaml", ".yml", ".og", ".mlir")
 
 
-def add_simulate_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     """Register `simulate` on the CLI's subparsers."""
     p = sub.add_parser("simulate", help="simulate a plan under load: throughput, latency, utilisation")
     p.add_argument("plan", help="a plan JSON (compile --emit plan) or a spec (.yaml, .og)")
@@ -74,7 +74,7 @@ def _load_plan(path_text: str, target: str | None, mix: str | None, slo: float |
     path = Path(path_text)
     if path.suffix.lower() in _SPEC_SUFFIXES:
         from omnigraph.api import compile_plan
-        from omnigraph.plan_command import planning_options
+        from omnigraph.cli.plan import planning_options
 
         # A spec is planned for the load it is simulated under.
         return compile_plan(path, target, plan_options=planning_options(mix, slo) if target else None)

@@ -125,3 +125,18 @@ def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, 
     else:
         print_report(report, console)
     return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("plan", help="plan parallelism, placement and memory for a target")
+    p.add_argument("spec")
+    p.add_argument("--target", required=True, help="target name (see targets/) or YAML file")
+    p.add_argument("--mix", help="request mix: presets (chat:0.7,long:0.3) or a YAML file")
+    p.add_argument("--slo", type=float, help="end-to-end latency target in seconds")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd)
+
+
+
+def _cmd(args: Any) -> int:
+    return plan_command(args.spec, args.target, mix=args.mix, slo=args.slo, as_json=args.json)

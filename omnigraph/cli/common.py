@@ -1,0 +1,30 @@
+"""What every command shares: consoles, writing an output, the exit codes."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from omnigraph.errors import OmnigraphError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 3
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def write(text: str, output: str | None) -> None:
+    """`text` to stdout, or to the file `output` (its folder made), saying where it went."""
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        return
+    path = Path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OmnigraphError(f"cannot write {output}: {exc.strerror}") from None
+    console(stderr=True).print(f"[green]wrote[/] {output}")

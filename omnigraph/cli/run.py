@@ -1,0 +1,63 @@
+"""`omnigraph run`: a spec (compiled here) or a bundle (checked, then run as it is), one request."""
+from __future__ import annotations
+
+from typing import Any
+
+from omnigraph.errors import OmnigraphError
+from omnigraph.runtime.run_once import run_plan
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a pipeline (a spec, or a compiled bundle) here or on a Ray cluster")
+    p.add_argument("spec", help="a spec (.yaml, .og, .mlir), or a bundle directory or .ogb file")
+    p.add_argument("--input", "-i", action="append", metavar="NAME=VALUE",
+                   help="an input; NAME=@FILE reads a file (repeat for each input)")
+    p.add_argument("--output-dir", "-o", help="write each output here (WAV, PNG, TXT)")
+    p.add_argument("--target", help="target name or YAML file")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead")
+    p.add_argument("--stats", action="store_true", help="print a per-stage timing table")
+    p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
+    p.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT_S, metavar="S",
+                   help=f"fail the requests of a stage step that runs longer (default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit)")
+    p.add_argument("--trust-code", action="store_true", help="let a bundle run the Python code it carries")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: one Ray actor per stage instance")
+    p.add_argument("--address", help="with --backend ray: the cluster (auto, or HOST:PORT of `ray start --head`); "
+                   "default: start a local one")
+    p.add_argument("--device-resource", metavar="NAME",
+                   help="with --backend ray: the Ray resource one plan device takes (default GPU or CPU)")
+    p.set_defaults(func=_cmd)
+
+
+
+def _cmd(args: Any) -> int:
+    return run_command(args.spec, args.input or [], target=args.target, output_dir=args.output_dir,
+                       as_json=args.json, stats=args.stats, timeout=args.timeout, trust_code=args.trust_code,
+                       backend=args.backend, address=args.address, device_resource=args.device_resource,
+                       step_timeout=args.step_timeout or None)
+
+
+def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
+                as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False,
+                backend: str = "local", address: str | None = None, device_resource: str | None = None,
+                step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
+    """Run one request through a spec (compiled here) or a bundle (checked, then run as it is),
+    on this machine or (backend "ray") on a Ray cluster."""
+    where = {"backend": backend, "address": address, "device_resource": device_resource,
+             "step_timeout": step_timeout}
+    from omnigraph.runtime.bundle import is_bundle, open_bundle
+
+    if is_bundle(spec):  # no compiler from here on: a bundle runs with the runtime alone
+        if target is not None:
+            raise OmnigraphError("--target: a bundle is already compiled for its target",
+                                 hint="recompile the spec: omnigraph compile SPEC --target T --emit bundle")
+        with open_bundle(spec) as bundle:
+            return run_plan(bundle.runnable_plan(trust_code), pairs, output_dir=output_dir, as_json=as_json,
+                            stats=stats, timeout=timeout, **where)
+    from omnigraph.api import compile_plan
+
+    return run_plan(compile_plan(spec, target), pairs, output_dir=output_dir, as_json=as_json, stats=stats,
+                    timeout=timeout, **where)
+
+

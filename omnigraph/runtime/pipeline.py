@@ -1,0 +1,64 @@
+"""A loaded pipeline: a RuntimePlan running on a backend (this process, or a Ray cluster).
+
+`omnigraph.load(...)` (api.py) compiles or opens what it is given and returns one of these;
+bundles run through it with the runtime alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from omnigraph.errors import OmnigraphError
+from omnigraph.runtime.local import LoadHook, LocalBackend, RequestHandle
+from omnigraph.runtime.plan import RuntimePlan
+from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
+
+
+BACKENDS = ("local", "ray")
+
+
+class Pipeline:
+    """A loaded pipeline, ready to serve requests (on this machine, or on a Ray cluster)."""
+
+    def __init__(self, plan: RuntimePlan, *, on_load: LoadHook | None = None, max_inflight: int = 256,
+                 backend: str = "local", address: str | None = None, device_resource: str | None = None,
+                 step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
+        self.plan = plan
+        self.backend: Any = _backend(plan, backend, address, device_resource, on_load=on_load,
+                                     max_inflight=max_inflight, step_timeout=step_timeout)
+        self.on_close: list[Callable[[], None]] = []  # e.g. deleting an unpacked bundle
+
+    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
+        return self.backend.submit(inputs, timeout=timeout)
+
+    def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        return self.backend.run(inputs, timeout=timeout)
+
+    def stream(self, inputs: dict[str, Any], *, timeout: float | None = None) -> Iterator[tuple[str, str, Any]]:
+        """Events as they happen: ("chunk", output, piece), ("output", name, value), ("done", "", outputs)."""
+        return self.submit(inputs, timeout=timeout).events()
+
+    def close(self) -> None:
+        self.backend.close()
+        while self.on_close:
+            self.on_close.pop()()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _backend(plan: RuntimePlan, backend: str, address: str | None, device_resource: str | None,
+             **options: Any) -> Any:
+    if backend == "local":
+        if address is not None or device_resource is not None:
+            raise OmnigraphError("--address and --device-resource are options of the Ray backend",
+                                 hint="add --backend ray")
+        return LocalBackend(plan, **options)
+    if backend == "ray":
+        from omnigraph.runtime.ray_backend import RayBackend
+
+        return RayBackend(plan, address=address, device_resource_name=device_resource, **options)
+    raise OmnigraphError(f"unknown backend '{backend}'", hint="backends: " + ", ".join(BACKENDS))
