@@ -1,6 +1,6 @@
 """The LLM case group of benchmarks/fusion_kernels.py: a whole Llama-architecture causal LM,
 its prefill and decode step captured as the ar_llm executor calls them
-(passes/capture_entries.py's `_Prefill` and `_DecodeStep`), fused, and run three ways:
+(runtime/entry_points.py's `_Prefill` and `_DecodeStep`), fused, and run three ways:
 the eager wrapper, `torch.compile(wrapper)` and the fused program (generated kernels).
 
 The model is `transformers.LlamaForCausalLM` from a config (CONFIGS) with seeded random

@@ -13,7 +13,7 @@ processes share this machine's cores: a run during which they used more than
 runtime records every step each stage takes (LocalBackend.stage_timings); the calibration
 runs alone fit the simulator: each stage's step time per batch size, de-overlapped for
 the cores the stages share, and one device capacity for the CPU, fitted over all the
-examples at once (passes/sim_calibrate.py). The simulator then replays the judged runs'
+examples at once (passes/sim/calibrate.py). The simulator then replays the judged runs'
 exact arrival times; measured figures are medians over the repeats. Goal: simulated
 throughput and mean JCT within 15% of measured.
 

@@ -3,7 +3,7 @@
     omnigraph simulate plan.json --rate 20 --requests 500 --mix chat:0.7,long:0.3 --slo 5
     omnigraph simulate examples/tiny/moe_tiny.yaml --target cpu-local --burst --requests 64 --json
 
-Step times come from the cost rules on the target's devices (see passes/sim_model.py).
+Step times come from the cost rules on the target's devices (see passes/sim/model.py).
 """
 from __future__ import annotations
 

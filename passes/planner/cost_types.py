@@ -1,8 +1,8 @@
 """The planner's shared vocabulary: what a stage is (ArchProfile), what one request asks of
 it (StageWork), how it may be parallelised (ParallelConfig) and what that costs (StageCost).
 
-The cost rules (passes/cost_rules.py) produce these, the planner (plan-parallel,
-place-devices, plan-memory) chooses among them, and the simulator (passes/simulator.py)
+The cost rules (passes/planner/cost_rules.py) produce these, the planner (plan-parallel,
+place-devices, plan-memory) chooses among them, and the simulator (passes/sim/)
 replays them request by request. Times are seconds, sizes bytes, rates per second.
 """
 from __future__ import annotations

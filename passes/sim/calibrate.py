@@ -3,7 +3,7 @@
 The runtime records each step a stage's worker takes (LocalBackend.stage_timings:
 batch, new, seconds, start). Steps of different stages that overlap in time share the
 machine, so each took longer than it would alone. Given a device capacity C (see
-simulator.py: k steps at once run at min(1, C/k) of full speed each), every measured
+sim/engine.py: k steps at once run at min(1, C/k) of full speed each), every measured
 step is turned back into the time it would take alone by integrating that speed over
 its span; those times fit the stage's step-time curves (sim_model.fit_batch, fit_ar).
 C itself is the value whose simulation best reproduces the calibration runs'

@@ -73,7 +73,7 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
                            device_capacity: float = 1.0, handoff_s: float = 0.0) -> tuple[SimPipeline, WorkFn]:
     """The plan on `target`, timed by the cost rules. Replicas are the plan's instances
     (timed as the first one: the planner gives a stage's replicas one configuration);
-    stages on one device share it (see simulator.py)."""
+    stages on one device share it (see sim/engine.py)."""
     from omnigraph.passes.planner.arch_profile import profile_stage
     from omnigraph.passes.planner.cost_rules import stage_cost, stage_work
 

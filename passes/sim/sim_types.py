@@ -1,6 +1,6 @@
 """The simulator's vocabulary: the pipeline it replays, the requests, and what it reports.
 
-passes/simulator.py is the engine that runs these.
+passes/sim/engine.py is the engine that runs these.
 """
 from __future__ import annotations
 

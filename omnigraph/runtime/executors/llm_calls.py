@@ -7,7 +7,7 @@ the grown cache. The cache is opaque to the caller; `cache` builds one from per-
 (keys, values) and `layers` takes it apart again.
 
 `ModuleCalls` runs the transformers module with a DynamicCache. `FusedCalls` runs the
-entries capture-stages exported (prefill and decode_step, passes/capture_entries.py)
+entries capture-stages exported (prefill and decode_step, runtime/entry_points.py)
 through their generated Triton kernels, the cache being the flat list of per-layer
 keys and values those entries take and return.
 """
