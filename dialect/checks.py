@@ -140,7 +140,17 @@ def check_model(op: Operation, kind: StageKind, where: str) -> None:
     found = model_ref.problem(model)
     if found is not None:
         raise OmniVerifyError(f"{where}: {found}", op, field=("model",))
-    for path, arch in model_ref.arch_refs(params_of(op)):
+    params = params_of(op)
+    if scheme in model_ref.LIBRARIES:
+        _, location = model_ref.location_of(model)
+        random = params.get("weights") == "random"
+        if location is None and not random:
+            raise OmniVerifyError(f"{where}: '{model}' names a class but no weights (a checkpoint, or "
+                                  f"`weights: random`)", op, field=("model",))
+        if location is not None and random:
+            raise OmniVerifyError(f"{where}: `weights: random`, but the model is a checkpoint", op,
+                                  field=("params", "weights"))
+    for path, arch in model_ref.arch_refs(params):
         found = model_ref.arch_problem(arch)
         if found is not None:
             raise OmniVerifyError(f"{where} parameter '{'.'.join(path)}': {found}", op, field=("params", *path))

@@ -117,6 +117,7 @@ def compile_path(
     loaded_target = load_target(target) if target is not None else None
     if Path(path).suffix.lower() in IR_SUFFIXES:
         comp = load_ir(path)
+        anchor_checkpoints(comp.module, Path(path).resolve().parent)
         if target is not None:
             _retarget(comp, target)
         named = pipeline_of(comp.module).target
@@ -124,6 +125,27 @@ def compile_path(
         return run_passes(comp, pass_pipeline, after_pass, plan_options)
     return compile_spec(load_spec(path), target=target, pass_pipeline=pass_pipeline, after_pass=after_pass,
                         plan_options=plan_options, loaded_target=loaded_target)
+
+
+def anchor_checkpoints(module: ModuleOp, base: Path) -> None:
+    """Checkpoint folders named relative to the spec become absolute in the IR, so every later
+    phase (and the runtime, and a bundle) finds the same folder wherever it runs from. Hub ids
+    stay as written: each machine resolves them from its own cache."""
+    from omnigraph.dialect.ops import StageOp
+    from omnigraph.model_ref import location_of
+
+    for op in module.walk():
+        if not isinstance(op, StageOp) or op.model is None:
+            continue
+        named, location = location_of(op.model.data)
+        if location is None or Path(location).expanduser().is_absolute():
+            continue
+        candidates = [base / location, Path.cwd() / location]
+        folder = next((c.resolve() for c in candidates if c.is_dir()), None)
+        if folder is None:
+            continue  # a Hub id (or a folder that is not there: loading says where it looked)
+        scheme = op.model.data.partition(":")[0]
+        op.properties["model"] = StringAttr(f"{scheme}:{named + '@' if named else ''}{folder}")
 
 
 def _retarget(comp: Compilation, target: str) -> None:
@@ -143,6 +165,7 @@ def compile_spec(
     if target is not None and loaded_target is None:
         loaded_target = load_target(target)
     module, origins = lower(loaded.spec, target)
+    anchor_checkpoints(module, Path(loaded.srcmap.file).resolve().parent)
     comp = Compilation(module, loaded_target, loaded=loaded, origins=origins)
     return run_passes(comp, pass_pipeline, after_pass, plan_options)
 

@@ -49,6 +49,11 @@ class Params(BaseModel):
     # Run the stage through its fused Triton kernels where it has them (a debugging switch:
     # false runs the module's own ops, and fuse-ops leaves the stage alone).
     fusion: bool = True
+    # A transformers:/diffusers: class with no checkpoint gets seeded random weights only when
+    # the spec says so: for tiny test pipelines and for planning real sizes from a config.
+    weights: Literal["random"] | None = None
+    # Load a checkpoint's pickled .bin weights when it has no safetensors (pickles can run code).
+    allow_pickle: bool = False
 
 
 class EncoderParams(Params):
@@ -142,6 +147,7 @@ class Traits:
     file_role: str | None = None  # the bundled role of a model kept as its file (gguf, onnx)
     bundle_forms: frozenset[str] = frozenset({"pt2", "weights"})  # how a bundle may carry it
     requires: frozenset[str] = frozenset()  # pip packages its executor needs beyond torch
+    components: tuple[str, ...] = ()  # what it loads from a diffusers pipeline folder, preferred first
 
 
 # How a kind's output ports are known: fixed, one per route case, the decoder's modality,
@@ -228,7 +234,8 @@ KINDS: dict[str, StageKind] = {
         StageKind(
             "encoder", "image/audio/video/text encoder producing embeddings",
             (Port("x", ("image", "audio", "video", "text", "tokens")),),
-            (Port("embeds", _EMB),), EncoderParams, Traits(shardable_tp=True, requires=frozenset({"transformers"})),
+            (Port("embeds", _EMB),), EncoderParams,
+            Traits(shardable_tp=True, requires=frozenset({"transformers"}), components=("text_encoder",)),
         ),
         StageKind(
             "projector", "maps (and fuses) embeddings into another model's space",
@@ -246,11 +253,12 @@ KINDS: dict[str, StageKind] = {
         StageKind(
             "diffusion", "denoising loop over a scheduler",
             (Port("cond", ("embedding", "text")), Port("latents", ("latent",), optional=True)),
-            (Port("latents", ("latent",)),), DiffusionParams, Traits(requires=frozenset({"diffusers"})),
+            (Port("latents", ("latent",)),), DiffusionParams,
+            Traits(requires=frozenset({"diffusers"}), components=("transformer", "unet")),
         ),
         StageKind(
             "decoder", "VAE / codec decoder from latents to pixels or samples",
-            (Port("latents", ("latent",)),), (), DecoderParams, outputs_from="modality",
+            (Port("latents", ("latent",)),), (), DecoderParams, Traits(components=("vae",)), outputs_from="modality",
         ),
         StageKind(
             "moe", "mixture-of-experts block: router + experts",

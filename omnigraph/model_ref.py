@@ -44,6 +44,24 @@ def split(ref: str) -> tuple[str, str]:
     return scheme, target
 
 
+def location_of(ref: str) -> tuple[str | None, str | None]:
+    """(class named, checkpoint location) of a transformers:/diffusers: reference:
+
+        Class  family.Class        a class; weights come from elsewhere (weights: random)
+        ./dir  /abs/dir  Org/Name  a checkpoint folder, or a Hub id (the local cache only)
+        Class@./dir                a checkpoint loaded as this class
+    """
+    scheme, target = split(ref)
+    if scheme not in LIBRARIES:
+        return None, None
+    name, at, where = target.partition("@")
+    if at:
+        return name, where
+    if "/" in target or "\\" in target or target.startswith((".", "~")):
+        return None, target
+    return target, None
+
+
 def class_parts(target: str) -> tuple[str | None, str]:
     """(model family or None, class name) of a library class target, or ModelRefError."""
     family, dot, name = target.rpartition(".")
@@ -62,12 +80,17 @@ def syntax_problem(ref: str) -> str | None:
     """Why `ref` cannot be a model reference, judged from its text alone (None: fine)."""
     scheme, target = split(ref)
     if scheme in LIBRARIES:
+        name, location = location_of(ref)
+        if location is not None and (not location.strip() or any(not c.isprintable() for c in location)):
+            return f"'{target}': the checkpoint location is empty or has control characters"
+        if name is None:
+            return None
         try:
-            family, _ = class_parts(target)
+            family, _ = class_parts(name)
         except ModelRefError as exc:
             return exc.message
         if family is not None and scheme != "transformers":
-            return f"'{target}': {scheme} classes are named without a family (e.g. AutoencoderKL)"
+            return f"'{name}': {scheme} classes are named without a family (e.g. AutoencoderKL)"
         return None
     if scheme == "py" and not _PY_TARGET.fullmatch(target):
         return f"'{target}' is not an import path `module.sub:attr`"
@@ -101,7 +124,10 @@ def problem(ref: str) -> str | None:
     scheme, target = split(ref)
     if scheme not in LIBRARIES or importlib.util.find_spec(scheme) is None:
         return None
-    family, name = class_parts(target)
+    named, _ = location_of(ref)
+    if named is None:  # a checkpoint's class is read from its config (runtime/checkpoint.py)
+        return None
+    family, name = class_parts(named)
     return _family_problem(family, name) if family else _public_problem(scheme, name)
 
 

@@ -19,6 +19,7 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
 from omnigraph.dialect.checks import OmniVerifyError, describe_value, params_of
+from omnigraph import model_ref
 from omnigraph.kinds import KINDS
 from omnigraph.dialect.ops import InputOp, LoopOp, PipelineOp, PortedOp
 from omnigraph.dialect.types import _EdgeType
@@ -35,8 +36,9 @@ class _Stage:
     params: dict[str, Any]
 
     def setting(self, *keys: str) -> int | None:
-        """A size parameter, or the same key in the architecture `config`: a positive int."""
-        config = self.params.get("config", {})
+        """A size parameter, or the same key in the architecture `config` (a checkpoint's own
+        config.json when the stage loads one): a positive int."""
+        config = self.params.get("config", {}) or self.checkpoint_config
         for key in keys:
             for field, value in ((("params", key), self.params.get(key)),
                                  (("params", "config", key), config.get(key))):
@@ -47,6 +49,20 @@ class _Stage:
                                           f"positive integer, got {value!r}", self.op, field=field)
                 return value
         return None
+
+    @property
+    def checkpoint_config(self) -> dict[str, Any]:
+        model = self.op.properties.get("model")
+        if model is None or model_ref.location_of(model.data)[1] is None:
+            return {}
+        from omnigraph.runtime.checkpoint import CheckpointError, open_checkpoint
+
+        try:
+            config = open_checkpoint(model.data, KINDS[self.op.kind.data].traits.components).config
+        except CheckpointError:
+            return {}  # loading says what is wrong; types stay unknown here
+        text = config.get("text_config")
+        return {**config, **(text if isinstance(text, dict) else {})}
 
     @property
     def settings(self) -> Any:

@@ -100,6 +100,7 @@ stages:
     inputs: [prompt]
     parallel: {{tp: {tp}}}
     params:
+      weights: random
       max_new_tokens: {tokens}
       chat: false
       stream_chunk: token

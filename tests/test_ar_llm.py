@@ -31,7 +31,7 @@ CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_at
 SPEC = """
 pipeline tiny(prompt: {prompt}) -> (ids: tokens, answer: text) {{
   llm = ar_llm(prompt) {{
-    model: "transformers:LlamaForCausalLM",
+    model: "transformers:LlamaForCausalLM", weights: random,
     config: {{{config}}},
     {params}
   }}
@@ -115,7 +115,7 @@ def test_hidden_states_and_context_embeddings(tmp_path: Path) -> None:
     path.write_text(f"""
 pipeline c(prompt: tokens, ctx: embedding) -> (ids: tokens, h: embedding) {{
   llm = ar_llm(prompt, context = ctx) {{
-    model: "transformers:LlamaForCausalLM", max_new_tokens: 6, config: {{{config}}},
+    model: "transformers:LlamaForCausalLM", weights: random, max_new_tokens: 6, config: {{{config}}},
   }}
   return ids = llm.tokens, h = llm.hidden
 }}

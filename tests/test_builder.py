@@ -33,10 +33,10 @@ pipeline refine(prompt: text) -> (answer: text) {
 
 FUSE_DSL = """\
 pipeline fuse(prompt: text, image: image<u8, [3, ?, ?]>, clip: audio) -> (answer: text) {
-  a = encoder(image) { model: "transformers:SiglipVisionModel", hidden_size: 768 }
-  b = encoder(clip) { model: "transformers:whisper.WhisperEncoder" }
+  a = encoder(image) { model: "transformers:SiglipVisionModel", weights: random, hidden_size: 768 }
+  b = encoder(clip) { model: "transformers:whisper.WhisperEncoder", weights: random }
   llm = ar_llm(prompt=prompt, context=[a.embeds, b.embeds]) {
-    model: "transformers:LlamaForCausalLM",
+    model: "transformers:LlamaForCausalLM", weights: random,
     parallel: {tp: 2},
     stop: ["</s>"],
   }
@@ -111,10 +111,10 @@ def test_named_inputs_typed_input_and_parallel_equal_dsl(tmp_path: Path) -> None
         prompt = p.input("prompt", "text")
         image = p.input("image", "image", dtype="u8", shape=[3, None, None])
         clip = p.input("clip", "audio")
-        a = p.encoder("a", image, model="transformers:SiglipVisionModel", hidden_size=768)
-        b = p.encoder("b", clip, model="transformers:whisper.WhisperEncoder")
+        a = p.encoder("a", image, model="transformers:SiglipVisionModel", weights="random", hidden_size=768)
+        b = p.encoder("b", clip, model="transformers:whisper.WhisperEncoder", weights="random")
         llm = p.ar_llm("llm", prompt=prompt, context=[a.embeds, b.embeds],
-                       model="transformers:LlamaForCausalLM", parallel={"tp": 2}, stop=["</s>"])
+                       model="transformers:LlamaForCausalLM", weights="random", parallel={"tp": 2}, stop=["</s>"])
         p.output("answer", llm.text, "text")
     from_dsl = _load(tmp_path, "fuse.og", FUSE_DSL)
     assert p.spec.to_document() == from_dsl.to_document()
@@ -124,7 +124,7 @@ def test_named_inputs_typed_input_and_parallel_equal_dsl(tmp_path: Path) -> None
 def test_raw_document_mirrors_the_dsl() -> None:
     with Pipeline("mixed", description="d") as p:
         prompt = p.input("prompt", "text")
-        a = p.encoder("a", prompt, model="transformers:SiglipVisionModel")
+        a = p.encoder("a", prompt, model="transformers:SiglipVisionModel", weights="random")
         p.ar_llm("llm", prompt, context=a.embeds, model="gguf:m")
         p.output("answer", p.stage("echo", "custom", prompt, model="py:m:E",
                                    outputs={"y": "text"}).y)

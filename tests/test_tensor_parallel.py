@@ -42,7 +42,7 @@ stages:
     model: "transformers:LlamaForCausalLM"
     inputs: [prompt]
     parallel: {{tp: {tp}}}
-    params: {{max_new_tokens: {max_new_tokens}, chat: false, config: {LLAMA}}}
+    params: {{weights: random, max_new_tokens: {max_new_tokens}, chat: false, config: {LLAMA}}}
 """)
     return path
 
@@ -154,7 +154,7 @@ stages:
     model: "transformers:LlamaForCausalLM"
     inputs: [pick.think]
     parallel: {{tp: 2}}
-    params: {{max_new_tokens: 200, chat: false, config: {LLAMA}}}
+    params: {{weights: random, max_new_tokens: 200, chat: false, config: {LLAMA}}}
   echo: {{kind: custom, model: "py:runtime_stages:upper", inputs: [pick.echo], outputs: {{text: text}}}}
 """)
     with omnigraph.load(path) as pipe:

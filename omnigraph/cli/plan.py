@@ -100,8 +100,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     )
 
 
-_MARK = {"meta": "", "file": "", "config": "~", "guess": "?"}
-_HOW = {"meta": "counted on a meta instance", "file": "read from weights file headers",
+_MARK = {"meta": "", "checkpoint": "", "file": "", "config": "~", "guess": "?"}
+_HOW = {"meta": "counted on a meta instance", "checkpoint": "read from checkpoint headers",
+        "file": "read from weights file headers",
         "config": "~ from the config's sizes by formula", "guess": "? GUESSED (the plan rests on a guess)"}
 
 

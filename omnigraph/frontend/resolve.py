@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import networkx as nx
 from pydantic import ValidationError
 
 from omnigraph.frontend.messages import brief_int, schema_error, suggest
+from omnigraph.frontend.model_checks import ModelChecks
 from omnigraph.frontend.source import DocPath, SourceMap
 from omnigraph import model_ref
-from omnigraph.kinds import KINDS, MODEL_SCHEMES, StageKind
+from omnigraph.kinds import KINDS, StageKind
 from omnigraph.names import is_name, shown
 from omnigraph.spec import EdgeSpec, LoopSpec, PipelineSpec, StageSpec, stage_edges, stage_output_ports
 
@@ -59,11 +61,13 @@ class Producer:
     port: str
 
 
-class _Resolver:
+class _Resolver(ModelChecks):
     def __init__(self, spec: PipelineSpec, srcmap: SourceMap) -> None:
         self.spec = spec
         self.srcmap = srcmap
         self.err = srcmap.error
+        # Relative checkpoint folders are looked up beside the spec (then in the working directory).
+        self.bases = [Path(srcmap.file).resolve().parent] if srcmap.file else []
 
     def run(self) -> None:
         spec = self.spec
@@ -123,6 +127,7 @@ class _Resolver:
                            hint=suggest(stage.kind, KINDS) or "kinds: " + ", ".join(KINDS))
         self.check_model(stage, kind, path)
         self.check_params(stage, kind, path)
+        self.check_weights(stage, kind, path)
         if stage.outputs is not None and not kind.free_ports:
             raise self.err(f"{who}: 'outputs' can be declared only on custom stages; {kind.name} stages "
                            f"have fixed outputs", (*path, "outputs"), key=True)
@@ -134,30 +139,6 @@ class _Resolver:
                 raise self.err(f"{who}: '{shown(port)}' is not a valid port name", (*path, "outputs", port),
                                key=True)
         stage.inputs = self.normalize_inputs(stage, kind, (*path, "inputs"))
-
-    def check_model(self, stage: StageSpec, kind: StageKind, path: DocPath) -> None:
-        who = f"stage '{path[-1]}'"
-        if stage.model is None:
-            if kind.needs_model:
-                raise self.err(f"{who}: {kind.name} stage needs a `model` reference", path, key=True,
-                               hint="e.g. model: \"transformers:LlamaForCausalLM\" or \"gguf:<package>\"")
-            return
-        if not kind.needs_model:
-            raise self.err(f"{who}: {kind.name} stages take no model", (*path, "model"), key=True)
-        scheme, sep, target = stage.model.partition(":")
-        if not sep or not target.strip():
-            raise self.err(f"{who}: model reference '{stage.model}' must be `scheme:target`",
-                           (*path, "model"), hint="schemes: " + ", ".join(MODEL_SCHEMES))
-        if scheme not in MODEL_SCHEMES:
-            raise self.err(f"{who}: unknown model scheme '{scheme}'", (*path, "model"),
-                           hint=suggest(scheme, MODEL_SCHEMES) or "schemes: " + ", ".join(MODEL_SCHEMES))
-        self.check_ref(stage.model, (*path, "model"), who)
-
-    def check_ref(self, ref: str, path: DocPath, who: str) -> None:
-        """A reference the compiler may build (on `meta`) names a model class and nothing else."""
-        found = model_ref.problem(ref)
-        if found is not None:
-            raise self.err(f"{who}: {found}", path)
 
     def check_params(self, stage: StageSpec, kind: StageKind, path: DocPath) -> None:
         who = f"stage '{path[-1]}'"

@@ -120,16 +120,18 @@ class _Denoise(nn.Module):
 
 # example inputs, per kind ----------------------------------------------------------------
 def _encoder(ex: Any, stages: Stages) -> Examples:
-    f = ex.frontend
+    proc = ex.processors
     if ex.modality in ("image", "video"):
-        h, w = f.size or (64, 64)  # a model without image_size keeps the image's own size
-        dyn = {0: AUTO} if f.size else {0: AUTO, 2: AUTO, 3: AUTO}
+        size = proc.size
+        h, w = size or (64, 64)  # a model without an image size keeps the image's own
+        dyn = {0: AUTO} if size else {0: AUTO, 2: AUTO, 3: AUTO}
         return Examples([(torch.randn(n, 3, h, w).to(ex.dtype),) for n in (2, 1, 3)], (dyn,))
     if ex.modality == "audio":
-        frames = f.frames or 200
-        dyn = {0: AUTO} if f.frames else {0: AUTO, 2: AUTO}
-        return Examples([(torch.randn(n, f.n_mels, frames).to(ex.dtype),) for n in (2, 1, 3)], (dyn,))
-    vocab = f.vocab or 256
+        frames = proc.window or 200
+        dyn = {0: AUTO} if proc.window else {0: AUTO, 2: AUTO}
+        mels = proc.audio_fe.feature_size
+        return Examples([(torch.randn(n, mels, frames).to(ex.dtype),) for n in (2, 1, 3)], (dyn,))
+    vocab = proc.vocab or 256
     return Examples([(torch.randint(0, vocab, (n, s)),) for n, s in ((2, 7), (1, 1), (3, 4))], ({0: AUTO, 1: AUTO},))
 
 

@@ -101,3 +101,37 @@ def voice_files(ref: str | None) -> tuple[Path, Path]:
     if not config.is_file():
         raise ModelNotFound(f"Piper voice {model} has no config beside it ({config.name})")
     return model, config
+
+
+def load_pretrained(ref: str, components: tuple[str, ...] = (), dtype: Any = None,
+                    allow_pickle: bool = False, base: Any = None) -> Any:
+    """A checkpoint's model through the library's own `from_pretrained`: offline, safetensors
+    only (pickled .bin weights only with `allow_pickle`), in `dtype` (a torch dtype). The
+    folder is checked first (runtime/checkpoint.py), and the class it names must be a model
+    class of the library (model_ref.library_class) before the library sees it."""
+    from omnigraph.runtime.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(ref, components, [base] if base is not None else None, allow_pickle)
+    cls = library_class(ckpt.library, ckpt.class_name)
+    quiet_libraries()
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": bool(ckpt.weights)}
+    if dtype is not None:
+        kwargs["dtype" if ckpt.library == "transformers" else "torch_dtype"] = dtype
+    model = cls.from_pretrained(str(ckpt.path), **kwargs)
+    return model.eval()
+
+
+def quiet_libraries() -> None:
+    """No progress bars from transformers/diffusers: omnigraph shows its own loading progress."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from diffusers.utils import logging as df_logging
+
+        df_logging.disable_progress_bar()
+    except ImportError:
+        pass

@@ -28,8 +28,9 @@ class ArchProfile:
     head_dim: int = 0
     experts: int = 0  # routed experts; 0 = dense; ep must divide them
     experts_per_token: int = 0
-    # How the count was made: "meta" (an instance, as torch counts), "file" (a weights file's
-    # header), "config" (formulas over the config's sizes), "guess" (nothing to go on).
+    # How the count was made: "meta" (an instance, as torch counts), "checkpoint" (structure on
+    # meta from a checkpoint's config, the count from its safetensors headers), "file" (a weights
+    # file's header), "config" (formulas over the config's sizes), "guess" (nothing to go on).
     source: str = "config"
     arch: str = ""  # the class it was built from, for messages
     # Of `params`, those in audio/vision/VQ towers of an omni or VLM class: they run once over

@@ -6,9 +6,9 @@ builtin.module {
   omni.pipeline @vision_chat {
     %image = omni.input "image" : !omni.tensor<image, u8, [3, ?, ?]>
     %prompt = omni.input "prompt" : !omni.tensor<text>
-    %vit_embeds = omni.stage @vit "encoder" (x = %image : !omni.tensor<image, u8, [3, ?, ?]>) -> (embeds : !omni.tensor<embedding>) attributes {model = "transformers:SiglipVisionModel", params = {hidden_size = 768 : i64, dtype = "bf16"}}
+    %vit_embeds = omni.stage @vit "encoder" (x = %image : !omni.tensor<image, u8, [3, ?, ?]>) -> (embeds : !omni.tensor<embedding>) attributes {model = "transformers:SiglipVisionModel", params = {weights = "random", hidden_size = 768 : i64, dtype = "bf16"}}
     %proj_embeds = omni.stage @proj "projector" (x = %vit_embeds : !omni.tensor<embedding>) -> (embeds : !omni.tensor<embedding>) attributes {model = "py:mods:Proj", params = {in_dim = 768 : i64, out_dim = 576 : i64}}
-    %llm_text, %llm_tokens, %llm_hidden = omni.stage @llm "ar_llm" (prompt = %prompt : !omni.tensor<text>, context = %proj_embeds : !omni.tensor<embedding>) -> (text : !omni.stream<text>, tokens : !omni.tensor<tokens>, hidden : !omni.tensor<embedding>) attributes {model = "transformers:LlamaForCausalLM", params = {config = {hidden_size = 576 : i64}}}
+    %llm_text, %llm_tokens, %llm_hidden = omni.stage @llm "ar_llm" (prompt = %prompt : !omni.tensor<text>, context = %proj_embeds : !omni.tensor<embedding>) -> (text : !omni.stream<text>, tokens : !omni.tensor<tokens>, hidden : !omni.tensor<embedding>) attributes {model = "transformers:LlamaForCausalLM", params = {weights = "random", config = {hidden_size = 576 : i64}}}
     omni.output "reply" %llm_text : !omni.stream<text>
   }
 }

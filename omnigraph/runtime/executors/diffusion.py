@@ -1,8 +1,8 @@
 """`diffusion`: a conditioning → latents [C, H/down, W/down], by a denoising loop.
 
-The loop is a diffusers scheduler's (params.scheduler, params.steps). The model is a
-UNet2DConditionModel, an SD3Transformer2DModel (a DiT), or any module called as
-`model(latents, t, cond)`. Requests whose conditionings have one shape run as one
+The loop is a diffusers scheduler's (the one a pipeline folder ships in scheduler/, else
+params.scheduler), params.steps steps. The model is a UNet2DConditionModel, an
+SD3Transformer2DModel (a DiT), or any module called as `model(latents, t, cond)`. Requests whose conditionings have one shape run as one
 batch through every step.
 
 Conditioning: an embedding [seq, d]; or [k, seq, d] when k branches cross the edge
@@ -19,6 +19,7 @@ An input on the optional `latents` port replaces the noise.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ import torch
 from torch import nn
 
 from omnigraph.kinds import KINDS
+from omnigraph.model_ref import location_of
+from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
 from omnigraph.runtime.executors.media import byte_ids
@@ -69,15 +72,45 @@ class Job:
     noise: torch.Tensor  # [C, h, w]
 
 
+def pipeline_scheduler(node: StageNode) -> Callable[[], Any] | None:
+    """The scheduler a diffusers pipeline folder ships (scheduler/scheduler_config.json), as a
+    factory of fresh instances; None when the stage loads no pipeline folder. Its class must be
+    one of diffusers' schedulers (it is named by the folder, so it is checked like a model's)."""
+    from omnigraph.runtime.checkpoint import CheckpointError, open_checkpoint
+
+    program = node.program
+    ref = node.model or ""
+    if program is not None and program.form == "checkpoint":
+        ref = f"diffusers:{program.files['checkpoint']}"
+    if not ref.startswith("diffusers:") or location_of(ref)[1] is None:
+        return None
+    root = open_checkpoint(ref, KINDS["diffusion"].traits.components).root
+    config_path = root / "scheduler" / "scheduler_config.json"
+    if not config_path.is_file():
+        return None
+    import diffusers
+
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    name = config.get("_class_name")
+    if not isinstance(name, str) or getattr(diffusers, "_class_to_module", {}).get(name) != "schedulers":
+        raise CheckpointError(f"{config_path}: '{name}' is not a diffusers scheduler")
+    cls = getattr(diffusers, name)
+    return lambda: cls.from_config(config)
+
+
 class DiffusionExecutor(GroupedExecutor[Job]):
     def load(self) -> None:
         import diffusers
 
         p = self.params
         s = KINDS["diffusion"].settings(p)  # the kind's defaults, as every phase reads them
-        if s.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler '{s.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
-        self.scheduler_cls = getattr(diffusers, SCHEDULERS[s.scheduler])
+        shipped = pipeline_scheduler(self.node)
+        if shipped is not None:  # a pipeline folder's own scheduler, with its config
+            self.scheduler_cls = shipped
+        else:
+            if s.scheduler not in SCHEDULERS:
+                raise ValueError(f"unknown scheduler '{s.scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+            self.scheduler_cls = getattr(diffusers, SCHEDULERS[s.scheduler])
         self.steps = s.steps
         self.guidance = s.guidance_scale
         self.branches = max(s.cfg_branches, 2) if self.guidance > 1 else 1

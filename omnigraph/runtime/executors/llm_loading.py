@@ -1,7 +1,9 @@
 """Causal LMs and their tokenizers for `ar_llm` stages, offline.
 
     gguf:PKG_OR_PATH        dequantized by transformers (slow), then cached as safetensors
-    transformers:Class      built from params.config with a fixed seed (tiny random models)
+    transformers:./ckpt     a checkpoint folder (or Class@./ckpt, or a Hub id in the local cache),
+                            with the tokenizer and chat template it carries
+    transformers:Class      built from params.config with a fixed seed (`weights: random`)
 
 A model built from a config has no tokenizer of its own: it gets `params.tokenizer`
 (a directory of tokenizer files, or gguf:PKG_OR_PATH) or else `ByteTokenizer`.
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from omnigraph.runtime.cache import content_hash, entry_dir, record_source
-from omnigraph.runtime.executors.modules import load_module, stage_dtype
+from omnigraph.runtime.executors.modules import checkpoint_folder, load_module, stage_dtype
 from omnigraph.runtime.loaders import ModelNotFound, resolve_file, split_ref
 from omnigraph.runtime.plan import StageNode
 
@@ -109,7 +111,8 @@ def load_causal_lm(node: StageNode, device: str, default_seed: int = 0) -> tuple
         model = model.to(device=device, dtype=stage_dtype(node.params))
     elif scheme == "transformers":
         model = load_module(node, device, default_seed=default_seed)
-        tokenizer = load_tokenizer(node.params.get("tokenizer"))
+        folder = checkpoint_folder(node)
+        tokenizer = load_tokenizer(node.params.get("tokenizer") or (str(folder) if folder else None))
     else:
         raise ModelNotFound(f"ar_llm takes a gguf: or transformers: model, not '{node.model}'")
     vocab = model.get_input_embeddings().num_embeddings

@@ -1,6 +1,9 @@
 """A stage's torch module from its model reference, shared by the model-backed executors.
 
+    transformers:./ckpt / Class@./ckpt     a checkpoint folder (or a Hub id in the local cache),
+    diffusers:./pipeline                   loaded with the library's from_pretrained, offline
     transformers:Class / diffusers:Class   built from params.config, seeded random weights
+                                           (only with `weights: random`: the spec asks for them)
     py:module:attr                         a module class (or factory) called with params.config
                                            plus the stage's sizes under the names it takes
     safetensors:PATH / pth:PATH            weights loaded (weights_only) into the module named
@@ -18,7 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnigraph.runtime.loaders import build_from_config, import_attr, load_state_dict, resolve_file, split_ref
+from omnigraph.kinds import KINDS
+from omnigraph.model_ref import location_of
+from omnigraph.runtime.loaders import (
+    build_from_config, import_attr, load_pretrained, load_state_dict, resolve_file, split_ref,
+)
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.programs import load_exported, load_weights, module_class
 
@@ -57,6 +64,13 @@ def load_module(node: StageNode, device: str, sizes: Mapping[str, Any] | None = 
         module_class(program.ref or "")  # before anything is built from it
         module = _build(program.ref or "", config, seed, sizes or {})
         load_weights(module, Path(program.files["weights"]))
+    elif program is not None and program.form == "checkpoint":  # from a bundle: the folder as it was
+        module = load_pretrained(f"{scheme}:{program.ref + '@' if program.ref else ''}{program.files['checkpoint']}",
+                                 KINDS[node.kind].traits.components, stage_dtype(params),
+                                 bool(params.get("allow_pickle")))
+    elif location_of(node.model or "")[1] is not None:  # a checkpoint folder or a Hub id
+        module = load_pretrained(node.model or "", KINDS[node.kind].traits.components, stage_dtype(params),
+                                 bool(params.get("allow_pickle")))
     elif scheme in _WEIGHT_SCHEMES:
         arch = params.get("arch") or config.pop("arch", None)
         if not arch:
@@ -72,6 +86,18 @@ def load_module(node: StageNode, device: str, sizes: Mapping[str, Any] | None = 
         # nn.Module.to: diffusers' override warns about from_pretrained, which we do not use.
         module = nn.Module.to(module, dtype=dtype)
     return module.to(device=device).eval()
+
+
+def checkpoint_folder(node: StageNode) -> Path | None:
+    """The checkpoint folder an LLM stage loads from (its tokenizer lives there), if any."""
+    from omnigraph.model_ref import location_of
+    from omnigraph.runtime.checkpoint import resolve
+
+    program = node.program
+    if program is not None and program.form == "checkpoint":
+        return Path(program.files["checkpoint"])
+    _, location = location_of(node.model or "")
+    return resolve(location) if location is not None else None
 
 
 def _build(ref: str, config: dict[str, Any], seed: int, sizes: Mapping[str, Any]) -> nn.Module:
