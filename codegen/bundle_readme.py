@@ -9,6 +9,8 @@ _FORMS = {
     "pt2": "a `torch.export` program (`torch.export.load`); its weights are inside as raw tensors",
     "weights": "safetensors weights loaded strictly into the class named in plan.json, rebuilt from its config",
     "file": "a model file kept as it is (GGUF for llama.cpp-style LLMs, ONNX for onnxruntime)",
+    "checkpoint": "a Hugging Face / diffusers checkpoint folder kept as it is (config, safetensors shards "
+                  "hashed in the manifest, tokenizer and processor files), loaded offline with `from_pretrained`",
     "code": "Python source (or an installed module) the stage calls; it runs only with `--trust-code`",
 }
 
@@ -47,6 +49,11 @@ def render_readme(manifest: Manifest, plan: RuntimePlan) -> str:
                   f"with a message.", ""]
     if trust:
         lines += ["**It runs Python code** (listed below): read it before passing `--trust-code`.", ""]
+    noise = [s.name for s in manifest.stages if s.random_weights]
+    if noise:
+        lines += [f"**Random weights**: {', '.join(noise)} {'was' if len(noise) == 1 else 'were'} built with seeded "
+                  f"random weights (`weights: random`): {'its' if len(noise) == 1 else 'their'} outputs are noise.",
+                  ""]
     lines += ["## Stages", "", "| stage | kind | form | files | why this form |", "|---|---|---|---|---|"]
     for s in manifest.stages:
         files = "<br>".join(f"`{f}`" for f in s.files) or "-"

@@ -75,7 +75,7 @@ def _build(plan: RuntimePlan, root: Path) -> Manifest:
         requires |= packed.requires
         stages.append(StageEntry(name=node.name, kind=node.kind, form=packed.program.form,
                                  reason=packed.program.reason, files=_stage_files(packed.program.files, root),
-                                 signature=packed.signature))
+                                 signature=packed.signature, random_weights=node.params.get("weights") == "random"))
     plan.module_paths = [CODE_DIR] if packer.code else []  # the spec's folder does not travel
     (root / PLAN_NAME).write_text(plan.to_json(), encoding="utf-8")
     built = _built_with()

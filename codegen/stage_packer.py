@@ -26,6 +26,8 @@ from omnigraph.errors import OmnigraphError
 from omnigraph.kinds import KINDS, ArLlmParams
 from omnigraph.runtime.bundle import trusted_class_ref
 from omnigraph.runtime.bundle_manifest import CODE_DIR, check_relpath
+from omnigraph.model_ref import location_of
+from omnigraph.runtime.checkpoint import open_checkpoint
 from omnigraph.runtime.entry_points import Loaded as Executor, load_stage
 from omnigraph.runtime.loaders import ModelNotFound, import_attr, resolve_file, split_ref, voice_files
 from omnigraph.runtime.plan import RuntimePlan, StageNode, StageProgram
@@ -60,6 +62,8 @@ class StagePacker:
 
     def pack(self, node: StageNode) -> Packed:
         packer = PACKERS.get(node.kind)
+        if location_of(node.model or "")[1] is not None:  # a checkpoint folder ships as it is
+            packer = _checkpoint
         if packer is None:
             raise OmnigraphError(f"{node.kind} stages cannot be bundled yet", where=f"stage '{node.name}'")
         try:
@@ -140,6 +144,43 @@ def _weights(packer: StagePacker, node: StageNode, executor: Executor, why: str)
     return Packed(program, requires=set(KINDS[node.kind].traits.requires) | _library_of(ref))
 
 
+def _checkpoint(packer: StagePacker, node: StageNode) -> Packed:
+    """A checkpoint folder, copied as it is: config, safetensors shards (and their index),
+    tokenizer, processor and generation files; a diffusers component keeps its pipeline layout
+    (model_index.json, the component, and a denoiser's scheduler)."""
+    kind = KINDS[node.kind]
+    ckpt = open_checkpoint(node.model or "", kind.traits.components,
+                           allow_pickle=bool(node.params.get("allow_pickle")))
+    if not ckpt.weights:
+        raise OmnigraphError("a bundle carries safetensors only; this checkpoint has pickled weights",
+                             where=f"stage '{node.name}'")
+    rel = f"programs/{node.name}"
+    base = rel
+    if ckpt.root != ckpt.path:  # a component of a pipeline folder
+        packer.copy(ckpt.root / "model_index.json", f"{rel}/model_index.json")
+        base = f"{rel}/{ckpt.path.relative_to(ckpt.root).as_posix()}"
+        scheduler = ckpt.root / "scheduler"
+        if kind.name == "diffusion" and scheduler.is_dir():
+            for f in sorted(p for p in scheduler.iterdir() if p.is_file()):
+                packer.copy(f, f"{rel}/scheduler/{f.name}")
+    for f in (*ckpt.files, *ckpt.weights):
+        packer.copy(f, f"{base}/{f.name}")
+    program = StageProgram(form="checkpoint", files={"checkpoint": rel}, ref=f"{ckpt.library}:{ckpt.class_name}",
+                           reason=f"a {ckpt.library} checkpoint folder kept as it is ({len(ckpt.weights)} "
+                                  f"safetensors file(s), {ckpt.params / 1e6:.1f}M parameters); loaded with "
+                                  f"from_pretrained, offline")
+    needs = set(kind.traits.requires) | {ckpt.library}
+    if kind.traits.autoregressive:
+        _chat_frame_facts(node, _folder_tokenizer(packer.root / rel), program, needs)
+    return Packed(program, requires=needs)
+
+
+def _folder_tokenizer(folder: Path) -> object | None:
+    from omnigraph.runtime.executors.processors import tokenizer
+
+    return tokenizer(folder)
+
+
 def _ar_llm(packer: StagePacker, node: StageNode) -> Packed:
     settings = ArLlmParams.model_validate({k: v for k, v in node.params.items() if k != "tokenizer"})
     scheme, target = split_ref(node.model or "")
@@ -161,6 +202,14 @@ def _ar_llm(packer: StagePacker, node: StageNode) -> Packed:
         program = weights.program
         program.files.update(files)
         needs = weights.requires | {"transformers"}
+    _chat_frame_facts(node, tokenizer, program, needs)
+    return Packed(program, requires=needs)
+
+
+def _chat_frame_facts(node: StageNode, tokenizer: object | None, program: StageProgram, needs: set[str]) -> None:
+    """An LLM's chat template, rendered around the prompt once (no jinja2 at run time) when it
+    is a fixed frame."""
+    settings = ArLlmParams.model_validate({k: v for k, v in node.params.items() if k != "tokenizer"})
     frame = chat_frame(tokenizer, settings.system) if settings.chat and tokenizer is not None else None
     if frame is not None:
         program.facts["chat_frame"] = list(frame)
@@ -168,7 +217,6 @@ def _ar_llm(packer: StagePacker, node: StageNode) -> Packed:
     elif settings.chat and getattr(tokenizer, "chat_template", None):
         program.reason += "; its chat template is not a fixed frame, so running it needs jinja2"
         needs.add("jinja2")
-    return Packed(program, requires=needs)
 
 
 def _tts(packer: StagePacker, node: StageNode) -> Packed:

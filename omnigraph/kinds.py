@@ -145,7 +145,7 @@ class Traits:
     batches: tuple[int, ...] | None = None  # batch sizes the planner tries (None: up to max_batch)
     default_batch: int = 8  # the runtime's batch when the kind has no max_batch parameter
     file_role: str | None = None  # the bundled role of a model kept as its file (gguf, onnx)
-    bundle_forms: frozenset[str] = frozenset({"pt2", "weights"})  # how a bundle may carry it
+    bundle_forms: frozenset[str] = frozenset({"pt2", "weights", "checkpoint"})  # how a bundle may carry it
     requires: frozenset[str] = frozenset()  # pip packages its executor needs beyond torch
     components: tuple[str, ...] = ()  # what it loads from a diffusers pipeline folder, preferred first
 
@@ -248,7 +248,7 @@ KINDS: dict[str, StageKind] = {
             ArLlmParams,
             Traits(autoregressive=True, kv_cache=True, streams=frozenset({"text", "tokens"}), continuous=True,
                    shardable_tp=True, gated_mlp=True, requires=frozenset({"transformers"}),
-                   bundle_forms=frozenset({"file", "weights"}), batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf"),
+                   bundle_forms=frozenset({"file", "weights", "checkpoint"}), batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf"),
         ),
         StageKind(
             "diffusion", "denoising loop over a scheduler",
@@ -268,7 +268,7 @@ KINDS: dict[str, StageKind] = {
             "vocoder", "codec tokens or features to a waveform",
             (Port("codes", ("tokens", "latent", "embedding")),), (Port("audio", ("audio",)),),
             AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx",
-                                   bundle_forms=frozenset({"file", "weights", "code"})),
+                                   bundle_forms=frozenset({"file", "weights", "code", "checkpoint"})),
         ),
         StageKind(
             "tts", "text to speech", (Port("text", ("text",)),), (Port("audio", ("audio",)),),

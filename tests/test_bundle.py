@@ -20,6 +20,7 @@ from omnigraph.cli import main
 from omnigraph.errors import BundleError
 from omnigraph.runtime.bundle import open_bundle
 from omnigraph.runtime.bundle_files import sha256_file
+from omnigraph.runtime.bundle_manifest import FORMAT_VERSION
 from runtime_only import hidden_lookups, run_runtime_only
 
 pytest.importorskip("torch")
@@ -119,7 +120,7 @@ def test_bundle_holds_programs_weights_code_and_hashes(work: Path) -> None:
         forms = {s.name: s.form for s in m.stages}
         assert forms == {"vit": "pt2", "connector": "pt2", "understand": "weights", "gen_llm": "weights",
                          "dit": "pt2", "vae": "pt2"}
-        assert m.format_version == 1 and m.built_with.torch.startswith("2.") and m.built_with.python
+        assert m.format_version == FORMAT_VERSION and m.built_with.torch.startswith("2.") and m.built_with.python
         for rel, entry in m.files.items():
             assert sha256_file(bundle.root / rel) == entry.sha256
         assert {"plan.json", "README.md", "programs/dit.pt2", "weights/understand.safetensors"} <= set(m.files)
@@ -128,6 +129,8 @@ def test_bundle_holds_programs_weights_code_and_hashes(work: Path) -> None:
         assert "KV cache" in next(s for s in m.stages if s.name == "understand").reason
         readme = (bundle.root / "README.md").read_text()
         assert "python -m omnigraph.runtime BUNDLE" in readme and "--input mode=TEXT" in readme
+        assert all(s.random_weights for s in m.stages if s.name != "connector")  # the spec said weights: random
+        assert "**Random weights**: vit, understand, gen_llm, dit, vae were built" in readme
     with open_bundle(work / "moe_tiny") as bundle:
         experts = next(s for s in bundle.manifest.stages if s.name == "experts")
         assert experts.form == "weights" and "torch.export failed" in experts.reason  # data-dependent routing
@@ -148,7 +151,7 @@ def test_inspect_prints_manifest_stages_plan_and_sizes(work: Path, capsys: pytes
 
     assert main(["inspect", str(work / "vision_chat.ogb")]) == 0
     out = capsys.readouterr().out
-    for text in ("vision_chat_tiny", "bundle format 1", "verified: 5 files", "vision", "pt2", "projector",
+    for text in ("vision_chat_tiny", f"bundle format {FORMAT_VERSION}", "verified: 5 files", "vision", "pt2", "projector",
                  "weights", "x: float32[?, 3, 32, 32]", "KV cache", f"plan v{PLAN_VERSION}", "inputs prompt: text, image: image",
                  "weights/llm.safetensors", "kB", "requires:"):
         assert text in out, text

@@ -159,7 +159,7 @@ def test_manifest_paths_must_stay_inside(vc: Path, built: Path, path: str, messa
 
 # versions --------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, message", [
-    (lambda m: m.__setitem__("format_version", 2), "bundle format version 2 is newer than this omnigraph reads"),
+    (lambda m: m.__setitem__("format_version", 3), "bundle format version 3 is newer than this omnigraph reads"),
     (lambda m: m.__setitem__("format_version", 0), "unknown bundle format version 0"),
     (lambda m: m.__setitem__("format_version", "1"), "unknown bundle format version '1'"),
     (lambda m: m.__setitem__("format", "zip"), "not an omnigraph bundle manifest"),

@@ -41,6 +41,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"[green]ok[/] {args.spec}: pipeline [bold]{spec.pipeline}[/], {len(spec.inputs)} input(s), "
         f"{n_stages} stage(s), {len(spec.loops)} loop(s), {len(spec.outputs)} output(s)"
     )
+    from omnigraph.runtime.run_once import random_weight_notes
+
+    stages = [*spec.stages.items(), *(item for loop in spec.loops.values() for item in loop.stages.items())]
+    for note in random_weight_notes((name, stage.params) for name, stage in stages):
+        console(stderr=True).print(f"[yellow]warning:[/] {note}")
     return 0
 
 

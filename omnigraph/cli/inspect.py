@@ -53,7 +53,8 @@ def _stage_table(bundle: Bundle) -> Table:
     for s in m.stages:
         size = sum(m.files[f].size for f in s.files)
         devices = ", ".join(d for i in nodes[s.name].instances for d in i.devices)
-        table.add_row(s.name, s.kind, s.form, _size(size) if s.files else "-",
+        table.add_row(s.name, s.kind, s.form + (" (random weights)" if s.random_weights else ""),
+                      _size(size) if s.files else "-",
                       "\n".join(s.signature) or "-", devices)
     return table
 

@@ -38,7 +38,9 @@ _ROLES: dict[str, frozenset[str]] = {
     "weights": frozenset({"weights", "tokenizer"}),
     "file": frozenset({"gguf", "onnx", "onnx_config", "tokenizer"}),
     "code": frozenset({"code"}),
+    "checkpoint": frozenset({"checkpoint", "tokenizer"}),
 }
+_FOLDER_ROLES = ("tokenizer", "code", "checkpoint")  # roles that name a folder of the bundle
 # Module classes a bundle may name without shipping code: torch's and the runtime's own.
 _SAFE_MODULES = re.compile(r"(torch|omnigraph\.runtime)(\.[\w.]+)?")
 
@@ -207,15 +209,21 @@ def _localize_stage(node: StageNode, root: Path, listed: set[str]) -> None:
     for role, rel in program.files.items():
         if role not in _ROLES[program.form]:
             raise BundleError(f"{PLAN_NAME}: stage '{node.name}': unknown {program.form} file role '{role}'")
-        inside = rel in listed or (role in ("tokenizer", "code") and any(f.startswith(rel + "/") for f in listed))
+        inside = rel in listed or (role in _FOLDER_ROLES and any(f.startswith(rel + "/") for f in listed))
         if not inside:
             raise BundleError(f"{PLAN_NAME}: stage '{node.name}': {role} '{rel}' is not a file of the bundle")
         program.files[role] = os.fspath(root.joinpath(*rel.split("/")))
-    needed = {"pt2": "program", "weights": "weights", "file": KINDS[node.kind].traits.file_role}.get(program.form)
+    needed = {"pt2": "program", "weights": "weights", "file": KINDS[node.kind].traits.file_role,
+              "checkpoint": "checkpoint"}.get(program.form)
     if needed is not None and needed not in program.files:
         raise BundleError(f"{PLAN_NAME}: stage '{node.name}': its {program.form} program names no {needed} file")
     if program.form == "file":  # the executor loads the model file the bundle carries
         node.model = f"{needed}:{program.files[needed]}"
+    if program.form == "checkpoint":  # the folder as it was shipped, loaded as the class it names
+        scheme, _, cls = (program.ref or "").partition(":")
+        if scheme not in model_ref.LIBRARIES or not cls or not trusted_class_ref(program.ref or ""):
+            raise BundleError(f"{PLAN_NAME}: stage '{node.name}': a checkpoint needs its transformers:/diffusers: class")
+        node.model = f"{scheme}:{cls}@{program.files['checkpoint']}"
     if program.form == "weights":
         if not program.ref:
             raise BundleError(f"{PLAN_NAME}: stage '{node.name}': weights without the class to load them into")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from omnigraph.errors import BundleError
 
 FORMAT = "omnigraph-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checkpoint form, random_weights
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "plan.json"
 README_NAME = "README.md"
@@ -50,8 +50,9 @@ class BuiltWith(_Model):
 class StageEntry(_Model):
     name: str
     kind: str
-    form: Literal["pt2", "weights", "file", "code"]
+    form: Literal["pt2", "weights", "file", "code", "checkpoint"]
     reason: str = ""
+    random_weights: bool = False  # built from a config with seeded random weights (weights: random)
     files: list[str] = Field(default_factory=list)
     signature: list[str] = Field(default_factory=list)  # a .pt2 program's inputs, "?" for dynamic dims
 

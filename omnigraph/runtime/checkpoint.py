@@ -116,7 +116,8 @@ def open_checkpoint(ref: str, components: tuple[str, ...] = (), bases: list[Path
     headers = {shard: _header(shard) for shard in weights}
     _check_index(folder, headers)
     params, dtype = _count(headers)
-    files = tuple(p for p in (folder / n for n in SIDE_FILES) if p.is_file())
+    files = tuple(p for p in (folder / n for n in SIDE_FILES) if p.is_file()) + tuple(
+        sorted(folder.glob("*.safetensors.index.json")))
     return Checkpoint(folder, scheme, class_name, config, tuple(weights), params, dtype, root, files)
 
 

@@ -5,7 +5,7 @@ stage reads (so the channels between instances), batching per stage, routes and
 bounded loops, and the pipeline's inputs and outputs. Nodes are listed in
 dependency order. It is plain JSON, versioned; a newer version is refused.
 Version 2 added `StageNode.program`, set only in a bundle's plan; version 3 added
-`Instance.ep`; version 4 added `StageNode.kernels`.
+`Instance.ep`; version 4 added `StageNode.kernels`; version 5 the `checkpoint` program form.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from omnigraph.names import NAME_PATTERN, REF_PATTERN
 
-PLAN_VERSION = 4
+PLAN_VERSION = 5
 # Names in a plan become file names (outputs), process and actor names: a plan from a
 # bundle is untrusted, so every one is a plain name (see omnigraph/names.py).
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=200)]
@@ -71,9 +71,11 @@ class StageProgram(_Model):
       weights  files.weights: a state dict for the class `ref`, rebuilt from params.config
       file     files.gguf or files.onnx (+ onnx_config): the model file, copied as it is
       code     Python the stage runs (a custom stage, a plain function); files: its source
+      checkpoint  files.checkpoint: a Hugging Face / diffusers checkpoint folder as it was
+               (config, safetensors shards, tokenizer and processor files); `ref` its class
     """
 
-    form: Literal["pt2", "weights", "file", "code"]
+    form: Literal["pt2", "weights", "file", "code", "checkpoint"]
     files: dict[str, str] = Field(default_factory=dict)  # role -> path
     ref: str | None = None  # weights: the module class to rebuild
     facts: dict[str, Any] = Field(default_factory=dict)  # what the executor read off the module

@@ -8,6 +8,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
@@ -68,6 +69,12 @@ def _scalar(text: str, name: str) -> float | bool:
     return number
 
 
+def random_weight_notes(stages: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per stage (name, params) that runs on seeded random weights (`weights: random`)."""
+    return [f"stage '{name}' has seeded random weights (weights: random, seed {params.get('seed') or 0}): "
+            f"its outputs are noise" for name, params in stages if params.get("weights") == "random"]
+
+
 def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
              timeout: float | None, backend: str = "local", address: str | None = None,
              device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
@@ -98,6 +105,8 @@ def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_
     load_s = time.monotonic() - t0
     if not as_json:
         err.print(f"[dim]loaded {len(plan.stages())} stage(s) in {load_s:.1f}s[/]")
+        for note in random_weight_notes((s.name, s.params) for s in plan.stages()):
+            err.print(f"[yellow]note:[/] {note}")
     try:
         return _run_one(pipe, plan, inputs, out, err, output_dir=output_dir, as_json=as_json,
                         stats=stats, timeout=timeout, load_s=load_s)

@@ -78,10 +78,7 @@ def pipeline_scheduler(node: StageNode) -> Callable[[], Any] | None:
     one of diffusers' schedulers (it is named by the folder, so it is checked like a model's)."""
     from omnigraph.runtime.checkpoint import CheckpointError, open_checkpoint
 
-    program = node.program
-    ref = node.model or ""
-    if program is not None and program.form == "checkpoint":
-        ref = f"diffusers:{program.files['checkpoint']}"
+    ref = node.model or ""  # a bundle's checkpoint program is localised to Class@folder
     if not ref.startswith("diffusers:") or location_of(ref)[1] is None:
         return None
     root = open_checkpoint(ref, KINDS["diffusion"].traits.components).root

@@ -64,10 +64,6 @@ def load_module(node: StageNode, device: str, sizes: Mapping[str, Any] | None = 
         module_class(program.ref or "")  # before anything is built from it
         module = _build(program.ref or "", config, seed, sizes or {})
         load_weights(module, Path(program.files["weights"]))
-    elif program is not None and program.form == "checkpoint":  # from a bundle: the folder as it was
-        module = load_pretrained(f"{scheme}:{program.ref + '@' if program.ref else ''}{program.files['checkpoint']}",
-                                 KINDS[node.kind].traits.components, stage_dtype(params),
-                                 bool(params.get("allow_pickle")))
     elif location_of(node.model or "")[1] is not None:  # a checkpoint folder or a Hub id
         module = load_pretrained(node.model or "", KINDS[node.kind].traits.components, stage_dtype(params),
                                  bool(params.get("allow_pickle")))
@@ -93,9 +89,6 @@ def checkpoint_folder(node: StageNode) -> Path | None:
     from omnigraph.model_ref import location_of
     from omnigraph.runtime.checkpoint import resolve
 
-    program = node.program
-    if program is not None and program.form == "checkpoint":
-        return Path(program.files["checkpoint"])
     _, location = location_of(node.model or "")
     return resolve(location) if location is not None else None
 
