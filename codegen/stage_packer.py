@@ -29,7 +29,7 @@ from omnigraph.runtime.bundle_manifest import CODE_DIR, check_relpath
 from omnigraph.model_ref import location_of
 from omnigraph.runtime.checkpoint import open_checkpoint
 from omnigraph.runtime.entry_points import Loaded as Executor, load_stage
-from omnigraph.runtime.loaders import ModelNotFound, import_attr, resolve_file, split_ref, voice_files
+from omnigraph.runtime.loaders import ModelNotFound, folder_tokenizer, import_attr, resolve_file, split_ref, voice_files
 from omnigraph.runtime.plan import RuntimePlan, StageNode, StageProgram
 
 from omnigraph.codegen.chat_frame import chat_frame
@@ -165,20 +165,19 @@ def _checkpoint(packer: StagePacker, node: StageNode) -> Packed:
                 packer.copy(f, f"{rel}/scheduler/{f.name}")
     for f in (*ckpt.files, *ckpt.weights):
         packer.copy(f, f"{base}/{f.name}")
-    program = StageProgram(form="checkpoint", files={"checkpoint": rel}, ref=f"{ckpt.library}:{ckpt.class_name}",
+    files = {"checkpoint": rel}
+    if node.params.get("tokenizer"):  # a tokenizer the spec names beside the folder's
+        files["tokenizer"] = _copy_tokenizer(packer, node, node.params["tokenizer"])
+    program = StageProgram(form="checkpoint", files=files, ref=f"{ckpt.library}:{ckpt.class_name}",
                            reason=f"a {ckpt.library} checkpoint folder kept as it is ({len(ckpt.weights)} "
                                   f"safetensors file(s), {ckpt.params / 1e6:.1f}M parameters); loaded with "
                                   f"from_pretrained, offline")
     needs = set(kind.traits.requires) | {ckpt.library}
     if kind.traits.autoregressive:
-        _chat_frame_facts(node, _folder_tokenizer(packer.root / rel), program, needs)
+        shipped = packer.root / files.get("tokenizer", rel)
+        _chat_frame_facts(node, _gguf_tokenizer(shipped) if shipped.suffix == ".gguf" else folder_tokenizer(shipped),
+                          program, needs)
     return Packed(program, requires=needs)
-
-
-def _folder_tokenizer(folder: Path) -> object | None:
-    from omnigraph.runtime.executors.processors import tokenizer
-
-    return tokenizer(folder)
 
 
 def _ar_llm(packer: StagePacker, node: StageNode) -> Packed:

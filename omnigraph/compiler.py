@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.builtin import DictionaryAttr, ModuleOp, StringAttr
 from xdsl.ir import Operation
 from xdsl.utils.exceptions import ArgSpecParseError, ParseError, VerifyException
 
@@ -135,17 +135,26 @@ def anchor_checkpoints(module: ModuleOp, base: Path) -> None:
     from omnigraph.model_ref import location_of
 
     for op in module.walk():
-        if not isinstance(op, StageOp) or op.model is None:
+        if not isinstance(op, StageOp):
             continue
-        named, location = location_of(op.model.data)
-        if location is None or Path(location).expanduser().is_absolute():
-            continue
-        candidates = [base / location, Path.cwd() / location]
-        folder = next((c.resolve() for c in candidates if c.is_dir()), None)
-        if folder is None:
-            continue  # a Hub id (or a folder that is not there: loading says where it looked)
-        scheme = op.model.data.partition(":")[0]
-        op.properties["model"] = StringAttr(f"{scheme}:{named + '@' if named else ''}{folder}")
+        named, location = location_of(op.model.data) if op.model is not None else (None, None)
+        folder = _anchored(location, base)
+        if op.model is not None and folder is not None:
+            scheme = op.model.data.partition(":")[0]
+            op.properties["model"] = StringAttr(f"{scheme}:{named + '@' if named else ''}{folder}")
+        tokenizer = op.params.data.get("tokenizer") if op.params is not None else None
+        folder = _anchored(tokenizer.data, base) if isinstance(tokenizer, StringAttr) else None
+        if op.params is not None and folder is not None:  # params.tokenizer: a folder, like a checkpoint
+            op.properties["params"] = DictionaryAttr({**op.params.data, "tokenizer": StringAttr(str(folder))})
+
+
+def _anchored(location: str | None, base: Path) -> Path | None:
+    """A relative folder found beside the spec (then in the working directory), made absolute;
+    None for an absolute path, a Hub id, a `scheme:` reference or a folder that is not there
+    (loading says where it looked)."""
+    if location is None or ":" in location or Path(location).expanduser().is_absolute():
+        return None
+    return next((c.resolve() for c in (base / location, Path.cwd() / location) if c.is_dir()), None)
 
 
 def _retarget(comp: Compilation, target: str) -> None:

@@ -28,11 +28,10 @@ from omnigraph.errors import OmnigraphError
 MAX_HEADER = 100 << 20  # a safetensors header is JSON; anything larger is not one
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PICKLED = ("pytorch_model.bin", "diffusion_pytorch_model.bin", "model.ckpt")
-# Files a loaded stage may need beside its weights (copied into bundles as they are).
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
-              "chat_template.jinja", "chat_template.json", "preprocessor_config.json", "processor_config.json",
-              "scheduler_config.json", "model_index.json")
+# Files a loaded stage may need beside its weights (config, tokenizer, processor, generation
+# config, chat template, vocabularies), copied into bundles as they are. Never code (.py).
+SIDE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
+_SHARD = re.compile(r"(.+)-(\d+)-of-(\d+)\.safetensors")
 _DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32", "F64": "f64", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 _DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -109,6 +108,8 @@ def open_checkpoint(ref: str, components: tuple[str, ...] = (), bases: list[Path
     folder = _component(root, components) if scheme == "diffusers" else root
     config = _json(folder / "config.json", required=True)
     class_name = named or _class_from(config, scheme, folder)
+    if named is None:
+        class_name = _in_family(class_name, config, scheme)
     found = model_ref.problem(f"{scheme}:{class_name}")
     if found is not None:
         raise CheckpointError(f"{folder / 'config.json'}: {found}")
@@ -116,8 +117,8 @@ def open_checkpoint(ref: str, components: tuple[str, ...] = (), bases: list[Path
     headers = {shard: _header(shard) for shard in weights}
     _check_index(folder, headers)
     params, dtype = _count(headers)
-    files = tuple(p for p in (folder / n for n in SIDE_FILES) if p.is_file()) + tuple(
-        sorted(folder.glob("*.safetensors.index.json")))
+    files = tuple(sorted(p for p in folder.iterdir()
+                         if p.suffix in SIDE_SUFFIXES and not p.name.startswith(".") and p.is_file()))
     return Checkpoint(folder, scheme, class_name, config, tuple(weights), params, dtype, root, files)
 
 
@@ -145,6 +146,23 @@ def _class_from(config: dict[str, Any], library: str, folder: Path) -> str:
         raise CheckpointError(f"{folder / 'config.json'}: no '{key}' says which class to load",
                               hint=f"name it in the reference: {library}:ClassName@{folder}")
     return name
+
+
+def _in_family(name: str, config: dict[str, Any], library: str) -> str:
+    """A class from `architectures` that transformers does not export at its top level (an
+    encoder tower such as WhisperEncoder) is looked up in its model family's module."""
+    if library != "transformers" or model_ref.problem(f"{library}:{name}") is None:
+        return name
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        return name
+    try:
+        from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+        family = model_type_to_module_name(model_type)
+    except (ImportError, KeyError, ValueError):
+        return name
+    return f"{family}.{name}" if model_ref.problem(f"{library}:{family}.{name}") is None else name
 
 
 def _json(path: Path, required: bool) -> dict[str, Any] | None:
@@ -181,6 +199,9 @@ def _weights(folder: Path, allow_pickle: bool) -> list[Path]:
         for name in names:
             if "/" in name or not (folder / name).is_file():
                 raise CheckpointError(f"{path}: names shard '{name}', which is not in {folder}")
+        for name in _series(names):  # a shard of the series the index forgot: its tensors would be lost
+            if name not in names:
+                raise CheckpointError(f"{path}: shard '{name}' is not in the index (its tensors would be missing)")
         return [folder / n for n in names]
     files = sorted(folder.glob("*.safetensors"))
     if files:
@@ -193,6 +214,14 @@ def _weights(folder: Path, allow_pickle: bool) -> list[Path]:
                               f"which cannot run code", hint="convert them to safetensors, or pass allow_pickle "
                                                              "(params.allow_pickle: true) if you trust the file")
     raise CheckpointError(f"{folder}: no weights (no .safetensors files)")
+
+
+def _series(names: list[str]) -> list[str]:
+    """Every shard name of the numbered series (model-00001-of-00003.safetensors, …) the index uses."""
+    out: list[str] = []
+    for prefix, width, total in {(m[1], len(m[3]), m[3]) for m in map(_SHARD.fullmatch, names) if m}:
+        out += [f"{prefix}-{k:0{width}d}-of-{total}.safetensors" for k in range(1, min(int(total), 100_000) + 1)]
+    return out
 
 
 def _header(path: Path) -> dict[str, Any]:

@@ -114,11 +114,30 @@ def load_pretrained(ref: str, components: tuple[str, ...] = (), dtype: Any = Non
     ckpt = open_checkpoint(ref, components, [base] if base is not None else None, allow_pickle)
     cls = library_class(ckpt.library, ckpt.class_name)
     quiet_libraries()
-    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": bool(ckpt.weights)}
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": bool(ckpt.weights),
+                              "low_cpu_mem_usage": True, "output_loading_info": True}
+    if ckpt.library == "transformers":
+        del kwargs["low_cpu_mem_usage"]  # transformers 5 always loads this way
     if dtype is not None:
         kwargs["dtype" if ckpt.library == "transformers" else "torch_dtype"] = dtype
-    model = cls.from_pretrained(str(ckpt.path), **kwargs)
+    model, info = cls.from_pretrained(str(ckpt.path), **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # the library would fill them with random values: never by accident
+        from omnigraph.runtime.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{ckpt.path}: {len(missing)} weight(s) of {ckpt.class_name} are not in the checkpoint "
+                              f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); they would be random",
+                              hint="is it a checkpoint of this class? name the class as Class@folder")
     return model.eval()
+
+
+def folder_tokenizer(folder: Path) -> Any | None:
+    """The tokenizer a checkpoint folder carries (None when it has none), offline."""
+    if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def quiet_libraries() -> None:

@@ -44,7 +44,7 @@ _TOP_K = ("num_experts_per_tok", "num_experts_per_token", "moe_topk")
 def profile_stage(kind: str, model: str | None, params: Mapping[str, Any]) -> ArchProfile:
     """The stage's profile: counted on `meta` when its module can be built, else estimated."""
     if model_ref.location_of(model or "")[1] is not None:
-        return _checkpoint_profile(kind, model or "", params)
+        return _checkpoint_profile(kind, model or "", bool(params.get("allow_pickle")), params.get("dtype"))
     dtype_bytes = DTYPE_BYTES.get(params.get("dtype") or DEFAULT_DTYPE, DTYPE_BYTES[DEFAULT_DTYPE])
     config = dict(params.get("config") or {})
     ref = _buildable_ref(model, params, config)
@@ -57,20 +57,21 @@ def profile_stage(kind: str, model: str | None, params: Mapping[str, Any]) -> Ar
     return _for_kind(kind, estimate_profile(kind, model, params, dtype_bytes, note))
 
 
-def _checkpoint_profile(kind: str, model: str, params: Mapping[str, Any]) -> ArchProfile:
+@functools.lru_cache(maxsize=128)  # the planner asks once per candidate configuration
+def _checkpoint_profile(kind: str, model: str, allow_pickle: bool, pinned: str | None) -> ArchProfile:
     """A checkpoint folder's profile: its structure counted on `meta` from its config.json, its
     parameter count and dtype from the safetensors headers (no tensor is read)."""
     from omnigraph.runtime.checkpoint import open_checkpoint
 
-    ckpt = open_checkpoint(model, KINDS[kind].traits.components, allow_pickle=bool(params.get("allow_pickle")))
-    pinned = params.get("dtype")
+    ckpt = open_checkpoint(model, KINDS[kind].traits.components, allow_pickle=allow_pickle)
     dtype_bytes = DTYPE_BYTES.get(pinned or ckpt.dtype or DEFAULT_DTYPE, DTYPE_BYTES[DEFAULT_DTYPE])
     config = {k: v for k, v in ckpt.config.items() if not k.startswith("_")}  # diffusers' bookkeeping
     counted = _meta_profile(f"{ckpt.library}:{ckpt.class_name}", json.dumps(config, sort_keys=True, default=str))
     if isinstance(counted, ArchProfile):
         profile = replace(counted, params=ckpt.params or counted.params, dtype_bytes=dtype_bytes, source="checkpoint")
     else:
-        profile = replace(estimate_profile(kind, model, {**params, "config": config}, dtype_bytes, counted),
+        params = {"config": config, **({"dtype": pinned} if pinned else {})}
+        profile = replace(estimate_profile(kind, model, params, dtype_bytes, counted),
                           params=ckpt.params, active_params=ckpt.params, source="checkpoint")
     return _for_kind(kind, profile)
 

@@ -1,7 +1,7 @@
 """`diffusion`: a conditioning → latents [C, H/down, W/down], by a denoising loop.
 
-The loop is a diffusers scheduler's (the one a pipeline folder ships in scheduler/, else
-params.scheduler), params.steps steps. The model is a UNet2DConditionModel, an
+The loop is a diffusers scheduler's (params.scheduler when the spec names one, else the one
+a pipeline folder ships in scheduler/, else DDIM), params.steps steps. The model is a UNet2DConditionModel, an
 SD3Transformer2DModel (a DiT), or any module called as `model(latents, t, cond)`. Requests whose conditionings have one shape run as one
 batch through every step.
 
@@ -101,8 +101,9 @@ class DiffusionExecutor(GroupedExecutor[Job]):
 
         p = self.params
         s = KINDS["diffusion"].settings(p)  # the kind's defaults, as every phase reads them
-        shipped = pipeline_scheduler(self.node)
-        if shipped is not None:  # a pipeline folder's own scheduler, with its config
+        # A pipeline folder's own scheduler, with its config, unless the spec names one.
+        shipped = None if "scheduler" in p else pipeline_scheduler(self.node)
+        if shipped is not None:
             self.scheduler_cls = shipped
         else:
             if s.scheduler not in SCHEDULERS:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnigraph.runtime.loaders import folder_tokenizer
 from omnigraph.runtime.executors.media import as_rgb, byte_ids, image_size, resample
 from omnigraph.runtime.values import Audio
 
@@ -68,11 +69,7 @@ def feature_extractor(model: Any, folder: Path | None, window: int | None) -> An
 
 
 def tokenizer(folder: Path | None) -> Any | None:
-    if folder is None or not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return folder_tokenizer(folder) if folder is not None else None
 
 
 def _hw(size: Any) -> tuple[int, int] | None:
