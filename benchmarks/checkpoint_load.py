@@ -14,7 +14,8 @@ these are warm-disk figures, the same for every row.
 Plan: `omnigraph plan --target cpu-local --json` on the f32 folder (parameter counts from the
 safetensors headers) vs on its config alone (`transformers:LlamaForCausalLM`, weights: random,
 the folder's config.json as params.config: counted on a meta instance). `planning_s` is the
-planner's own clock; wall is the whole command.
+planner's own clock; wall is the whole command. The same for a Qwen3-30B-A3B-sized folder on
+h100x8: real safetensors headers over sparse (unwritten) shards, 61 GB on paper.
 
     python benchmarks/checkpoint_load.py
 """
@@ -79,6 +80,81 @@ def omnigraph(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     return proc
 
 
+QWEN3_30B_A3B = {"hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128,
+                 "num_experts_per_tok": 8, "num_hidden_layers": 48, "num_attention_heads": 32,
+                 "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960}
+
+
+def sparse_checkpoint(folder: Path, cls: str, config: dict[str, object], shard_bytes: int = 5 << 30) -> int:
+    """A checkpoint folder of `cls` whose shards hold real safetensors headers (names and shapes
+    from a meta instance, bf16) over sparse, unwritten data: 60 GB on paper, a few MB on disk.
+    Planning must read only the headers; loading it would read zeros."""
+    import struct
+
+    import torch
+    import transformers
+
+    model_cls = getattr(transformers, cls)
+    with torch.device("meta"):
+        model = model_cls(model_cls.config_class(**config))
+    model.config.architectures = [cls]
+    folder.mkdir()
+    (folder / "config.json").write_text(model.config.to_json_string())
+    shards: list[list[tuple[str, list[int]]]] = [[]]
+    size = 0
+    for name, tensor in model.state_dict().items():
+        nbytes = tensor.numel() * 2
+        if size + nbytes > shard_bytes and shards[-1]:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, list(tensor.shape)))
+        size += nbytes
+    weight_map = {}
+    for i, tensors in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        header, offset = {}, 0
+        for name, shape in tensors:
+            n = 2
+            for d in shape:
+                n *= d
+            header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + n]}
+            offset += n
+            weight_map[name] = fname
+        blob = json.dumps(header).encode()
+        with (folder / fname).open("wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            f.truncate(8 + len(blob) + offset)  # a hole: nothing written, nothing to read
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return sum(p.numel() for p in model.parameters())
+
+
+def plan_30b(work: Path) -> dict[str, dict[str, object]]:
+    """`plan` on a Qwen3-30B-A3B-sized folder (sparse shards) vs on its config alone."""
+    folder = work / "qwen3-30b-a3b"
+    counted = sparse_checkpoint(folder, "Qwen3MoeForCausalLM", QWEN3_30B_A3B)
+    on_disk = sum(p.stat().st_blocks * 512 for p in folder.iterdir())
+    paper = sum(p.stat().st_size for p in folder.iterdir())
+    cases = (("30b folder", spec(work, "q30_folder", f"transformers:{folder}", dtype="bf16")),
+             ("30b config", spec(work, "q30_config", "transformers:Qwen3MoeForCausalLM", weights="random",
+                                 dtype="bf16", config=QWEN3_30B_A3B)))
+    out: dict[str, dict[str, object]] = {}
+    for name, path in cases:
+        inner, wall = [], []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            proc = omnigraph("plan", str(path), "--target", "h100x8", "--json")
+            wall.append(time.perf_counter() - t0)
+            report = json.loads(proc.stdout)
+            inner.append(report["planning_s"])
+            stage = report["stages"][0]
+        out[name] = {"planning_s": round(statistics.median(inner), 3), "wall_s": round(statistics.median(wall), 3),
+                     "params": stage["params"], "counted": stage["counted"], "config": stage["config"]}
+        print(f"plan {name}: planner {out[name]['planning_s']:.2f} s, command {out[name]['wall_s']:.2f} s, "
+              f"{stage['params'] / 1e9:.2f}B params ({stage['counted']}), {stage['config']}")
+    out["30b folder"].update({"bytes_on_paper": paper, "bytes_on_disk": on_disk, "meta_params": counted})
+    return out
+
+
 def median_of(runs: list[dict[str, object]], key: str) -> float:
     return round(statistics.median(float(r[key]) for r in runs), 3)  # type: ignore[arg-type]
 
@@ -133,6 +209,7 @@ def main() -> None:
                               "params": counted["params"], "counted": counted["counted"]}
             print(f"plan from {name:6s}: planner {planning[name]['planning_s']:.3f} s, command "
                   f"{planning[name]['wall_s']:.2f} s, {counted['params'] / 1e6:.1f}M params ({counted['counted']})")
+        planning.update(plan_30b(work))
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "repeats": REPEATS, "load": rows, "plan": planning,
            "plan_folder_vs_config": round(planning["folder"]["planning_s"] / planning["config"]["planning_s"], 3)}
