@@ -24,6 +24,7 @@ class _IntFieldsAttr(ParametrizedAttribute):
 
     FIELDS: ClassVar[tuple[str, ...]]
     MINIMUM: ClassVar[int] = 0
+    DEFAULTS: ClassVar[dict[str, int]] = {}  # fields IR from before them may leave out
 
     def get(self, name: str) -> int:
         return getattr(self, name).data
@@ -56,6 +57,7 @@ class _IntFieldsAttr(ParametrizedAttribute):
                                    start, parser.pos)
 
         parser.parse_comma_separated_list(parser.Delimiter.ANGLE, entry)
+        values = {**cls.DEFAULTS, **values}
         missing = [f for f in cls.FIELDS if f not in values]
         if missing:
             parser.raise_error(f"{cls.name}: missing {', '.join(missing)}")
@@ -122,10 +124,13 @@ class PlanAttr(ParametrizedAttribute):
         "in_bytes": int,  # the largest hand-off it reads
         "pipeline_rate": float,  # the plan's predicted throughput
         "solver": str,
+        "dtype": str,  # the dtype it computes and keeps weights in ("": runs as it is)
     }
+    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": ""}  # fields IR from before them may leave out
     values: ArrayAttr[Attribute]
 
     def __init__(self, **values: Any) -> None:
+        values = {**self.DEFAULTS, **values}
         missing = [f for f in self.FIELDS if f not in values]
         extra = [k for k in values if k not in self.FIELDS]
         if missing or extra:
@@ -154,7 +159,9 @@ class PlanAttr(ParametrizedAttribute):
 
     def print_parameters(self, printer: Printer) -> None:
         with printer.in_angle_brackets():
-            for i, (f, kind) in enumerate(self.FIELDS.items()):
+            shown = [(f, kind) for f, kind in self.FIELDS.items()  # a default prints as before it existed
+                     if f not in self.DEFAULTS or self.get(f) != self.DEFAULTS[f]]
+            for i, (f, kind) in enumerate(shown):
                 value = self.get(f)
                 printer.print_string(f"{', ' if i else ''}{f} = ")
                 if kind is str:
@@ -184,6 +191,7 @@ class PlanAttr(ParametrizedAttribute):
                 values[key] = parser.parse_integer(allow_boolean=False)
 
         parser.parse_comma_separated_list(parser.Delimiter.ANGLE, entry)
+        values = {**cls.DEFAULTS, **values}
         missing = [f for f in cls.FIELDS if f not in values]
         if missing:
             parser.raise_error(f"omni.plan: missing {', '.join(missing)}")
@@ -224,3 +232,35 @@ class PlaceAttr(ParametrizedAttribute):
             if not names:
                 parser.raise_error("omni.place needs at least one device", start, parser.pos)
         return [ArrayAttr([StringAttr(n) for n in names])]
+
+
+@irdl_attr_definition
+class CoresAttr(ParametrizedAttribute):
+    """The CPU cores a stage instance computes on (ids on its node), printed `<[0, 1]>`."""
+
+    name = "omni.cores"
+    ids: ArrayAttr[IntAttr]
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(ArrayAttr([IntAttr(i) for i in ids]))
+
+    def as_list(self) -> list[int]:
+        return [i.data for i in self.ids.data]
+
+    def verify(self) -> None:
+        if not self.ids.data or any(i.data < 0 for i in self.ids.data):
+            raise VerifyException("omni.cores needs at least one core id, none negative")
+
+    def print_parameters(self, printer: Printer) -> None:
+        with printer.in_angle_brackets():
+            printer.print_string("[" + ", ".join(str(i) for i in self.as_list()) + "]")
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
+        with parser.in_angle_brackets():
+            start = parser.pos
+            ids = parser.parse_comma_separated_list(parser.Delimiter.SQUARE,
+                                                    lambda: parser.parse_integer(allow_boolean=False))
+            if not ids or min(ids) < 0:
+                parser.raise_error("omni.cores needs at least one core id, none negative", start, parser.pos)
+        return [ArrayAttr([IntAttr(i) for i in ids])]

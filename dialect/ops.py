@@ -27,7 +27,7 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.traits import IsTerminator, NoTerminator
 
-from omnigraph.dialect.attrs import MemAttr, ParallelAttr, PlaceAttr, PlanAttr
+from omnigraph.dialect.attrs import CoresAttr, MemAttr, ParallelAttr, PlaceAttr, PlanAttr
 from omnigraph.dialect.types import _EdgeType
 
 
@@ -143,6 +143,7 @@ class StageOp(PortedOp):
     model = opt_prop_def(StringAttr)
     parallel = opt_prop_def(ParallelAttr)
     place = opt_prop_def(PlaceAttr)
+    cores = opt_prop_def(CoresAttr)
     mem = opt_prop_def(MemAttr)
     cost = opt_prop_def(DictionaryAttr)  # estimate-cost: what the cost rules know of the module
     plan = opt_prop_def(PlanAttr)  # plan-parallel: batch, sharing, predicted rate and time

@@ -148,6 +148,9 @@ class Traits:
     bundle_forms: frozenset[str] = frozenset({"pt2", "weights", "checkpoint"})  # how a bundle may carry it
     requires: frozenset[str] = frozenset()  # pip packages its executor needs beyond torch
     components: tuple[str, ...] = ()  # what it loads from a diffusers pipeline folder, preferred first
+    # Its torch models compute in a dtype the planner may choose (bf16 where the device is fast
+    # at it); False for ONNX voices and user code, which run as they are.
+    precision: bool = True
 
 
 # How a kind's output ports are known: fixed, one per route case, the decoder's modality,
@@ -273,16 +276,17 @@ KINDS: dict[str, StageKind] = {
         StageKind(
             "tts", "text to speech", (Port("text", ("text",)),), (Port("audio", ("audio",)),),
             AudioOutParams, Traits(streams=frozenset({"audio"}), continuous=True, file_role="onnx",
-                                   bundle_forms=frozenset({"file"}), requires=frozenset({"onnxruntime", "piper-tts"})),
+                                   bundle_forms=frozenset({"file"}), requires=frozenset({"onnxruntime", "piper-tts"}),
+                                   precision=False),
         ),
         StageKind(
             "route", "data-dependent dispatch: one output per case, only the chosen fires",
             (Port("data", ANY_MODALITY), Port("key", ("text", "scalar", "tokens"))),
-            (), RouteParams, Traits(bundle_forms=frozenset()), needs_model=False, outputs_from="cases",
+            (), RouteParams, Traits(bundle_forms=frozenset(), precision=False), needs_model=False, outputs_from="cases",
         ),
         StageKind(
             "custom", "any torch module; ports declared by the spec",
-            (), (), CustomParams, Traits(bundle_forms=frozenset({"code"})), outputs_from="declared",
+            (), (), CustomParams, Traits(bundle_forms=frozenset({"code"}), precision=False), outputs_from="declared",
         ),
     )
 }

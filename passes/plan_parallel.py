@@ -183,4 +183,5 @@ def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str,
             "in_bytes": in_bytes,
             "pipeline_rate": solution.throughput,
             "solver": solution.solver,
+            "dtype": sp.option.dtype,
         })

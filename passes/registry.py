@@ -1,7 +1,7 @@
 """The pass list: every pass by name, and the default order the compiler runs them in.
 
 DESIGN.md's order: verify → infer-types → capture-stages → estimate-cost → plan-parallel →
-place-devices → plan-memory → fuse-ops. The planning passes run when the module names a
+place-devices → plan-cores → plan-memory → fuse-ops. The planning passes run when the module names a
 target (`--target`); without one, compile stops after type inference.
 """
 from __future__ import annotations
@@ -16,16 +16,17 @@ from omnigraph.passes.estimate_cost import EstimateCostPass
 from omnigraph.passes.fuse_ops import FuseOpsPass
 from omnigraph.passes.infer_types import InferTypesPass
 from omnigraph.passes.place_devices import PlaceDevicesPass
+from omnigraph.passes.plan_cores import PlanCoresPass
 from omnigraph.passes.plan_memory import PlanMemoryPass
 from omnigraph.passes.plan_parallel import PlanParallelPass
 from omnigraph.passes.verify import VerifyPass
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p for p in (VerifyPass, InferTypesPass, CaptureStagesPass, EstimateCostPass, PlanParallelPass,
-                        PlaceDevicesPass, PlanMemoryPass, FuseOpsPass)
+                        PlaceDevicesPass, PlanCoresPass, PlanMemoryPass, FuseOpsPass)
 }
 DEFAULT_PIPELINE: tuple[str, ...] = ("verify", "infer-types")
-PLANNING_PIPELINE: tuple[str, ...] = ("estimate-cost", "plan-parallel", "place-devices", "plan-memory")
+PLANNING_PIPELINE: tuple[str, ...] = ("estimate-cost", "plan-parallel", "place-devices", "plan-cores", "plan-memory")
 # Exporting every stage takes seconds, so only when kernels are asked for (--emit kernels).
 FUSION_PIPELINE: tuple[str, ...] = ("capture-stages", "fuse-ops")
 

@@ -14,7 +14,7 @@ from omnigraph.dialect.checks import describe_value, params_of
 from omnigraph.dialect.ops import StageOp
 from omnigraph.dialect.types import _EdgeType
 from omnigraph.kinds import KINDS
-from omnigraph.runtime.plan import Batching, Binding, Instance, PortType, StageNode
+from omnigraph.runtime.plan import Batching, Binding, Instance, PortType, StageNode, StageResources
 
 DEFAULT_DEVICE = "node0:cpu0"
 
@@ -45,7 +45,18 @@ def stage_node(op: StageOp, first_device: str = DEFAULT_DEVICE, output_sources: 
         batching.max_batch = op.plan.batch
     return StageNode(name=op.label, kind=kind.name, model=op.model.data if op.model else None,
                      params=params, inputs=bindings(op, op.input_names), outputs=outputs,
-                     instances=instances(op, first_device), batching=batching)
+                     instances=instances(op, first_device), batching=batching, resources=resources(op))
+
+
+def resources(op: StageOp) -> StageResources:
+    """What the planner gave each instance: its dtype (plan-parallel) and memory (plan-memory).
+    An unplanned stage gets none: it runs at its params' dtype with an unbounded KV pool."""
+    dtype = (op.plan.dtype or None) if op.plan is not None else None
+    if op.mem is None:
+        return StageResources(dtype=dtype)
+    mem = op.mem
+    kv = mem.get("kv") if KINDS[op.kind.data].traits.kv_cache else None
+    return StageResources(dtype=dtype, weights_bytes=mem.get("weights"), kv_bytes=kv, arena_bytes=mem.get("arena"))
 
 
 def instances(op: StageOp, first_device: str) -> list[Instance]:
@@ -55,14 +66,15 @@ def instances(op: StageOp, first_device: str) -> list[Instance]:
     par = op.parallel
     tp = par.get("tp") if par is not None else 1
     ep = par.get("ep") if par is not None else 1
+    cores = op.cores.as_list() if op.cores is not None else None
     if op.place is None:
         return [Instance(devices=_rank_slots(first_device, max(tp, ep)), tp=tp, ep=ep)]
     devices = [d.data for d in op.place.devices.data]
     replicas = par.get("replicas") if par is not None else 1
     if replicas <= 0 or len(devices) % replicas:
-        return [Instance(devices=devices, tp=tp, ep=ep)]  # hand-written IR: one instance on them all
+        return [Instance(devices=devices, tp=tp, ep=ep, cores=cores)]  # hand-written IR: one instance on them all
     g = len(devices) // replicas
-    return [Instance(devices=devices[i * g:(i + 1) * g], tp=tp, ep=ep) for i in range(replicas)]
+    return [Instance(devices=devices[i * g:(i + 1) * g], tp=tp, ep=ep, cores=cores) for i in range(replicas)]
 
 
 def _rank_slots(first: str, ranks: int) -> list[str]:

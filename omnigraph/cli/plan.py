@@ -62,6 +62,11 @@ def _devices(devs: list[str]) -> str:
     return " ".join(parts)
 
 
+def _cores(ids: list[int] | None) -> str:
+    """` cores 0-1` when the stage has its own share of a CPU's cores."""
+    return f" cores {_ranges(ids)}" if ids else ""
+
+
 def _ranges(ids: list[int]) -> str:
     out, start = [], ids[0]
     for prev, cur in zip(ids, ids[1:] + [None]):
@@ -74,15 +79,15 @@ def _ranges(ids: list[int]) -> str:
 def print_report(report: dict[str, Any], console: Console) -> None:
     table = Table(title=f"{report['pipeline']} on {report['target']}  (memory in GiB per device)")
     left = ("stage", "config", "devices")
-    for col in ("stage", "config", "×", "devices", "params", "weights", "kv", "act", "offload", "time", "first",
-                "util"):
+    for col in ("stage", "config", "×", "devices", "dtype", "params", "weights", "kv", "act", "offload", "time",
+                "first", "util"):
         table.add_column(col, justify="left" if col in left else "right", overflow="fold")
     for r in report["stages"]:
         m = r["memory"]
         mark = " ◀" if r["stage"] == report["bottleneck"] else ""
         table.add_row(
             r["stage"] + mark, r["config"] + (" shared" if r["shared"] else ""),
-            str(r["replicas"]), _devices(r["devices"]), _params(r),
+            str(r["replicas"]), _devices(r["devices"]) + _cores(r.get("cores")), r.get("dtype") or "-", _params(r),
             *(f"{m.get(k, 0) / GIB:.1f}" for k in ("weights", "kv", "arena", "offload")),
             _secs(r["latency_s"]), _secs(r["first_output_s"]), f"{r['utilisation']:.0%}",
         )

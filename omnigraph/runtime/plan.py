@@ -5,7 +5,10 @@ stage reads (so the channels between instances), batching per stage, routes and
 bounded loops, and the pipeline's inputs and outputs. Nodes are listed in
 dependency order. It is plain JSON, versioned; a newer version is refused.
 Version 2 added `StageNode.program`, set only in a bundle's plan; version 3 added
-`Instance.ep`; version 4 added `StageNode.kernels`; version 5 the `checkpoint` program form.
+`Instance.ep`; version 4 added `StageNode.kernels`; version 5 the `checkpoint` program form;
+version 6 `StageNode.resources` (the planner's dtype and memory budgets) and `Instance.cores`.
+Older plans load as they are: a stage without resources runs as before (its params' dtype,
+an unbounded KV pool, the process's threads).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from omnigraph.names import NAME_PATTERN, REF_PATTERN
 
-PLAN_VERSION = 5
+PLAN_VERSION = 6
 # Names in a plan become file names (outputs), process and actor names: a plan from a
 # bundle is untrusted, so every one is a plain name (see omnigraph/names.py).
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=200)]
@@ -55,6 +58,9 @@ class Instance(_Model):
     devices: list[str] = Field(min_length=1)
     tp: int = Field(1, ge=1)
     ep: int = Field(1, ge=1)
+    # On a CPU device: the cores this instance computes on (its intra-op threads, and its
+    # process's affinity where it has a process of its own); None: the process's default.
+    cores: list[Annotated[int, Field(ge=0)]] | None = None
 
     @property
     def ranks(self) -> int:
@@ -82,6 +88,18 @@ class StageProgram(_Model):
     reason: str = ""  # why this form (shown by `omnigraph inspect`)
 
 
+class StageResources(_Model):
+    """What the planner gave one instance of the stage (per device, bytes): the dtype it
+    computes and keeps its weights in, and its memory budgets. The KV budget is the paged
+    pool an autoregressive stage allocates once, in blocks of `kv_block_tokens` tokens."""
+
+    dtype: Literal["f32", "bf16", "f16"] | None = None  # None: the stage's own (params.dtype, else f32)
+    weights_bytes: int | None = Field(None, ge=0)
+    kv_bytes: int | None = Field(None, ge=0)
+    arena_bytes: int | None = Field(None, ge=0)
+    kv_block_tokens: int = Field(16, ge=1, le=4096)
+
+
 class StageKernels(_Model):
     """A stage's generated Triton kernels: per entry point (`forward`, `denoise_step`, …) a
     kernel file, plain Python + triton, that runs the entry's fused graph (fused_stage.py);
@@ -101,6 +119,7 @@ class StageNode(_Model):
     outputs: dict[Name, PortType]
     instances: list[Instance] = Field(min_length=1)
     batching: Batching = Field(default_factory=Batching)
+    resources: StageResources = Field(default_factory=StageResources)
     program: StageProgram | None = None  # bundles only
     kernels: StageKernels | None = None  # when compiled with fusion (compile_plan(kernels_dir=…))
 

@@ -33,6 +33,11 @@ def placement_report(module: ModuleOp) -> dict[str, Any]:
             "batch": p["batch"], "shared": p["shared"], "device_type": p["device_type"],
             "devices": [d.data for d in st.op.place.devices.data] if st.op.place is not None else [],
             "memory": mem,
+            # The contract the runtime keeps (`run --stats` reports the same): the dtype it
+            # computes in, its CPU cores, and its KV pool (bytes per instance).
+            "dtype": p["dtype"] or None,
+            "cores": st.op.cores.as_list() if st.op.cores is not None else None,
+            "kv_budget": mem.get("kv") if mem.get("kv") else None,
             "latency_s": p["latency_s"], "first_output_s": p["first_output_s"],
             "rate_per_replica": p["rate"], "visits": p["visits"],
             # How its size was known: meta (counted on an instance), file (a weights file's

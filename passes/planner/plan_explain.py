@@ -12,7 +12,7 @@ from omnigraph.passes.planner.cost_rules import infeasibility_fixes
 from omnigraph.passes.planner.cost_types import StageCost, StageWork
 from omnigraph.passes.planner.plan_problem import Option, PlanProblem, path_latency
 from omnigraph.passes.stage_graph import FlatStage
-from omnigraph.passes.planner.stage_options import DeviceType
+from omnigraph.passes.planner.stage_options import DeviceType, pinned_degrees
 
 GIB = 1 << 30
 
@@ -29,6 +29,15 @@ def no_fit(st: FlatStage, works: list[StageWork], target: str, types: list[Devic
            misfits: list[tuple[DeviceType, StageCost]]) -> IRError:
     """A stage that fits on no device of the target in any config."""
     dt = max(types, key=lambda t: t.usable_bytes)  # the roomiest device type it could have had
+    if not misfits:  # no config was even tried: the degrees the spec pins need more devices
+        pinned = pinned_degrees(st)
+        asked = ", ".join(f"{k}={v}" for k, v in pinned.items()) or "its parallel degrees"
+        most = max(t.count for t in types)
+        return IRError(
+            f"stage '{st.name}' asks for {asked}, which no device type of {target} can hold "
+            f"(the most devices of one type on a node: {most})",
+            hint=f"lower the stage's parallel degrees to fit {most} device(s), plan for a larger "
+                 f"target (--target), or run unplanned (--target none)")
     tp1 = min((c for d, c in misfits if d is dt and c.devices == 1), key=lambda c: c.mem_per_device,
               default=min((c for _, c in misfits), key=lambda c: c.mem_per_device))
     profile = profile_stage(st.kind, st.model, st.params)

@@ -28,6 +28,7 @@ EPS = 1e-9
 class Option:
     cost: StageCost
     device_type: str
+    dtype: str = ""  # what the stage computes in on this device type ("" : runs as it is)
     # Requests/s the option gets per device when it shares a pool: below cost.throughput when
     # too few requests reach each copy to fill its batch (see plan_parallel's refinement).
     pool_rate: float = 0.0

@@ -13,6 +13,7 @@ from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, St
 from omnigraph.passes.planner.offload import with_offload
 from omnigraph.passes.planner.work_rules import chunked, stream_chunks
 from omnigraph.passes.planner.plan_problem import DevicePool, Option
+from omnigraph.passes.planner.precision import at_dtype, planned_dtype
 from omnigraph.passes.stage_graph import FlatStage
 from omnigraph.kinds import KINDS
 from omnigraph.target import Device, Target
@@ -96,19 +97,21 @@ def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape]
     misfits: list[tuple[DeviceType, StageCost]] = []
     pinned = pinned_degrees(st)
     for dt in types:
-        for cfg in enumerate_configs(st.kind, profile, [dt.domain], dt.count, dt.device,
+        dtype = planned_dtype(st.kind, st.model, st.params, dt.device)
+        on_type = at_dtype(profile, dtype)
+        for cfg in enumerate_configs(st.kind, on_type, [dt.domain], dt.count, dt.device,
                                      batches=_batches(st)):
             if any(getattr(cfg, k) != v for k, v in pinned.items()):
                 continue
-            costs = [stage_cost(st.kind, profile, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
+            costs = [stage_cost(st.kind, on_type, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
             cost = mixed_cost(costs, mix)
             if fits(cost, dt.device):
-                options.append(Option(cost, dt.type))
+                options.append(Option(cost, dt.type, dtype=dtype or ""))
                 continue
             misfits.append((dt, cost))
-            offloaded = with_offload(cost, profile, works, dt.usable_bytes)
+            offloaded = with_offload(cost, on_type, works, dt.usable_bytes)
             if offloaded is not None:
-                options.append(Option(offloaded, dt.type))
+                options.append(Option(offloaded, dt.type, dtype=dtype or ""))
     return options, misfits
 
 
@@ -134,7 +137,8 @@ def _batches(st: FlatStage) -> tuple[int, ...]:
 def latency_at(st: FlatStage, works: list[StageWork], mix: list[RequestShape], dt: DeviceType,
                cfg: ParallelConfig) -> float:
     """Seconds one batch of `cfg.batch` requests of the mix spends in the stage."""
-    profile = profile_stage(st.kind, st.model, st.params)
+    profile = at_dtype(profile_stage(st.kind, st.model, st.params),
+                       planned_dtype(st.kind, st.model, st.params, dt.device))
     costs = [stage_cost(st.kind, profile, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
     return mixed_cost(costs, mix).latency_s
 
