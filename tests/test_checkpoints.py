@@ -57,7 +57,8 @@ def spec(folder: Path, name: str, doc: dict[str, Any]) -> Path:
 
 
 def run(path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
-    with omnigraph.load(path) as pipe:
+    """Unplanned (f32, like the modules the folders were saved from, and the bundles)."""
+    with omnigraph.load(path, target=None) as pipe:
         return pipe.run(inputs)
 
 

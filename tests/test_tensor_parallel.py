@@ -54,8 +54,8 @@ target: cpu2
 nodes:
   - name: node0
     devices:
-      - {name: cpu0, type: cpu, memory_gib: 8, peak_tflops: 0.1, mem_bandwidth_gb_s: 10}
-      - {name: cpu1, type: cpu, memory_gib: 8, peak_tflops: 0.1, mem_bandwidth_gb_s: 10}
+      - {name: cpu0, type: cpu, memory_gib: 8, peak_tflops: 0.1, mem_bandwidth_gb_s: 10, dtypes: [f32]}
+      - {name: cpu1, type: cpu, memory_gib: 8, peak_tflops: 0.1, mem_bandwidth_gb_s: 10, dtypes: [f32]}
     intra_node_gb_s: 20
 inter_node_gb_s: 0
 """)
@@ -79,7 +79,7 @@ def test_spec_parallel_request_reaches_the_plan(tmp_path: Path) -> None:
 
 def test_tp2_llm_equals_tp1(tmp_path: Path) -> None:
     prompts = [{"prompt": p} for p in ("hello there", "a", "the quick brown fox jumps", "tensor parallel")]
-    with omnigraph.load(llm_spec(tmp_path, 1)) as pipe:
+    with omnigraph.load(llm_spec(tmp_path, 1), target=None) as pipe:  # unplanned: f32, like cpu2
         single = [pipe.run(p, timeout=120) for p in prompts]
     with omnigraph.load(llm_spec(tmp_path, 2), target=two_cpus(tmp_path)) as pipe:
         assert pipe.backend.workers["llm"].executor.comm.world == 2
@@ -157,7 +157,7 @@ stages:
     params: {{weights: random, max_new_tokens: 200, chat: false, config: {LLAMA}}}
   echo: {{kind: custom, model: "py:runtime_stages:upper", inputs: [pick.echo], outputs: {{text: text}}}}
 """)
-    with omnigraph.load(path) as pipe:
+    with omnigraph.load(path, target=None) as pipe:  # tp=2 on one CPU: only unplanned
         assert pipe.run({"prompt": "warm", "mode": "think"}, timeout=120)["answer"]
         ended: list[int] = []
         pipe.backend.engine.on_end.append(lambda r: ended.append(r.id))
@@ -177,7 +177,7 @@ stages:
 
 def test_a_dead_rank_is_replaced_and_later_requests_are_served(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     prompts = [{"prompt": p} for p in ("hello there", "a", "the quick brown fox jumps", "tensor parallel")]
-    with omnigraph.load(llm_spec(tmp_path, 1, max_new_tokens=200)) as pipe:
+    with omnigraph.load(llm_spec(tmp_path, 1, max_new_tokens=200), target=None) as pipe:
         single = [pipe.run(p, timeout=120) for p in prompts]
     with omnigraph.load(llm_spec(tmp_path, 2, max_new_tokens=200), target=two_cpus(tmp_path)) as pipe:
         leader = pipe.backend.workers["llm"].executor

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
     p.add_argument("--input", "-i", action="append", metavar="NAME=VALUE",
                    help="an input; NAME=@FILE reads a file (repeat for each input)")
     p.add_argument("--output-dir", "-o", help="write each output here (WAV, PNG, TXT)")
-    p.add_argument("--target", help="target name or YAML file")
+    p.add_argument("--target", help="plan for this target (name or YAML file); default: local, this machine "
+                                    "(its GPUs, else its CPU: dtype, cores, KV pool); `none`: run unplanned")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead")
     p.add_argument("--stats", action="store_true", help="print a per-stage timing table")
     p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
@@ -56,8 +57,10 @@ def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: 
             return run_plan(bundle.runnable_plan(trust_code), pairs, output_dir=output_dir, as_json=as_json,
                             stats=stats, timeout=timeout, **where)
     from omnigraph.api import compile_plan
+    from omnigraph.target import LOCAL
 
-    return run_plan(compile_plan(spec, target), pairs, output_dir=output_dir, as_json=as_json, stats=stats,
+    planned_for = LOCAL if target is None else None if target == "none" else target
+    return run_plan(compile_plan(spec, planned_for), pairs, output_dir=output_dir, as_json=as_json, stats=stats,
                     timeout=timeout, **where)
 
 

@@ -60,7 +60,7 @@ class Entry:
 
 def load_stage(node: StageNode, device: str = "cpu", meta: bool = False) -> Executor:
     """The stage loaded as its executor loads it (on `meta`: shapes only, no weights)."""
-    executor = executor_class(node.kind)(node, ExecContext(device="meta" if meta else device))
+    executor = executor_class(node.kind)(node, ExecContext(device="meta" if meta else device, optimize=False))
     with (torch.device("meta") if meta else contextlib.nullcontext()):
         executor.load()
     return executor

@@ -15,6 +15,7 @@ from typing import Any
 
 from omnigraph.kinds import KINDS
 from omnigraph.runtime.channel import StreamChannel, StreamReader
+from omnigraph.runtime.devices import uses_torch
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.values import join_chunks
 
@@ -90,8 +91,18 @@ class WorkItem:
 
 @dataclass
 class ExecContext:
-    device: str = "cpu"
+    device: str = "cpu"  # where its tensors go (the plan's device, after OMNIGRAPH_DEVICE_MAP)
     seed: int = 0
+    planned: str | None = None  # the device the plan gave it (cuda:3), when one did
+    plan_devices: list[str] | None = None  # the instance's devices as the plan names them (node0:gpu3)
+    cores: list[int] | None = None  # the CPU cores the plan gave it (its intra-op threads)
+    # Runtime-only speedups that change how weights are held (CPU-packed linears): off when
+    # the compiler loads a stage to export, bundle or capture it.
+    optimize: bool = True
+
+    @property
+    def threads(self) -> int | None:
+        return len(self.cores) if self.cores else None
 
 
 class Executor(ABC):
@@ -117,6 +128,19 @@ class Executor(ABC):
         unfused = getattr(getattr(self, "model", None), "unfused", None)
         if unfused is not None:
             self.model = unfused
+
+    def placement(self) -> dict[str, Any]:
+        """Where and how this instance runs, as the plan asked (`run --stats` beside `plan`):
+        its device (and where its tensors really are), dtype, CPU cores and KV budget."""
+        torch_stage = uses_torch(self.node)
+        dtype = (self.node.resources.dtype or self.params.get("dtype") or "f32") if torch_stage else None
+        return {"plan_devices": self.ctx.plan_devices, "device": self.ctx.planned or self.ctx.device,
+                "runs_on": self.ctx.device, "dtype": dtype,
+                "cores": self.ctx.cores, "kv_budget": self.node.resources.kv_bytes, **self.stats()}
+
+    def stats(self) -> dict[str, Any]:
+        """What the executor counts of its own work (a KV pool's blocks, prefix-cache hits)."""
+        return {}
 
     def bundle_facts(self) -> dict[str, Any]:
         """What `load` read off the module that an exported program cannot tell it (sizes,

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnigraph.runtime.deadlines import Deadlines
+from omnigraph.runtime.devices import placed, torch_device, uses_torch
 from omnigraph.runtime.engine import Engine, Request, RequestFailed
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
-from omnigraph.runtime.plan import RuntimePlan, StageNode
+from omnigraph.runtime.plan import Instance, RuntimePlan, StageNode
 from omnigraph.runtime.stage_loader import load_executor
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S, StepWatchdog
 
@@ -53,8 +54,8 @@ _TIMING_RECORDS = 100_000  # per stage: a long-running server keeps the latest o
 
 
 class _Worker(threading.Thread):
-    def __init__(self, node: StageNode, executor: Executor) -> None:
-        super().__init__(name=f"omnigraph-{node.name}", daemon=True)
+    def __init__(self, node: StageNode, executor: Executor, instance: int = 0) -> None:
+        super().__init__(name=f"omnigraph-{node.name}" + (f"-{instance}" if instance else ""), daemon=True)
         self.node = node
         self.executor = executor
         self.inbox: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
@@ -77,6 +78,10 @@ class _Worker(threading.Thread):
             return
         self.inbox.put(item)
         self.wake.set()
+
+    def load(self) -> int:
+        """Items this worker holds or has waiting: where a stage's next item goes."""
+        return len(self.active) + self.inbox.qsize()
 
     def step_age(self) -> float | None:
         started = self._step_started
@@ -230,50 +235,70 @@ class LocalBackend(Admission):
     def __init__(self, plan: RuntimePlan, *, max_inflight: int = 256, on_load: LoadHook | None = None,
                  step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
         self.plan = plan
-        self.workers: dict[str, _Worker] = {}
-        ctx = ExecContext(device=_device_of(plan), seed=0)
+        self.instances: dict[str, list[_Worker]] = {}  # per stage, one worker per instance
         for path in plan.module_paths:
             if path not in sys.path:
                 sys.path.append(path)  # after everything installed: a spec cannot shadow a package
+        set_torch_threads(plan)
         for node in plan.stages():
             if on_load:
                 on_load(node.name, "start")
-            try:
-                executor = load_executor(node, ctx, plan.module_paths)
-            except Exception as exc:  # a missing package or file, a bad config: name the stage
-                for loaded in self.workers.values():
-                    loaded.executor.close()  # e.g. the rank processes of a TP stage loaded before
-                raise StageLoadError(node.name, node.model, exc) from exc
+            for index, instance in enumerate(node.instances):
+                try:
+                    executor = load_executor(node, instance_context(instance), plan.module_paths, index)
+                except Exception as exc:  # a missing package or file, a bad config: name the stage
+                    for loaded in self.all_workers():
+                        loaded.executor.close()  # e.g. the rank processes of a TP stage loaded before
+                    raise StageLoadError(node.name, node.model, exc) from exc
+                self.instances.setdefault(node.name, []).append(_Worker(node, executor, index))
             if on_load:
                 on_load(node.name, "done")
-            self.workers[node.name] = _Worker(node, executor)
-        self.engine = Engine(plan, self._enqueue, lambda node: self.workers[node.name].wake.set)
+        self.workers = {name: found[0] for name, found in self.instances.items()}  # each stage's first
+        self.engine = Engine(plan, self._enqueue, self._waker)
         self._slots = threading.BoundedSemaphore(max_inflight)
         self.engine.on_end.append(lambda r: self._slots.release())
         self._closed = False
-        for worker in self.workers.values():
+        for worker in self.all_workers():
             worker.start()
         self.deadlines = Deadlines(self.engine)
-        self.watchdog = StepWatchdog(lambda: self.workers.values(), step_timeout)
+        self.watchdog = StepWatchdog(self.all_workers, step_timeout)
+
+    def all_workers(self) -> list[_Worker]:
+        return [w for found in self.instances.values() for w in found]
 
     def _enqueue(self, node: StageNode, item: WorkItem) -> None:
-        self.workers[node.name].submit(item)
+        """To the stage's least loaded instance (a request's item stays where it went)."""
+        workers = self.instances[node.name]
+        worker = workers[0] if len(workers) == 1 else min(workers, key=lambda w: w.load())
+        worker.submit(item)
+
+    def _waker(self, node: StageNode) -> Callable[[], None]:
+        workers = self.instances[node.name]
+        return workers[0].wake.set if len(workers) == 1 else lambda: [w.wake.set() for w in workers]
 
     def stats(self) -> dict[str, float]:
-        """Seconds each stage's worker spent computing."""
-        return {name: w.busy_seconds for name, w in self.workers.items()}
+        """Seconds each stage's workers spent computing (all its instances)."""
+        return {name: sum(w.busy_seconds for w in found) for name, found in self.instances.items()}
+
+    def placement(self) -> dict[str, list[dict[str, Any]]]:
+        """Per stage, what each instance runs on and in: the plan's contract as this process
+        keeps it (`run --stats` prints it beside `plan --json`'s)."""
+        return {name: [w.executor.placement() for w in found] for name, found in self.instances.items()}
 
     def stage_timings(self) -> dict[str, list[StepTiming]]:
         """Each stage's recorded steps (the latest ones), oldest first: for calibrating a
         simulator against this machine."""
         out: dict[str, list[StepTiming]] = {}
-        for name, worker in self.workers.items():
-            with worker.timings_lock:
-                out[name] = list(worker.timings)
+        for name, found in self.instances.items():
+            out[name] = []
+            for worker in found:
+                with worker.timings_lock:
+                    out[name] += list(worker.timings)
+            out[name].sort(key=lambda t: t.started)
         return out
 
     def clear_stage_timings(self) -> None:
-        for worker in self.workers.values():
+        for worker in self.all_workers():
             with worker.timings_lock:
                 worker.timings.clear()
 
@@ -281,16 +306,30 @@ class LocalBackend(Admission):
         self._closed = True
         self.deadlines.close()
         self.watchdog.close()
-        for worker in self.workers.values():
+        for worker in self.all_workers():
             worker.stopping = True
             worker.wake.set()
-        for worker in self.workers.values():
+        for worker in self.all_workers():
             worker.join(timeout=5)
             worker.executor.close()
 
 
+def instance_context(instance: Instance, seed: int = 0) -> ExecContext:
+    """The context one instance's executor loads in: its plan device and cores."""
+    planned = torch_device(instance.devices[0])
+    return ExecContext(device=placed(planned), seed=seed, planned=planned, cores=instance.cores,
+                       plan_devices=list(instance.devices))
 
-def _device_of(plan: RuntimePlan) -> str:
-    stages = plan.stages()
-    device = stages[0].instances[0].devices[0] if stages else "cpu"
-    return "cuda" if "gpu" in device or "cuda" in device else "cpu"
+
+def set_torch_threads(plan: RuntimePlan) -> None:
+    """torch's intra-op threads are one pool per process: the cores the plan gave the torch
+    stages here, together (ONNX stages size their own sessions from their cores)."""
+    cores: set[int] = set()
+    for node in plan.stages():
+        if uses_torch(node):
+            for instance in node.instances:
+                cores.update(instance.cores or ())
+    if cores:
+        import torch
+
+        torch.set_num_threads(len(cores))

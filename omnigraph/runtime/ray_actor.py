@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnigraph.runtime.devices import pin_process, placed, torch_device
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem, executor_class
 from omnigraph.runtime.local import StepTiming, _Worker
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S, StepWatchdog
@@ -65,27 +66,31 @@ def where(device: str) -> dict[str, Any]:
             "resources": context.get_assigned_resources(), "device": device}
 
 
-def _setup(paths: list[str], threads: int) -> None:
+def _setup(paths: list[str], threads: int, cores: list[int] | None = None) -> None:
     """The worker process as LocalBackend's would be: the spec's folder importable, and
     torch on as many threads (Ray starts workers on one; the thread count decides the
-    order of float sums, so outputs match the local backend's bit for bit)."""
+    order of float sums, so outputs match the local backend's bit for bit); pinned to the
+    cores the plan gave the stage, where it gave some."""
     import torch
 
     for path in paths:
         if path not in sys.path:
             sys.path.append(path)
+    pin_process(cores)
     torch.set_num_threads(threads)
 
 
 class StageActor:
     def __init__(self, node_json: str, instance: int, device: str, seed: int, module_paths: list[str],
-                 threads: int, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
-        _setup(module_paths, threads)
+                 threads: int, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
+                 cores: list[int] | None = None) -> None:
+        _setup(module_paths, threads, cores)
+        self.cores = cores
         self.step_timeout = step_timeout
         self.watchdog: StepWatchdog | None = None
         self.node = StageNode.model_validate_json(node_json)
         self.instance = self.node.instances[instance]
-        self.device, self.seed = device, seed
+        self.device, self.seed = placed(device), seed
         self.window = self.node.batching.queue_capacity
         self.cond = threading.Condition()
         self.entries: dict[int, _Entry] = {}
@@ -106,7 +111,8 @@ class StageActor:
 
     def start(self, followers: list[Any]) -> bool:
         """Load the stage (with `followers`, rank 0 of its TP group) and start serving."""
-        ctx = ExecContext(device=self.device, seed=self.seed)
+        ctx = ExecContext(device=self.device, seed=self.seed, planned=torch_device(self.instance.devices[0]),
+                          cores=self.cores)
         if followers:
             comm = RankComm(self._rendezvous, 0, self.device, store=self._store)
             inner = executor_class(self.node.kind)(self.node, ctx)
@@ -272,16 +278,18 @@ class RankActor:
     the leader's messages."""
 
     def __init__(self, node_json: str, instance: int, rank: int, rendezvous: Rendezvous, device: str,
-                 seed: int, module_paths: list[str], threads: int) -> None:
-        _setup(module_paths, threads)
+                 seed: int, module_paths: list[str], threads: int, cores: list[int] | None = None) -> None:
+        _setup(module_paths, threads, cores)
         self.node = StageNode.model_validate_json(node_json)
-        self.rank, self.rendezvous, self.device, self.seed = rank, rendezvous, device, seed
+        self.rank, self.rendezvous, self.device, self.seed = rank, rendezvous, placed(device), seed
+        self.cores = cores
         self.mirror = Mirror()
         self.executor: Executor | None = None
 
     def start(self) -> bool:
         comm = RankComm(self.rendezvous, self.rank, self.device)
-        executor = executor_class(self.node.kind)(self.node, ExecContext(device=self.device, seed=self.seed))
+        executor = executor_class(self.node.kind)(self.node, ExecContext(device=self.device, seed=self.seed,
+                                                                          cores=self.cores))
         executor.load()
         shard_executor(executor, comm)
         self.executor = executor

@@ -24,7 +24,9 @@ from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.ray_channel import InputForwarder, OutputRelay
+from omnigraph.runtime.devices import DEVICE_MAP_ENV
 from omnigraph.runtime.ray_cluster import Placement, is_gpu_device
+from omnigraph.runtime.tp.spmd import rank_cores
 from omnigraph.runtime.ray_values import resolve
 from omnigraph.runtime.tp.mirror import ItemSpec, StreamSlot
 
@@ -92,11 +94,14 @@ class RayInstance:
         import ray
 
         devices = [self.instance.devices[r % len(self.instance.devices)] for r in range(self.instance.ranks)]
+        cores = [rank_cores(self.instance, r) for r in range(self.instance.ranks)]
+        threads = [len(c) if c else (self.threads if r == 0 else max(1, self.threads // len(devices)))
+                   for r, c in enumerate(cores)]
         node_json = self.node.model_dump_json()
         self.leader = self.classes.stage.options(**self.placement.options(devices[0]), max_concurrency=16,
                                                  max_restarts=0, runtime_env=_actor_env()).remote(
-            node_json, self.index, _torch_device(devices[0]), self.seed, self.module_paths, self.threads,
-            self.step_timeout)
+            node_json, self.index, _torch_device(devices[0]), self.seed, self.module_paths, threads[0],
+            self.step_timeout, cores[0])
         self.followers = []
         if self.instance.ranks == 1:
             return [self.leader.start.remote([])]
@@ -105,7 +110,7 @@ class RayInstance:
             self.classes.rank.options(**self.placement.options(devices[r]), max_restarts=0,
                                       runtime_env=_actor_env()).remote(
                 node_json, self.index, r, rendezvous, _torch_device(devices[r]), self.seed, self.module_paths,
-                max(1, self.threads // len(devices)))
+                threads[r], cores[r])
             for r in range(1, len(devices))]
         return [f.start.remote() for f in self.followers] + [self.leader.start.remote(self.followers)]
 
@@ -354,7 +359,10 @@ def _actor_env() -> dict[str, Any]:
     """Actor processes with OpenMP threads that sleep when idle: several actors share a
     node's cores, and spinning threads of one would starve the others (on a 2-core
     machine, 20x slower); the thread count stays LocalBackend's, so outputs stay equal."""
-    return {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    if os.environ.get(DEVICE_MAP_ENV):  # the device-mapping seam reaches the actors too
+        env[DEVICE_MAP_ENV] = os.environ[DEVICE_MAP_ENV]
+    return {"env_vars": env}
 
 
 def _torch_device(device: str) -> str:

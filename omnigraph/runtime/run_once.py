@@ -146,6 +146,8 @@ def _run_one(pipe: Any, plan: RuntimePlan, inputs: dict[str, Any], out: Console,
                "stages": _stage_times(handle.request, started)}
         for name, value in outputs.items():
             doc["outputs"][name] = str(saved[name]) if name in saved else _jsonable(value)
+        if stats:
+            doc["placement"] = _placement(pipe)
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     for name, value in outputs.items():
@@ -195,6 +197,30 @@ def _print_stats(console: Console, request: Any, started: float, pipe: Any) -> N
         end = f"{t['end']:.3f}" if t["end"] is not None else "-"
         table.add_row(stage, f"{t['start']:.3f}", end, f"{busy.get(stage, 0.0):.3f}")
     console.print(table)
+    placed = _placement(pipe)
+    if not placed:
+        return
+    table = Table(title="where each stage instance ran (the plan's contract)")
+    for col in ("stage", "device", "dtype", "cores", "KV budget", "KV pool", "KV peak"):
+        table.add_column(col, justify="left" if col in ("stage", "device") else "right")
+    for stage, instances in placed.items():
+        for i, p in enumerate(instances):
+            named = ",".join(p["plan_devices"] or [])
+            device = (f"{named} → " if named else "") + p["device"] + (
+                f" (on {p['runs_on']})" if p["runs_on"] != p["device"] else "")
+            table.add_row(stage if i == 0 else "", device, p["dtype"] or "-",
+                          ",".join(map(str, p["cores"])) if p["cores"] else "-", _mib(p.get("kv_budget")),
+                          _mib(p.get("kv_pool_bytes")), _mib(p.get("kv_peak_bytes")))
+    console.print(table)
+
+
+def _placement(pipe: Any) -> dict[str, list[dict[str, Any]]]:
+    placement = getattr(pipe.backend, "placement", None)
+    return placement() if placement is not None else {}
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / (1 << 20):,.1f} MiB"
 
 
 def _brief(value: Any) -> str:

@@ -6,12 +6,13 @@ from omnigraph.runtime.executor import ExecContext, Executor, executor_class
 from omnigraph.runtime.plan import StageNode
 
 
-def load_executor(node: StageNode, ctx: ExecContext, module_paths: list[str] | None = None) -> Executor:
-    """The executor of the stage's first instance (LocalBackend runs one per stage)."""
-    if node.instances[0].ranks > 1:
+def load_executor(node: StageNode, ctx: ExecContext, module_paths: list[str] | None = None,
+                  instance: int = 0) -> Executor:
+    """The executor of one of the stage's instances (LocalBackend runs one per instance)."""
+    if node.instances[instance].ranks > 1:
         from omnigraph.runtime.tp.local_ranks import start_local_instance
 
-        return start_local_instance(node, ctx, list(module_paths or []))
+        return start_local_instance(node, ctx, list(module_paths or []), instance)
     executor = executor_class(node.kind)(node, ctx)
     executor.load()
     return executor

@@ -48,7 +48,7 @@ class DecoderExecutor(GroupedExecutor[torch.Tensor]):
         self.modality = s.modality
         self.upsample = s.upsample
         self.rate = s.sample_rate or DEFAULT_RATE
-        self.dtype = stage_dtype(self.params)
+        self.dtype = stage_dtype(self.node)
         self.model = load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)
         # An exported program is the decode itself: it has no `decode`, and its scales are recorded.
         self.decode = getattr(self.model, "decode", None)

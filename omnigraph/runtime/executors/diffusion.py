@@ -114,7 +114,7 @@ class DiffusionExecutor(GroupedExecutor[Job]):
         self.branches = max(s.cfg_branches, 2) if self.guidance > 1 else 1
         self.shape = (s.latent_channels, s.height // s.downsample, s.width // s.downsample)
         self.seed = stage_seed(p, self.ctx.seed)
-        self.dtype = stage_dtype(p)
+        self.dtype = stage_dtype(self.node)
         self.model = load_module(self.node, self.ctx.device, default_seed=self.ctx.seed)
         # An exported program is already called as (x, t, cond), with its sizes recorded.
         self.denoise = DENOISERS.get(type(self.model).__name__, _module)

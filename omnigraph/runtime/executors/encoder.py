@@ -39,7 +39,7 @@ class EncoderExecutor(GroupedExecutor[torch.Tensor]):
         self.hidden = self.params.get("hidden_size")
         self.max_tokens = self.params.get("max_tokens")
         self.model = load_module(self.node, self.ctx.device, {"hidden_size": self.hidden}, self.ctx.seed)
-        self.dtype = stage_dtype(self.params)
+        self.dtype = stage_dtype(self.node)
         self.modality = self.node.inputs[0].modality
         if self.modality not in FEEDS:
             raise ValueError(f"encoders read {', '.join(FEEDS)}, not {self.modality}")

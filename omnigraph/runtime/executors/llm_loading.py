@@ -39,10 +39,11 @@ class ByteTokenizer:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
-def gguf_cache_dir(path: Path) -> Path:
-    """Where the dequantized copy of a GGUF file lives: keyed by the file's full content hash
-    (see omnigraph/runtime/cache.py), not by its path."""
-    return entry_dir("gguf", content_hash(path))
+def gguf_cache_dir(path: Path, dtype: str = "f32") -> Path:
+    """Where the dequantized copy of a GGUF file lives, in `dtype`: keyed by the file's full
+    content hash (see omnigraph/runtime/cache.py), not by its path."""
+    digest = content_hash(path)
+    return entry_dir("gguf", digest if dtype == "f32" else f"{digest}-{dtype}")
 
 
 def _load_pretrained(directory: Path, gguf_file: str | None = None) -> tuple[Any, Any]:
@@ -83,13 +84,24 @@ def _write_cache(model: Any, tokenizer: Any, target: Path, source: Path) -> None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_gguf(target: str) -> tuple[Any, Any]:
-    """A GGUF file (or the one an installed package carries), via the safetensors cache."""
+def load_gguf(target: str, dtype: Any = None) -> tuple[Any, Any]:
+    """A GGUF file (or the one an installed package carries), via the safetensors cache, in
+    `dtype` (a torch dtype; None: as transformers dequantizes it, f32). The cache keeps one
+    copy per dtype: bf16 is half the f32 copy's size and loads in half the time."""
+    import torch
+
+    name = {torch.bfloat16: "bf16", torch.float16: "f16"}.get(dtype, "f32")
     path = resolve_file(target, ".gguf")
-    cached = gguf_cache_dir(path)
+    cached = gguf_cache_dir(path, name)
     if (cached / "config.json").is_file():
         return _load_pretrained(cached)
-    model, tokenizer = _load_pretrained(path.parent, gguf_file=path.name)
+    full = gguf_cache_dir(path)  # the f32 copy converts faster than the GGUF dequantizes
+    if name != "f32" and (full / "config.json").is_file():
+        model, tokenizer = _load_pretrained(full)
+    else:
+        model, tokenizer = _load_pretrained(path.parent, gguf_file=path.name)
+    if name != "f32":
+        model = model.to(dtype)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         _write_cache(model, tokenizer, cached, path)
@@ -113,8 +125,8 @@ def load_causal_lm(node: StageNode, device: str, default_seed: int = 0) -> tuple
     """(model, tokenizer) ready for inference on `device`, in the stage's dtype."""
     scheme, target = split_ref(node.model or "")
     if scheme == "gguf":
-        model, tokenizer = load_gguf(target)
-        model = model.to(device=device, dtype=stage_dtype(node.params))
+        model, tokenizer = load_gguf(target, stage_dtype(node))
+        model = model.to(device=device, dtype=stage_dtype(node))
     elif scheme == "transformers":
         model = load_module(node, device, default_seed=default_seed)
         folder = checkpoint_folder(node)

@@ -33,8 +33,14 @@ DTYPES: dict[str, torch.dtype] = {"f32": torch.float32, "f16": torch.float16, "b
 _WEIGHT_SCHEMES = {"safetensors": ".safetensors", "pth": ".pth"}
 
 
-def stage_dtype(params: Mapping[str, Any]) -> torch.dtype:
-    name = params.get("dtype") or "f32"
+def dtype_name(node: StageNode) -> str:
+    """The dtype a stage computes in: the planner's (resources.dtype), else what its params
+    pin, else f32."""
+    return node.resources.dtype or node.params.get("dtype") or "f32"
+
+
+def stage_dtype(node: StageNode) -> torch.dtype:
+    name = dtype_name(node)
     if name not in DTYPES:
         raise ValueError(f"dtype {name} is not supported by this executor (use one of {', '.join(DTYPES)})")
     return DTYPES[name]
@@ -65,7 +71,7 @@ def load_module(node: StageNode, device: str, sizes: Mapping[str, Any] | None = 
         module = _build(program.ref or "", config, seed, sizes or {})
         load_weights(module, Path(program.files["weights"]))
     elif location_of(node.model or "")[1] is not None:  # a checkpoint folder or a Hub id
-        module = load_pretrained(node.model or "", KINDS[node.kind].traits.components, stage_dtype(params),
+        module = load_pretrained(node.model or "", KINDS[node.kind].traits.components, stage_dtype(node),
                                  bool(params.get("allow_pickle")))
     elif scheme in _WEIGHT_SCHEMES:
         arch = params.get("arch") or config.pop("arch", None)
@@ -77,7 +83,7 @@ def load_module(node: StageNode, device: str, sizes: Mapping[str, Any] | None = 
         module.load_state_dict(state)  # strict: a wrong arch fails here, not with garbage out
     else:
         module = _build(node.model or "", config, seed, sizes or {})
-    dtype = stage_dtype(params)
+    dtype = stage_dtype(node)
     if any(p.dtype != dtype for p in module.parameters()):
         # nn.Module.to: diffusers' override warns about from_pretrained, which we do not use.
         module = nn.Module.to(module, dtype=dtype)

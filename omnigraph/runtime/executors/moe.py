@@ -81,7 +81,7 @@ class MoeBlock(nn.Module):
 class MoeExecutor(GroupedExecutor[torch.Tensor]):
     def load(self) -> None:
         self.hidden = self.params.get("hidden_size")
-        self.dtype = stage_dtype(self.params)
+        self.dtype = stage_dtype(self.node)
         sizes = {k: self.params.get(k) for k in _SIZES}
         self.model = load_module(self.node, self.ctx.device, sizes, self.ctx.seed)
         self.model = fused_entry(self.node, "forward", self.model, self.ctx.device) or self.model

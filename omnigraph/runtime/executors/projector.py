@@ -29,7 +29,7 @@ class ProjectorExecutor(GroupedExecutor[torch.Tensor]):
         sizes = {**dict.fromkeys(_IN_NAMES, self.in_dim), **dict.fromkeys(_OUT_NAMES, self.out_dim)}
         self.model = load_module(self.node, self.ctx.device, sizes, self.ctx.seed)
         self.model = fused_entry(self.node, "forward", self.model, self.ctx.device) or self.model
-        self.dtype = stage_dtype(self.params)
+        self.dtype = stage_dtype(self.node)
 
     def prepare(self, item: WorkItem) -> torch.Tensor:
         x = item.inputs["x"]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from omnigraph.runtime.executor import Executor, WorkItem
-from omnigraph.runtime.executors import audio_io
+from omnigraph.runtime.executors import audio_io, onnx_session
 from omnigraph.runtime.loaders import voice_files
 from omnigraph.runtime.values import Audio
 
@@ -97,7 +97,8 @@ class TtsExecutor(Executor):
         self.synthesis = SynthesisConfig(speaker_id=_speaker_id(self.params.get("speaker"), voice),
                                          length_scale=self.params.get("length_scale"))
         seed = self.params.get("seed")
-        session = _session(model, self.ctx.device, self.ctx.seed if seed is None else int(seed))
+        # VITS samples noise (durations, waveform): a seed makes the voice reproducible.
+        session = onnx_session.session(model, self.ctx, self.ctx.seed if seed is None else int(seed))
         self.voice = PiperVoice(session=session, config=voice)
 
     def step(self, items: list[WorkItem]) -> bool:
@@ -153,18 +154,3 @@ def _speaker_id(speaker: int | str | None, voice: Any) -> int | None:
     return sid
 
 
-def _session(model: Path, device: str, seed: int) -> Any:
-    """The voice's onnxruntime session, as PiperVoice.load builds it but on one CPU
-    thread: the stages of a pipeline run at once, and an LLM decoding beside the voice
-    needs the other cores (onnxruntime would otherwise take them all)."""
-    import onnxruntime
-
-    # VITS samples noise (durations, waveform); its random ops draw from a generator seeded
-    # when the session is made, so a seed makes the voice reproducible for the same requests.
-    onnxruntime.set_seed(seed)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    cuda = device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})] if cuda else ["CPUExecutionProvider"]
-    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from omnigraph.runtime.executor import Executor, WorkItem
-from omnigraph.runtime.executors import audio_io
+from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
+from omnigraph.runtime.executors import audio_io, onnx_session
 from omnigraph.runtime.executors.modules import load_module, stage_dtype
 from omnigraph.runtime.loaders import import_attr, resolve_file, split_ref
 from omnigraph.runtime.values import Audio, join_chunks
@@ -34,10 +34,10 @@ class VocoderExecutor(Executor):
         scheme, target = split_ref(self.node.model or "")
         own_rate: int | None = None  # a torch model may say what rate it makes
         if scheme == "onnx":
-            self.vocode = _onnx_vocoder(target, self.ctx.device)
+            self.vocode = _onnx_vocoder(target, self.ctx)
         elif scheme in ("py", "transformers"):
             self.model = model = self._torch_model(scheme, target)  # kept: a bundle saves its weights
-            self.vocode = _torch_vocoder(model, self.ctx.device, stage_dtype(self.params))
+            self.vocode = _torch_vocoder(model, self.ctx.device, stage_dtype(self.node))
             own_rate = getattr(model, "sample_rate", None)
         else:
             raise ValueError(f"vocoder stages take an `onnx:`, `py:` or `transformers:` model, not '{self.node.model}'")
@@ -77,13 +77,8 @@ def _mono(out: Any) -> np.ndarray:
     return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
-def _onnx_vocoder(target: str, device: str) -> Callable[[Any], np.ndarray]:
-    import onnxruntime
-
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    session = onnxruntime.InferenceSession(str(resolve_file(target, ".onnx")), providers=providers)
+def _onnx_vocoder(target: str, ctx: ExecContext) -> Callable[[Any], np.ndarray]:
+    session = onnx_session.session(resolve_file(target, ".onnx"), ctx)
     graph_input = session.get_inputs()[0]
     rank = len(graph_input.shape) if graph_input.shape else None
     dtype = np.int64 if "int64" in graph_input.type else np.int32 if "int32" in graph_input.type else np.float32

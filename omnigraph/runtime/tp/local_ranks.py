@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from omnigraph.runtime.devices import pin_process
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem, executor_class
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.tp.comm import JOIN_TIMEOUT_S, RankComm, Rendezvous
@@ -33,6 +34,7 @@ from omnigraph.runtime.tp.spmd import (
     SpmdLeader,
     check_shardable,
     follow,
+    rank_cores,
     rank_device,
     shard_executor,
 )
@@ -46,9 +48,10 @@ MAX_REBUILD_FAILURES = 3  # rebuilds in a row that fail, or break before a step 
 class LocalFollowers:
     """Ranks 1..world-1 of one instance, as child processes."""
 
-    def __init__(self, node: StageNode, ctx: ExecContext, rendezvous: Rendezvous, module_paths: list[str]) -> None:
+    def __init__(self, node: StageNode, ctx: ExecContext, rendezvous: Rendezvous, module_paths: list[str],
+                 index: int = 0) -> None:
         spawn = mp.get_context("spawn")
-        instance = node.instances[0]
+        instance = node.instances[index]
         threads = max(1, torch.get_num_threads() // rendezvous.world)  # the ranks share this machine's cores
         self.world = rendezvous.world
         self.conns: list[Connection] = []
@@ -56,10 +59,11 @@ class LocalFollowers:
         try:
             for rank in range(1, rendezvous.world):
                 ours, theirs = spawn.Pipe()
-                device = rank_device(ctx.device, instance, rank)
+                device = rank_device(instance, rank)
+                cores = rank_cores(instance, rank)
                 proc = spawn.Process(target=_follower_main, name=f"omnigraph-{node.name}-rank{rank}", daemon=True,
                                      args=(node.model_dump_json(), rank, rendezvous, device, ctx.seed, module_paths,
-                                           threads, theirs))
+                                           len(cores) if cores else threads, theirs, cores))
                 self.conns.append(ours)
                 proc.start()
                 theirs.close()
@@ -117,31 +121,33 @@ def _last_words(conn: Connection, proc: Any) -> str:
     return f"died (exit code {proc.exitcode})"
 
 
-def start_local_instance(node: StageNode, ctx: ExecContext, module_paths: list[str]) -> SpmdLeader:
-    """Rank 0 of the stage's first instance, its followers started and loaded."""
-    check_shardable(node, node.instances[0])
+def start_local_instance(node: StageNode, ctx: ExecContext, module_paths: list[str], index: int = 0) -> SpmdLeader:
+    """Rank 0 of one of the stage's instances, its followers started and loaded."""
+    check_shardable(node, node.instances[index])
 
     def start(started: Callable[[LocalFollowers], None]) -> tuple[Executor, RankComm, LocalFollowers]:
-        return _start_ranks(node, ctx, module_paths, started)
+        return _start_ranks(node, ctx, module_paths, started, index)
 
     inner, comm, followers = start(lambda followers: None)
     return LocalLeader(inner, comm, followers, start)
 
 
 def _start_ranks(node: StageNode, ctx: ExecContext, module_paths: list[str],
-                 started: Callable[[LocalFollowers], None]) -> tuple[Executor, RankComm, LocalFollowers]:
+                 started: Callable[[LocalFollowers], None], index: int = 0,
+                 ) -> tuple[Executor, RankComm, LocalFollowers]:
     """A new group (its own rendezvous), its followers spawned and loaded, and rank 0's
     executor loaded and sharded. `started` sees the followers as soon as they are spawned
     (and may raise to stop the start). Nothing is left running if this raises."""
-    instance = node.instances[0]
+    instance = node.instances[index]
     rendezvous, store = RankComm.lead(instance.ranks)
-    followers = LocalFollowers(node, ctx, rendezvous, module_paths)
+    followers = LocalFollowers(node, ctx, rendezvous, module_paths, index)
     comm: RankComm | None = None
     try:
         started(followers)
-        device = rank_device(ctx.device, instance, 0)
+        device = rank_device(instance, 0)
         comm = _join(lambda: RankComm(rendezvous, 0, device, store=store), followers)
-        inner = executor_class(node.kind)(node, ExecContext(device=device, seed=ctx.seed))
+        inner = executor_class(node.kind)(node, ExecContext(device=device, seed=ctx.seed, planned=ctx.planned,
+                                                           cores=rank_cores(instance, 0)))
         inner.load()
         shard_executor(inner, comm)
         followers.wait_ready(JOIN_TIMEOUT_S)
@@ -302,15 +308,16 @@ def _capture(make: Any) -> Any:
 
 
 def _follower_main(node_json: str, rank: int, rendezvous: Rendezvous, device: str, seed: int,
-                   module_paths: list[str], threads: int, conn: Connection) -> None:
+                   module_paths: list[str], threads: int, conn: Connection, cores: list[int] | None = None) -> None:
     for path in module_paths:
         if path not in sys.path:
             sys.path.append(path)
+    pin_process(cores)  # a rank's own process: on the cores the plan gave it
     torch.set_num_threads(threads)
     try:
         node = StageNode.model_validate_json(node_json)
         comm = RankComm(rendezvous, rank, device)
-        executor: Executor = executor_class(node.kind)(node, ExecContext(device=device, seed=seed))
+        executor: Executor = executor_class(node.kind)(node, ExecContext(device=device, seed=seed, cores=cores))
         executor.load()
         shard_executor(executor, comm)
     except BaseException as exc:

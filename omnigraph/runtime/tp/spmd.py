@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from omnigraph.kinds import KINDS
+from omnigraph.runtime.devices import placed, torch_device
 from omnigraph.runtime.executor import Executor, WorkItem
 from omnigraph.runtime.plan import Instance, StageNode
 from omnigraph.runtime.tp.comm import RankComm, RankFailed
@@ -63,13 +64,17 @@ def shard_executor(executor: Executor, comm: RankComm) -> None:
         raise ValueError(f"{type(model).__name__} has no attention or MLP layers this runtime can shard")
 
 
-def rank_device(base: str, instance: Instance, rank: int) -> str:
-    """The torch device of one rank: on GPUs, the plan device's index (cuda:N); else cpu."""
-    if not base.startswith("cuda"):
-        return base
-    name = instance.devices[rank % len(instance.devices)]
-    digits = "".join(c for c in name.rpartition(":")[2] if c.isdigit())
-    return f"cuda:{int(digits)}" if digits else "cuda"
+def rank_device(instance: Instance, rank: int) -> str:
+    """The torch device of one rank: its plan device (cuda:N on a GPU, else cpu), after
+    OMNIGRAPH_DEVICE_MAP (runtime/devices.py)."""
+    return placed(torch_device(instance.devices[rank % len(instance.devices)]))
+
+
+def rank_cores(instance: Instance, rank: int) -> list[int] | None:
+    """The share of the instance's CPU cores one rank computes on (every rank gets one)."""
+    if not instance.cores:
+        return None
+    return instance.cores[rank % instance.ranks::instance.ranks] or [instance.cores[rank % len(instance.cores)]]
 
 
 class SpmdLeader(Executor):
