@@ -82,13 +82,13 @@ def first_chunk(handle: Any) -> bool:
 def record_batches(ex: ArLlmExecutor) -> list[tuple[int, ...]]:
     """The request ids of every decode step the executor runs from now on."""
     steps: list[tuple[int, ...]] = []
-    batch_for: Callable = ex._batch_for
+    decode: Callable = ex._decode
 
     def recording(reqs: list) -> Any:
         steps.append(tuple(r.item.request_id for r in reqs))
-        return batch_for(reqs)
+        return decode(reqs)
 
-    ex._batch_for = recording  # type: ignore[method-assign]
+    ex._decode = recording  # type: ignore[method-assign]
     return steps
 
 
@@ -122,7 +122,7 @@ pipeline c(prompt: tokens, ctx: embedding) -> (ids: tokens, h: embedding) {{
 """)
     model = build_from_config("transformers", "LlamaForCausalLM", CONFIG, seed=0)
     prompt, ctx = prompts()[1], torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
-    with omnigraph.load(path) as pipe:
+    with omnigraph.load(path, target=None) as pipe:  # f32, as the reference computes
         out = pipe.run({"prompt": prompt, "ctx": ctx}, timeout=60)
         with pytest.raises(RequestFailed, match="context embeddings are 32 wide") as err:
             pipe.run({"prompt": prompt, "ctx": torch.randn(4, 32)}, timeout=60)
@@ -228,7 +228,8 @@ def test_cancelled_request_frees_its_slot(tmp_path: Path) -> None:
         with pytest.raises(RequestFailed, match="cancelled"):
             handles[0].result(timeout=5)
         outs = [h.result(timeout=60) for h in handles[1:]]
-    assert ex._batch is None and ex._members == []  # every KV cache is freed (workers joined)
+    assert ex._running == [] and ex.pool.in_use == ex.pool.stats.blocks - ex.pool.available  # nothing held
+    assert all(ex.pool._refs[b] == 0 for b in range(ex.pool.stats.blocks))  # every KV block is back
     assert handles[2].id in {i for s in steps for i in s}  # the third got the freed slot
     assert max(map(len, steps)) == 2
     for prompt, out in zip(ps[1:3], outs):
@@ -259,7 +260,7 @@ def test_a_full_stream_skips_that_request_only(tmp_path: Path) -> None:
         ex.step([slow])
     assert "error" not in ended[1] and "error" not in ended[2]
     assert ended[1]["tokens"].tolist() == ended[2]["tokens"].tolist()  # same prompt, same answer
-    assert ex._batch is None
+    assert ex._running == [] and all(ref == 0 for ref in ex.pool._refs)
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -287,6 +288,12 @@ def test_gguf_is_dequantized_once_then_read_from_the_cache(tmp_path: Path, monke
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in cached.iterdir()}
     load_gguf(str(gguf))
     assert loads == ["m.gguf", None]  # the second load read the safetensors copy
+    model, _ = load_gguf(str(gguf), torch.bfloat16)  # the plan's dtype: a copy of its own,
+    assert model.dtype == torch.bfloat16 and loads == ["m.gguf", None, None]  # made from the f32 one
+    half = gguf_cache_dir(gguf, "bf16")
+    assert half != cached and (half / "model.safetensors").stat().st_size < (cached / "model.safetensors").stat().st_size
+    load_gguf(str(gguf), torch.bfloat16)
+    assert loads == ["m.gguf", None, None, None] and len(list(cached.parent.iterdir())) == 2
 
 
 def test_other_model_schemes_are_refused(tmp_path: Path) -> None:
@@ -324,19 +331,30 @@ stages:
 
 
 def test_batched_prefill_matches_each_prompt_alone() -> None:
-    from omnigraph.runtime.executors.llm_batch import prefill
+    from omnigraph.runtime.executors.kv_pool import KvPool, Seq
+    from omnigraph.runtime.executors.llm_batch import forward_rows
     from omnigraph.runtime.executors.llm_calls import ModuleCalls
 
     model = build_from_config("transformers", "LlamaForCausalLM", CONFIG, seed=0)
     embed = model.get_input_embeddings()
     calls = ModuleCalls(model)
+
+    def prefill(batch: list[torch.Tensor]) -> tuple[object, KvPool, list[Seq]]:
+        pool, seqs = KvPool(CONFIG["num_hidden_layers"], 4, 32, model.dtype, "cpu", 1), [Seq() for _ in batch]
+        for seq, prompt in zip(seqs, batch):
+            assert pool.grow(seq, len(prompt))
+        return forward_rows(calls, pool, seqs, batch, True), pool, seqs
+
+    def kv(pool: KvPool, seq: Seq) -> list[torch.Tensor]:
+        slots = pool.slots(seq, 0, seq.length)
+        return [t[slots] for layer in range(len(pool.keys)) for t in (pool.keys[layer], pool.values[layer])]
+
     with torch.no_grad():
         for batch in (prompts(), [embed(p) for p in prompts()]):  # token ids, then embeddings
-            fwd, caches = prefill(calls, True, batch)
+            fwd, pool, seqs = prefill(batch)
             for row, prompt in enumerate(batch):
-                alone, (kv,) = prefill(calls, True, [prompt])
+                alone, pool1, (seq1,) = prefill([prompt])
                 torch.testing.assert_close(fwd.logits[row], alone.logits[0], atol=1e-5, rtol=1e-4)
                 torch.testing.assert_close(fwd.hidden[row], alone.hidden[0], atol=1e-5, rtol=1e-4)
-                assert [k.shape[2] for k, _ in caches[row]] == [len(prompt)] * len(kv)
-                for (k, v), (k1, v1) in zip(caches[row], kv):
-                    torch.testing.assert_close((k, v), (k1, v1), atol=1e-5, rtol=1e-4)
+                assert seqs[row].length == len(prompt)
+                torch.testing.assert_close(kv(pool, seqs[row]), kv(pool1, seq1), atol=1e-5, rtol=1e-4)

@@ -15,7 +15,8 @@ pytest.importorskip("transformers")
 
 from omnigraph.api import compile_plan, load  # noqa: E402
 from omnigraph.runtime.executor import ExecContext, executor_class  # noqa: E402
-from omnigraph.runtime.executors.llm_batch import DecodeBatch, prefill  # noqa: E402
+from omnigraph.runtime.executors.kv_pool import KvPool, Seq  # noqa: E402
+from omnigraph.runtime.executors.llm_batch import forward_rows  # noqa: E402
 from omnigraph.runtime.executors.llm_calls import FusedCalls, ModuleCalls  # noqa: E402
 from omnigraph.runtime.fused_stage import INTERPRET_ENV, FusedProgram  # noqa: E402
 from omnigraph.runtime.plan import RuntimePlan  # noqa: E402
@@ -98,6 +99,25 @@ def test_the_executor_binds_the_fused_graphs_only_where_they_apply(
     assert isinstance(fused.calls, ModuleCalls)
 
 
+def _pool(model: torch.nn.Module) -> KvPool:
+    return KvPool(model.config.num_hidden_layers, 4, 64, model.dtype, "cpu", token_bytes=1)
+
+
+def _rows(pool: KvPool, seqs: list[Seq]) -> list[list[torch.Tensor]]:
+    """Each row's keys and values as the pool holds them, layer by layer."""
+    out = []
+    for seq in seqs:
+        slots = pool.slots(seq, 0, seq.length)
+        out.append([t[slots] for layer in range(len(pool.keys)) for t in (pool.keys[layer], pool.values[layer])])
+    return out
+
+
+def _step(calls: object, pool: KvPool, seqs: list[Seq], inputs: list[torch.Tensor], hidden: bool):
+    for seq, x in zip(seqs, inputs):
+        assert pool.grow(seq, len(x))
+    return forward_rows(calls, pool, seqs, inputs, hidden)  # type: ignore[arg-type]
+
+
 def test_fused_prefill_and_decode_match_the_module_row_by_row(
         compiled: tuple[Path, RuntimePlan], monkeypatch: pytest.MonkeyPatch) -> None:
     ex = _loaded(compiled[1], monkeypatch)
@@ -105,23 +125,23 @@ def test_fused_prefill_and_decode_match_the_module_row_by_row(
     embed = ex.model.get_input_embeddings()
     with torch.no_grad():
         for batch in (_prompts((5, 1, 9)), _prompts((1,)), [embed(p) for p in _prompts((4, 7))]):
-            want, want_kv = prefill(module, True, batch)
-            got, got_kv = prefill(ex.calls, True, batch)
+            pool_got, pool_want = _pool(ex.model), _pool(ex.model)
+            seqs_got, seqs_want = [Seq() for _ in batch], [Seq() for _ in batch]
+            want = _step(module, pool_want, seqs_want, batch, True)
+            got = _step(ex.calls, pool_got, seqs_got, batch, True)
             torch.testing.assert_close(got.logits, want.logits, **TOL)
             torch.testing.assert_close(got.hidden, want.hidden, **TOL)
-            for row_got, row_want in zip(got_kv, want_kv):
-                assert [k.shape for k, _ in row_got] == [k.shape for k, _ in row_want]
-                torch.testing.assert_close(row_got, row_want, **TOL)
+            torch.testing.assert_close(_rows(pool_got, seqs_got), _rows(pool_want, seqs_want), **TOL)
             # decode together from caches of different lengths, three steps
-            fused_batch, module_batch = DecodeBatch(ex.calls, got_kv), DecodeBatch(module, want_kv)
             tokens = [int(t) for t in want.logits.argmax(-1)]
             for _ in range(3):
-                g, w = fused_batch.step(tokens, want_hidden=False), module_batch.step(tokens, want_hidden=True)
+                ids = [torch.tensor([t]) for t in tokens]
+                g = _step(ex.calls, pool_got, seqs_got, ids, False)
+                w = _step(module, pool_want, seqs_want, ids, True)
                 assert g.hidden is None  # asked for none
                 torch.testing.assert_close(g.logits, w.logits, **TOL)
                 tokens = [int(t) for t in w.logits.argmax(-1)]
-            for row_got, row_want in zip(fused_batch.split(), module_batch.split()):
-                torch.testing.assert_close(row_got, row_want, **TOL)
+            torch.testing.assert_close(_rows(pool_got, seqs_got), _rows(pool_want, seqs_want), **TOL)
 
 
 def test_the_pipeline_generates_the_same_tokens_fused(
@@ -130,7 +150,7 @@ def test_the_pipeline_generates_the_same_tokens_fused(
     prompts = _prompts((3, 7, 1, 5), seed=1)
 
     def generate(target: Path | RuntimePlan) -> list[dict]:
-        with load(target) as pipe:
+        with load(target, target=None) as pipe:  # unplanned, f32: as the compiled plan runs
             first = [pipe.submit({"prompt": p}) for p in prompts[:2]]
             rest = [pipe.submit({"prompt": p}) for p in prompts[2:]]  # join the running batch
             return [h.result(timeout=300) for h in first + rest]

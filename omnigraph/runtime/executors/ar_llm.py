@@ -1,10 +1,16 @@
 """`ar_llm`: an autoregressive LLM with continuous batching.
 
-Each `step` prefills the work items that just arrived, together in one left-padded
-forward pass (their first token comes from the prefill), and then runs one batched
-decode step for every running request whose output streams have room. Requests join
-and leave the running batch at any step; see llm_batch.py for how their KV caches of
-different lengths decode together.
+Each `step` prefills the work items that just arrived, together in left-padded forward
+passes (their first token comes from the prefill), and then runs one batched decode step
+for every running request whose output streams have room. Requests join and leave the
+running batch at any step.
+
+The KV cache is one pool of blocks (kv_pool.py), sized by the plan's KV budget: a request
+takes blocks as it grows and gives them back when it ends. When the pool is full, new
+requests wait (they are not failed); a running request that cannot grow is preempted (the
+latest admitted first), its blocks freed, and recomputed later from its prompt and the
+tokens it already wrote (vLLM's recompute preemption), so its text goes on where it was.
+Prompts that start with cached blocks (a shared system prompt) reuse them (prefix caching).
 
 The forward passes run through the stage's fused prefill and decode-step graphs when the
 plan carries kernels for both and they apply here (a GPU, or the Triton interpreter asked
@@ -25,31 +31,38 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from omnigraph.kinds import ArLlmParams
-from omnigraph.runtime.channel import StreamReader
 from omnigraph.runtime.executor import Executor, WorkItem
-from omnigraph.runtime.executors.llm_batch import KV, DecodeBatch, choose_token, prefill
+from omnigraph.runtime.executors.cpu_linear import pack_linears
+from omnigraph.runtime.executors.kv_pool import KvPool, Seq
+from omnigraph.runtime.executors.llm_inputs import (context_embeddings, device_memory, eos_ids, gather_streams,
+                                                     prompt_tokens)
+from omnigraph.runtime.executors.llm_batch import choose_token, forward_rows
 from omnigraph.runtime.executors.llm_calls import FusedCalls, LlmCalls, ModuleCalls
 from omnigraph.runtime.executors.llm_loading import load_causal_lm
-from omnigraph.runtime.executors.llm_text import TextStream, prompt_ids
+from omnigraph.runtime.executors.llm_text import TextStream
 from omnigraph.runtime.fused_stage import fused_entry
-from omnigraph.runtime.values import join_chunks
 
 _STATE = "ar_llm"  # key of a request's _Request in WorkItem.state
+UNPLANNED_POOL_SHARE = 0.25  # of the device's memory, for a KV pool the plan did not size
 
 
 @dataclass
 class _Request:
     item: WorkItem
-    kv: KV | None  # its own KV cache; None while that lives in the running batch
-    length: int  # positions in the KV cache
+    prompt: torch.Tensor  # token ids [len], or embeddings [len, hidden] with the context
+    ids: list[int] | None  # the prompt's token ids when it is only tokens (prefix caching)
     text: TextStream
     generator: torch.Generator | None
+    order: int  # admission order: the latest is preempted first
+    seq: Seq = field(default_factory=Seq)
     tokens: list[int] = field(default_factory=list)
     hidden: list[torch.Tensor] = field(default_factory=list)
 
@@ -57,12 +70,16 @@ class _Request:
     def alive(self) -> bool:
         return not self.item.dead
 
-
-@dataclass
-class _Prefill:
-    item: WorkItem
-    ids: list[int]
-    prompt: torch.Tensor  # token ids [len], or embeddings [len, hidden] with the context
+    def todo(self, embed: Any) -> torch.Tensor:
+        """The positions still to compute: its prompt and the tokens it wrote (after a
+        preemption), minus those the pool already holds."""
+        if self.ids is not None:
+            ids = self.ids + self.tokens
+            return torch.tensor(ids[self.seq.length:], device=self.prompt.device)
+        whole = self.prompt
+        if self.tokens:
+            whole = torch.cat([whole, embed(torch.tensor(self.tokens, device=whole.device)).to(whole.dtype)])
+        return whole[self.seq.length:]
 
 
 class ArLlmExecutor(Executor):
@@ -75,13 +92,38 @@ class ArLlmExecutor(Executor):
         self.frame: tuple[str, str] | None = (str(frame[0]), str(frame[1])) if frame else None
         self.device = self.model.device
         self.embed = self.model.get_input_embeddings()
-        self.eos = _eos_ids(self.model, self.tokenizer)
+        self.eos = eos_ids(self.model, self.tokenizer)
         self.takes_embeds = "inputs_embeds" in inspect.signature(self.model.forward).parameters
         self.max_positions: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.modality = {b.port: b.modality for b in self.node.inputs}
         self.calls: LlmCalls = self._fused_calls() or ModuleCalls(self.model)
-        self._batch: DecodeBatch | None = None
-        self._members: list[_Request] = []  # the batch's rows, in order
+        self.pool = self._pool()
+        self._waiting: deque[_Request] = deque()  # admitted, not (or no longer) in the pool
+        self._running: list[_Request] = []  # their KV in the pool
+        self._admitted = 0
+        self._packed = False
+
+    def _pool(self) -> KvPool:
+        """The KV pool: the plan's budget for this instance, never more than the batch can
+        fill (max_batch sequences of max_position_embeddings); without a plan, a share of
+        the device's memory."""
+        config = self.model.config.get_text_config()
+        layers = int(config.num_hidden_layers)
+        heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        ranks = max(1, self.node.instances[0].tp)
+        heads = max(1, heads // ranks) if heads % ranks == 0 else heads  # a tp rank holds its heads
+        token_bytes = 2 * layers * heads * dim * self.model.dtype.itemsize
+        bt = self.node.resources.kv_block_tokens
+        budget = self.node.resources.kv_bytes
+        if budget is None:
+            budget = int(device_memory(self.device) * UNPLANNED_POOL_SHARE)
+        most = self.settings.max_batch * (self.max_positions or 32_768)
+        blocks = min(budget // (token_bytes * bt), math.ceil(most / bt))
+        if blocks < 1:
+            raise ValueError(f"the KV budget ({budget} bytes) holds no block of {bt} tokens "
+                             f"({token_bytes * bt} bytes)")
+        return KvPool(layers, bt, int(blocks), self.model.dtype, self.device, token_bytes)
 
     def _fused_calls(self) -> FusedCalls | None:
         """The fused prefill and decode-step graphs, when the plan has kernels for both
@@ -90,106 +132,187 @@ class ArLlmExecutor(Executor):
         decode_graph = fused_entry(self.node, "decode_step", self.model, self.ctx.device)
         if prefill_graph is None or decode_graph is None:
             return None
-        return FusedCalls(prefill_graph, decode_graph, self.embed)
+        return FusedCalls(prefill_graph, decode_graph, self.embed, ModuleCalls(self.model))
 
     def unfuse(self) -> None:
         """Back to the module's own forward (its weights are about to change: sharding)."""
         self.calls = ModuleCalls(self.model)
-        self._batch, self._members = None, []
+
+    def stats(self) -> dict[str, Any]:
+        st = self.pool.stats
+        return {"kv_blocks": st.blocks, "kv_block_tokens": st.block_tokens, "kv_pool_bytes": st.bytes,
+                "kv_peak_bytes": st.peak_blocks * st.block_tokens * self.pool.token_bytes,
+                "kv_blocks_in_use": self.pool.in_use, "prefix_query_tokens": st.prefix_queries,
+                "prefix_hit_tokens": st.prefix_hits, "preemptions": st.preemptions}
 
     # -- the step ----------------------------------------------------------------------
     def step(self, items: list[WorkItem]) -> bool:
         with torch.no_grad():  # not inference_mode: outputs reach users, who may edit them in place
+            self._pack_once()
+            self._drop_ended()
             live = [i for i in items if not i.dead]
-            admitted = self._admit([i for i in live if _STATE not in i.state])
-            running = [r for i in live if (r := i.state.get(_STATE)) is not None
-                       and not i.done and all(i.writable(p) for p in i.streams)]  # backpressure
-            if running:
-                self._decode(running)
-            if not any(r.alive for r in self._members):
-                self._batch, self._members = None, []  # nothing left to decode: free the stack
-            return bool(admitted or running)
+            arrived = self._arrive([i for i in live if _STATE not in i.state])
+            admitted = self._admit()
+            writable = [r for r in self._running if not r.item.done and all(r.item.writable(p) for p in r.item.streams)]
+            if writable:
+                self._decode(writable)
+            self._drop_ended()
+            return bool(arrived or admitted or writable)
 
-    def _admit(self, items: list[WorkItem]) -> bool:
-        """Prefill the new requests whose inputs are all in and take each one's first
-        token; those whose inputs still stream in wait (gathered without blocking the
-        batch). True when any request was admitted (or failed)."""
-        ready: list[_Prefill] = []
-        failed = False
+    def _pack_once(self) -> None:
+        """On a CPU, the linear layers' weights repacked for oneDNN (cpu_linear.py) before the
+        first forward: after any sharding, never for the compiler's own loads."""
+        if not self._packed and self.ctx.optimize and isinstance(self.calls, ModuleCalls):
+            pack_linears(self.model)
+        self._packed = True
+
+    def _drop_ended(self) -> None:
+        """Requests that ended (finished, failed, cancelled) give their blocks back."""
+        for req in [r for r in self._running if r.item.done or not r.alive]:
+            self.pool.release(req.seq)
+            self._running.remove(req)
+        for req in [r for r in self._waiting if r.item.done or not r.alive]:
+            self.pool.release(req.seq)
+            self._waiting.remove(req)
+
+    def _arrive(self, items: list[WorkItem]) -> bool:
+        """New requests whose inputs are all in join the queue (those whose inputs still
+        stream in wait, gathered without blocking the batch). True when any arrived or failed."""
+        moved = False
         for item in items:
             try:
-                if _gather_streams(item, self.modality):
-                    ready.append(self._prefill_input(item))
+                if not gather_streams(item, self.modality):
+                    continue
+                req = self._request(item)
             except Exception as exc:  # this request's input failed, not the batch
                 item.fail(exc)
-                failed = True
-        for embedded in (False, True):  # token ids and embeddings cannot share a forward
-            group = [p for p in ready if (p.prompt.dim() == 2) == embedded]
-            if group:
-                self._prefill(group)
-        return bool(ready) or failed
+                moved = True
+                continue
+            item.state[_STATE] = req
+            self._waiting.append(req)
+            moved = True
+        return moved
 
-    def _prefill_input(self, item: WorkItem) -> _Prefill:
-        """The prompt to prefill: token ids [len], or with context embeddings [len, hidden]."""
-        ids = self._prompt(item)
-        embeds = self._context(item)
+    def _request(self, item: WorkItem) -> _Request:
+        ids = prompt_tokens(item.inputs["prompt"], self.tokenizer, self.settings, self.frame)
+        embeds = context_embeddings(item.inputs.get("context"), self.embed, self.model.dtype, self.takes_embeds,
+                                    type(self.model).__name__)
         prompt = torch.tensor(ids, device=self.device)
         if embeds is not None:
             prompt = torch.cat([embeds, self.embed(prompt)])
         if self.max_positions is not None and len(prompt) > self.max_positions:
             raise ValueError(f"the prompt has {len(prompt)} positions; the model takes {self.max_positions}")
-        return _Prefill(item, ids, prompt)
+        self._admitted += 1
+        return _Request(item, prompt, ids if embeds is None else None, self._text_stream(),
+                        self._generator(item, ids), self._admitted, Seq(tokens=[] if embeds is None else None))
 
-    def _prefill(self, group: list[_Prefill]) -> None:
+    def _admit(self) -> bool:
+        """Move waiting requests into the pool, first come first served, while their blocks
+        fit (a shared prefix first), and prefill them. True when any moved (or failed)."""
+        ready: list[_Request] = []
+        moved = False
+        while self._waiting and len(self._running) + len(ready) < self.settings.max_batch:
+            req = self._waiting[0]
+            if req.ids is not None and req.seq.length == 0:
+                self.pool.share_prefix(req.seq, req.ids + req.tokens)
+            todo = len(req.todo(self.embed))
+            if self.pool.blocks_needed(Seq(length=0), req.seq.length + todo) > self.pool.stats.blocks:
+                self._waiting.popleft()
+                self.pool.release(req.seq)
+                req.item.fail(ValueError(
+                    f"the request needs {req.seq.length + todo} positions of KV cache; the pool holds "
+                    f"{self.pool.stats.blocks * self.pool.block_tokens} (the plan's KV budget)"))
+                moved = True
+                continue
+            if not self.pool.grow(req.seq, todo):
+                self.pool.release(req.seq)  # its shared prefix waits unpinned, like everything else
+                break
+            ready.append(self._waiting.popleft())
+        if ready:
+            self._prefill(ready)
+        return moved or bool(ready)
+
+    def _prefill(self, reqs: list[_Request]) -> None:
+        """Prefill in groups that can share a forward: ids or embeddings, and one cached length."""
+        groups: dict[tuple[bool, int], list[_Request]] = {}
+        for req in reqs:
+            groups.setdefault((req.ids is None, req.seq.length), []).append(req)
+        for group in groups.values():
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[_Request]) -> None:
+        inputs = [r.todo(self.embed) for r in group]
+        lengths = [r.seq.length for r in group]
         try:
-            fwd, caches = prefill(self.calls, any(p.item.wants("hidden") for p in group), [p.prompt for p in group])
+            fwd = forward_rows(self.calls, self.pool, [r.seq for r in group], inputs,
+                               any(r.item.wants("hidden") for r in group))
         except Exception as exc:
+            for req, length in zip(group, lengths):
+                req.seq.length = length
             if len(group) > 1:  # find the request that fails: each alone
-                for p in group:
-                    self._prefill([p])
+                for req in group:
+                    self._prefill_group([req])
             else:
+                self.pool.release(group[0].seq)
                 group[0].item.fail(exc)
             return
-        for row, (p, kv) in enumerate(zip(group, caches)):
-            try:
-                req = _Request(p.item, kv, len(p.prompt), self._text_stream(), self._generator(p.item, p.ids))
-                p.item.state[_STATE] = req
-                self._accept(req, fwd.logits[row], None if fwd.hidden is None else fwd.hidden[row])
-            except Exception as exc:
-                p.item.fail(exc)
-
-    def _decode(self, reqs: list[_Request]) -> None:
-        batch = self._batch_for(reqs)
-        try:
-            fwd = batch.step([r.tokens[-1] for r in reqs], any(r.item.wants("hidden") for r in reqs))
-        except Exception:
-            self._batch, self._members = None, []  # the caches are in an unknown state
-            raise  # a batched forward cannot be pinned on one request: the worker fails them all
-        for row, req in enumerate(reqs):
-            req.length += 1
+        for row, req in enumerate(group):
+            if req.seq.tokens is not None:
+                req.seq.tokens = (req.ids or []) + req.tokens
+                self.pool.publish(req.seq)
+            self._running.append(req)
             try:
                 self._accept(req, fwd.logits[row], None if fwd.hidden is None else fwd.hidden[row])
             except Exception as exc:
                 req.item.fail(exc)
 
-    def _batch_for(self, reqs: list[_Request]) -> DecodeBatch:
-        """The running batch for exactly `reqs`: the last one while its rows are the
-        same, else a new one built from the requests' own caches."""
-        if len(reqs) == len(self._members) and all(a is b for a, b in zip(reqs, self._members)):
-            assert self._batch is not None
-            return self._batch
-        if self._batch is not None:
-            for req, kv in zip(self._members, self._batch.split()):
-                req.kv = kv
-        self._batch = DecodeBatch(self.calls, [r.kv for r in reqs])  # type: ignore[misc]  # each has one by now
-        for req in reqs:
-            req.kv = None
-        for req in self._members:
-            if req.kv is not None:  # left out: an ended request's cache goes, a waiting one's is
-                # copied out so that the old stack is freed
-                req.kv = [(k.clone(), v.clone()) for k, v in req.kv] if req.alive else None
-        self._members = reqs
-        return self._batch
+    def _decode(self, reqs: list[_Request]) -> None:
+        rows = self._make_room(reqs)
+        if not rows:
+            return
+        try:
+            fwd = forward_rows(self.calls, self.pool, [r.seq for r in rows],
+                               [torch.tensor([r.tokens[-1]], device=self.device) for r in rows],
+                               any(r.item.wants("hidden") for r in rows))
+        except Exception:
+            for req in rows:  # their caches are in an unknown state: recompute them later
+                self._preempt(req, count=False)
+            raise  # a batched forward cannot be pinned on one request: the worker fails them all
+        for row, req in enumerate(rows):
+            if req.seq.tokens is not None:
+                req.seq.tokens.append(req.tokens[-1])
+                self.pool.publish(req.seq)
+            try:
+                self._accept(req, fwd.logits[row], None if fwd.hidden is None else fwd.hidden[row])
+            except Exception as exc:
+                req.item.fail(exc)
+
+    def _make_room(self, reqs: list[_Request]) -> list[_Request]:
+        """The requests that get a slot for their next token; when the pool is full, the
+        latest admitted running requests are preempted until the rest fit."""
+        rows = sorted(reqs, key=lambda r: r.order)
+        out = []
+        for req in rows:
+            while req in self._running and not self.pool.grow(req.seq, 1):
+                victim = max(self._running, key=lambda r: r.order)
+                self._preempt(victim)
+                if victim in out:
+                    out.remove(victim)
+            if req in self._running:
+                out.append(req)
+        return out
+
+    def _preempt(self, req: _Request, count: bool = True) -> None:
+        """Free a running request's blocks; it waits at the front to be recomputed."""
+        self.pool.release(req.seq)
+        if req.seq.tokens is not None:
+            req.seq.tokens = []
+        if req in self._running:
+            self._running.remove(req)
+        if req.alive and not req.item.done:
+            self._waiting.appendleft(req)
+        if count:
+            self.pool.stats.preemptions += 1
 
     # -- tokens out ----------------------------------------------------------------------
     def _accept(self, req: _Request, logits: torch.Tensor, hidden: torch.Tensor | None) -> None:
@@ -202,7 +325,7 @@ class ArLlmExecutor(Executor):
         if hidden is not None and req.item.wants("hidden"):
             req.hidden.append(hidden)
         req.text.push(token)
-        full = self.max_positions is not None and req.length >= self.max_positions  # no room to feed it
+        full = self.max_positions is not None and req.seq.length >= self.max_positions  # no room to feed it
         self._publish(req, final=req.text.stopped or len(req.tokens) >= s.max_new_tokens or full,
                       token=token, hidden=hidden)
 
@@ -228,31 +351,10 @@ class ArLlmExecutor(Executor):
                 item.emit(port, value)
             elif not item.streams[port].chunks():  # an empty stream still joins to a typed value
                 item.chunk(port, value)
+        self.pool.release(req.seq)  # before it ends: whoever sees it done sees its blocks back
+        if req in self._running:
+            self._running.remove(req)
         item.finish()
-
-    # -- inputs --------------------------------------------------------------------------
-    def _prompt(self, item: WorkItem) -> list[int]:
-        prompt = item.inputs["prompt"]
-        if isinstance(prompt, str):
-            return prompt_ids(self.tokenizer, prompt, self.settings.system, self.settings.chat, self.frame)
-        ids = torch.as_tensor(prompt).reshape(-1).tolist()
-        if not ids:
-            raise ValueError("the prompt has no tokens")
-        return ids
-
-    def _context(self, item: WorkItem) -> torch.Tensor | None:
-        """The context embeddings, all edges concatenated: [seq, hidden]."""
-        value = item.inputs.get("context")
-        if value is None:
-            return None
-        if not self.takes_embeds:
-            raise ValueError(f"{type(self.model).__name__} takes no inputs_embeds: it cannot read context embeddings")
-        parts = [torch.as_tensor(p) for p in (value if isinstance(value, list) else [value])]
-        width = self.embed.embedding_dim
-        wrong = sorted({p.shape[-1] for p in parts} - {width})
-        if wrong:
-            raise ValueError(f"context embeddings are {wrong[0]} wide; the model's embeddings are {width}")
-        return torch.cat([p.reshape(-1, width) for p in parts]).to(self.device, self.model.dtype)
 
     def _text_stream(self) -> TextStream:
         return TextStream(self.tokenizer, self.settings.stop, self.settings.stream_chunk)
@@ -267,31 +369,3 @@ class ArLlmExecutor(Executor):
             seed = int.from_bytes(digest[:8], "little") >> 1
         return torch.Generator(device=self.device).manual_seed(seed)
 
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """The ids that end generation: the model's generation config and the tokenizer's."""
-    ids: set[int] = set()
-    config = getattr(model, "generation_config", None)
-    for value in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        ids.update(value if isinstance(value, list) else [] if value is None else [value])
-    return frozenset(ids)
-
-
-def _gather_streams(item: WorkItem, modality: dict[str, str]) -> bool:
-    """Replace streamed inputs by their joined values once they have ended, reading
-    what has arrived so far without waiting; True when no input is still streaming."""
-    complete = True
-    for port, value in item.inputs.items():
-        values = value if isinstance(value, list) else [value]
-        for i, v in enumerate(values):
-            if not isinstance(v, StreamReader):
-                continue
-            buffer = item.state.setdefault(f"chunks:{port}:{i}", [])
-            chunks, ended = v.poll()
-            buffer.extend(chunks)
-            if ended:
-                values[i] = join_chunks(modality[port], buffer)
-            else:
-                complete = False
-        item.inputs[port] = values if isinstance(value, list) else values[0]
-    return complete

@@ -1,84 +1,42 @@
-"""KV caches of requests that decode together, and choosing the next token.
+"""One forward over rows of the paged KV pool, and choosing the next token.
 
-Each request owns its KV cache (per layer: keys and values [1, heads, len, dim]).
-To decode several requests in one forward pass their caches are left-padded to a
-common length and stacked; the attention mask hides the padding and position ids
-carry each request's own position, so every row computes what it would alone.
-The stacked cache is kept across steps while the same requests decode, and is
-split back into per-request caches only when one joins or leaves.
+Each request owns a block table in the stage's KV pool (kv_pool.py). A forward takes rows
+that each add new positions after their cached ones: a prefill group (prompts, left-padded
+to a common length; a group shares one cached-prefix length) or a decode step (one token a
+row). paged_cache.PagedStep lays the rows out (left-padded cached positions, the mask that
+hides the padding, each row's own position ids), so every row computes what it would alone;
+the new keys and values land in the rows' blocks.
 
 The model is reached through `LlmCalls` (llm_calls.py): its own forward, or its fused
 prefill and decode-step graphs; the batching here is the same for both.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from omnigraph.runtime.executors.kv_pool import KvPool, Seq
 from omnigraph.runtime.executors.llm_calls import Forward, LlmCalls
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, len, dim]
-
-
-def prefill(calls: LlmCalls, want_hidden: bool, prompts: list[torch.Tensor]) -> tuple[Forward, list[KV]]:
-    """Prefill several prompts in one forward pass, all token ids [len] or all embeddings
-    [len, hidden], left-padded to a common length (the mask hides the padding, position
-    ids start at each prompt's first position); returns each prompt's own KV cache."""
-    pad = [max(len(p) for p in prompts) - len(p) for p in prompts]
-    stacked = torch.stack([_left_pad(p, n, dim=0) for p, n in zip(prompts, pad)])
-    width = stacked.shape[1]
-    mask = (torch.arange(width, device=stacked.device)[None]
-            >= torch.tensor(pad, device=stacked.device)[:, None]).long()
-    fwd, cache = calls.prefill(stacked, mask, (mask.cumsum(1) - 1).clamp(min=0), want_hidden)
-    return fwd, _split(calls.layers(cache), pad)
+from omnigraph.runtime.executors.paged_cache import PagedStep
 
 
-class DecodeBatch:
-    """A left-padded, stacked KV cache for a fixed list of requests (rows in order)."""
-
-    def __init__(self, calls: LlmCalls, caches: list[KV]) -> None:
-        self.calls = calls
-        lengths = [kv[0][0].shape[2] for kv in caches]
-        width = max(lengths)
-        self.pad = [width - n for n in lengths]
-        layers = [
-            tuple(torch.cat([_left_pad(kv[i][j], p) for kv, p in zip(caches, self.pad)]) for j in (0, 1))
-            for i in range(len(caches[0]))
-        ]
-        self.cache: Any = calls.cache(layers)
-        device = caches[0][0][0].device
-        self.mask = torch.ones(len(caches), width, dtype=torch.long, device=device)
-        for row, p in enumerate(self.pad):
-            self.mask[row, :p] = 0
-        self.positions = torch.tensor(lengths, device=device)
-
-    def step(self, tokens: list[int], want_hidden: bool) -> Forward:
-        """Feed one token per request and grow every cache by one position."""
-        ids = torch.tensor(tokens, device=self.mask.device)[:, None]
-        mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
-        fwd, self.cache = self.calls.decode(self.cache, ids, mask, self.positions[:, None], want_hidden)
-        self.mask = mask
-        self.positions = self.positions + 1
-        return fwd
-
-    def split(self) -> list[KV]:
-        """Each row's own cache again, padding dropped. These are views into the stack:
-        clone a cache that must outlive it (or the whole stack stays alive)."""
-        return _split(self.calls.layers(self.cache), self.pad)
+def forward_rows(calls: LlmCalls, pool: KvPool, seqs: list[Seq], inputs: list[torch.Tensor],
+                 want_hidden: bool) -> Forward:
+    """One forward for rows `seqs`, each adding `inputs[r]` (token ids [n] or embeddings
+    [n, hidden], all of one kind) after its cached positions. The rows' blocks must already
+    hold room for them (KvPool.grow); their lengths grow by n."""
+    width = max(len(x) for x in inputs)
+    stacked = torch.stack([_left_pad(x, width - len(x)) for x in inputs])
+    step = PagedStep(pool, seqs, [len(x) for x in inputs])
+    fwd = calls.forward(stacked, step, want_hidden)
+    for seq, x in zip(seqs, inputs):
+        seq.length += len(x)
+    return fwd
 
 
-def _split(layers: KV, pad: list[int]) -> list[KV]:
-    """Each row's cache as views into the stacked one, its left padding dropped."""
-    return [[(k[row:row + 1, :, p:], v[row:row + 1, :, p:]) for k, v in layers] for row, p in enumerate(pad)]
-
-
-def _left_pad(x: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:
+def _left_pad(x: torch.Tensor, n: int) -> torch.Tensor:
     if n == 0:
         return x
-    shape = list(x.shape)
-    shape[dim] = n
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
+    return torch.cat([x.new_zeros((n, *x.shape[1:])), x])
 
 
 def choose_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,

@@ -1,15 +1,16 @@
 """How an LLM stage calls its model: the module's own forward, or its fused graphs.
 
-Both give the executor the same two calls: `prefill` (a left-padded batch of prompts:
-token ids or embeddings, with its mask and positions) and `decode` (one token per row
-on a running KV cache), each returning the last position's logits and hidden state and
-the grown cache. The cache is opaque to the caller; `cache` builds one from per-layer
-(keys, values) and `layers` takes it apart again.
+Both give the executor one call: `forward(inputs, step, want_hidden)`, where `inputs` are the
+new positions of a batch of rows (token ids [rows, n] or embeddings [rows, n, hidden],
+left-padded) and `step` (paged_cache.PagedStep) says where each row's cached keys and values
+are in the KV pool, where the new ones go, and the mask and positions. It returns the last
+position's logits and hidden state; the new keys and values are in the pool afterwards.
 
-`ModuleCalls` runs the transformers module with a DynamicCache. `FusedCalls` runs the
-entries capture-stages exported (prefill and decode_step, runtime/entry_points.py)
-through their generated Triton kernels, the cache being the flat list of per-layer
-keys and values those entries take and return.
+`ModuleCalls` runs the transformers module with a cache over the pool (attention reads the
+pool layer by layer). `FusedCalls` runs the entries capture-stages exported (prefill and
+decode_step, runtime/entry_points.py) through their generated Triton kernels: they take and
+return the cache as tensors, gathered from the pool and written back into it. A prefill on
+top of cached positions (a shared prefix) has no fused graph and runs the module's forward.
 """
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
-Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, len, dim]
+from omnigraph.runtime.executors.paged_cache import PagedStep
 
 
 @dataclass
@@ -44,15 +44,7 @@ def output_cache(out: Any) -> Any:
 
 
 class LlmCalls(Protocol):
-    def prefill(self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                want_hidden: bool) -> tuple[Forward, Any]: ...
-
-    def decode(self, cache: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-               want_hidden: bool) -> tuple[Forward, Any]: ...
-
-    def cache(self, layers: Layers) -> Any: ...
-
-    def layers(self, cache: Any) -> Layers: ...
+    def forward(self, inputs: torch.Tensor, step: PagedStep, want_hidden: bool) -> Forward: ...
 
 
 class ModuleCalls:
@@ -63,26 +55,13 @@ class ModuleCalls:
         self.model = model
         self._cache_kwarg = cache_kwarg(model)
 
-    def _run(self, want_hidden: bool, **inputs: Any) -> tuple[Forward, DynamicCache]:
-        out = self.model(**inputs, use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
-        hidden = out.hidden_states[-1][:, -1] if want_hidden else None
-        return Forward(out.logits[:, -1], hidden), output_cache(out)
-
-    def prefill(self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                want_hidden: bool) -> tuple[Forward, DynamicCache]:
+    def forward(self, inputs: torch.Tensor, step: PagedStep, want_hidden: bool) -> Forward:
         name = "input_ids" if inputs.dim() == 2 else "inputs_embeds"
-        return self._run(want_hidden, **{name: inputs}, attention_mask=mask, position_ids=positions)
-
-    def decode(self, cache: DynamicCache, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-               want_hidden: bool) -> tuple[Forward, DynamicCache]:
-        return self._run(want_hidden, input_ids=ids, attention_mask=mask, position_ids=positions,
-                         **{self._cache_kwarg: cache})
-
-    def cache(self, layers: Layers) -> DynamicCache:
-        return DynamicCache(ddp_cache_data=layers)
-
-    def layers(self, cache: DynamicCache) -> Layers:
-        return [(layer.keys, layer.values) for layer in cache.layers]
+        out = self.model(**{name: inputs}, attention_mask=step.mask, position_ids=step.positions,
+                         **{self._cache_kwarg: step.cache()}, use_cache=True, logits_to_keep=1,
+                         output_hidden_states=want_hidden)
+        hidden = out.hidden_states[-1][:, -1] if want_hidden else None
+        return Forward(out.logits[:, -1], hidden)
 
 
 class FusedCalls:
@@ -91,25 +70,20 @@ class FusedCalls:
     logits, hidden, then keys and values per layer). Token-id prompts are embedded here:
     the prefill entry takes embeddings, so prompts with context share it."""
 
-    def __init__(self, prefill: nn.Module, decode: nn.Module, embed: nn.Module) -> None:
-        self._prefill, self._decode, self.embed = prefill, decode, embed
+    def __init__(self, prefill: nn.Module, decode: nn.Module, embed: nn.Module, module: ModuleCalls) -> None:
+        self._prefill, self._decode, self.embed, self.module = prefill, decode, embed, module
 
-    @staticmethod
-    def _split(out: tuple[torch.Tensor, ...], want_hidden: bool) -> tuple[Forward, list[torch.Tensor]]:
-        logits, hidden, *kv = out
-        return Forward(logits, hidden if want_hidden else None), kv
-
-    def prefill(self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                want_hidden: bool) -> tuple[Forward, list[torch.Tensor]]:
-        embeds = self.embed(inputs) if inputs.dim() == 2 else inputs
-        return self._split(self._prefill(embeds, mask, positions), want_hidden)
-
-    def decode(self, cache: list[torch.Tensor], ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-               want_hidden: bool) -> tuple[Forward, list[torch.Tensor]]:
-        return self._split(self._decode(ids, mask, positions, cache), want_hidden)
-
-    def cache(self, layers: Layers) -> list[torch.Tensor]:
-        return [t for kv in layers for t in kv]
-
-    def layers(self, cache: list[torch.Tensor]) -> Layers:
-        return [(cache[i], cache[i + 1]) for i in range(0, len(cache), 2)]
+    def forward(self, inputs: torch.Tensor, step: PagedStep, want_hidden: bool) -> Forward:
+        if step.width == 0:  # a prefill from scratch
+            embeds = self.embed(inputs) if inputs.dim() == 2 else inputs
+            logits, hidden, *kv = self._prefill(embeds, step.mask, step.positions)
+            for layer in range(len(kv) // 2):
+                step.store(layer, kv[2 * layer], kv[2 * layer + 1])
+        elif inputs.dim() == 2 and inputs.shape[1] == 1:  # a decode step: the cache as tensors
+            past = [t.contiguous() for kv in step.gather() for t in kv]
+            logits, hidden, *kv = self._decode(inputs, step.mask, step.positions, past)
+            for layer in range(len(kv) // 2):  # the grown cache: its last position is new
+                step.store(layer, kv[2 * layer][:, :, -1:], kv[2 * layer + 1][:, :, -1:])
+        else:
+            return self.module.forward(inputs, step, want_hidden)
+        return Forward(logits, hidden if want_hidden else None)
