@@ -4,8 +4,14 @@ measured side by side in one run against two plain scripts:
   sequential  per request: transformers `generate`, then Piper; one request at a time
   batched     static batches of --batch: one left-padded `generate` per batch, then Piper
               for each reply (stages one after another)
-  omnigraph   LocalBackend: continuous batching in the thinker, the reply streamed into
-              the talker sentence by sentence, both stages running at once
+  omnigraph   LocalBackend on the plan for this machine (what `omnigraph run` does):
+              continuous batching in the thinker at the planned dtype over its paged KV
+              pool, the reply streamed into the talker sentence by sentence, each stage on
+              its planned share of the cores
+
+The baselines run as they always have (the GGUF dequantized to f32), and again with the
+weights in bf16 (`*_bf16`), so that the gain from scheduling shows apart from the gain from
+the dtype the planner picks.
 
 All requests arrive at t=0; a request's job completion time (JCT) is when its audio is
 done. Time to first audio (TTFA) is measured on single requests with the stream edge
@@ -20,12 +26,14 @@ Writes benchmarks/results/speak_burst.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -69,13 +77,15 @@ def _long_replies(plan: Any) -> Any:
     return plan
 
 
-def load_baseline_models(plan: Any) -> tuple[Any, Any, Any, dict]:
-    """The same model objects the runtime uses, loaded the same way."""
+def load_baseline_models(plan: Any, dtype: str | None = None) -> tuple[Any, Any, Any, dict]:
+    """The same weights the runtime uses, loaded the same way, at `dtype` (None: f32, as
+    before the planner chose one)."""
     from omnigraph.runtime.executors.llm_loading import load_causal_lm
     from omnigraph.runtime.loaders import voice_files
     from piper import PiperVoice
 
-    thinker = next(s for s in plan.stages() if s.name == "thinker")
+    thinker = next(s for s in plan.stages() if s.name == "thinker").model_copy(deep=True)
+    thinker.resources.dtype = dtype
     talker = next(s for s in plan.stages() if s.name == "talker")
     model, tokenizer = load_causal_lm(thinker, "cpu")
     onnx_path, config_path = voice_files(talker.model)
@@ -85,6 +95,17 @@ def load_baseline_models(plan: Any) -> tuple[Any, Any, Any, dict]:
 
 def speak(voice: Any, text: str) -> np.ndarray:
     return np.concatenate([c.audio_float_array for c in voice.synthesize(text)] or [np.zeros(1)])
+
+
+@contextlib.contextmanager
+def all_cores() -> Iterator[None]:
+    """A plain script's torch threads: every core (the pipeline set its planned share)."""
+    planned = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(planned)
 
 
 def run_sequential(prompts: list[str], model: Any, tok: Any, voice: Any, params: dict) -> dict:
@@ -158,7 +179,7 @@ def main() -> None:
     args = ap.parse_args()
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
 
-    plan = compile_plan(SPEC)
+    plan = compile_plan(SPEC, "local")
     # TTFA variants: the speak spec as is (one-sentence replies), and the same pipeline
     # asked for longer replies, where streaming sentence by sentence has room to help.
     variants = {"speak": plan, "long_replies": _long_replies(plan)}
@@ -166,16 +187,22 @@ def main() -> None:
                   for name, p in variants.items() for stream in (True, False)}
     with omnigraph.load(plan) as pipe:
         model, tok, voice, params = load_baseline_models(plan)
+        model_bf16 = load_baseline_models(plan, "bf16")[0]
         warm = PROMPTS[0]
         for p in (pipe, *ttfa_pipes.values()):
             p.run({"prompt": warm})
-        run_sequential([warm], model, tok, voice, params)  # warm-up, not timed
-
-        runs = {
-            "sequential": run_sequential(prompts, model, tok, voice, params),
-            "batched": run_batched(prompts, model, tok, voice, params, args.batch),
-            "omnigraph": run_omnigraph(prompts, pipe),
-        }
+        planned_threads = torch.get_num_threads()
+        with all_cores():
+            run_sequential([warm], model, tok, voice, params)  # warm-up, not timed
+            run_sequential([warm], model_bf16, tok, voice, params)
+            runs = {
+                "sequential": run_sequential(prompts, model, tok, voice, params),
+                "batched": run_batched(prompts, model, tok, voice, params, args.batch),
+                "sequential_bf16": run_sequential(prompts, model_bf16, tok, voice, params),
+                "batched_bf16": run_batched(prompts, model_bf16, tok, voice, params, args.batch),
+            }
+        runs["omnigraph"] = run_omnigraph(prompts, pipe)
+        placement = pipe.backend.placement()
         ttfa: dict[str, dict[str, float]] = {}
         for name in variants:
             s_runs = [first_audio(ttfa_pipes[(name, True)], LONG_PROMPTS[i % len(LONG_PROMPTS)])
@@ -195,21 +222,27 @@ def main() -> None:
     result: dict[str, Any] = {
         "pipeline": "speak (SmolLM2-135M-Instruct Q4_1 GGUF -> Piper en_US-joe-medium)",
         "requests": args.requests, "static_batch": args.batch,
-        "max_new_tokens": params["max_new_tokens"], "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU only",
+        "max_new_tokens": params["max_new_tokens"],
+        "torch_threads": {"baselines": os.cpu_count(), "omnigraph": planned_threads},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
         "runs": {name: summary(run, args.requests) for name, run in runs.items()},
         "same_replies_as_sequential": {
             name: sum(a == b for a, b in zip(run["replies"], runs["sequential"]["replies"]))
             for name, run in runs.items() if name != "sequential"},
     }
-    seq, bat, og = (result["runs"][k] for k in ("sequential", "batched", "omnigraph"))
-    result["ratios"] = {
-        "mean_jct_vs_sequential": round(og["mean_jct_s"] / seq["mean_jct_s"], 4),
-        "throughput_vs_sequential": round(og["throughput_req_s"] / seq["throughput_req_s"], 3),
-        "throughput_vs_batched": round(og["throughput_req_s"] / bat["throughput_req_s"], 3),
-        "mean_jct_vs_batched": round(og["mean_jct_s"] / bat["mean_jct_s"], 4),
-        **{f"ttfa_stream_vs_e2e_nostream[{k}]": v["ratio"] for k, v in ttfa.items()},
-    }
+    og = result["runs"]["omnigraph"]
+    result["plan"] = {name: {k: inst[0].get(k) for k in ("dtype", "cores", "kv_budget")}
+                      for name, inst in placement.items()}
+    result["ratios"] = {}
+    for suffix in ("", "_bf16"):
+        seq, bat = result["runs"][f"sequential{suffix}"], result["runs"][f"batched{suffix}"]
+        result["ratios"].update({
+            f"mean_jct_vs_sequential{suffix}": round(og["mean_jct_s"] / seq["mean_jct_s"], 4),
+            f"throughput_vs_sequential{suffix}": round(og["throughput_req_s"] / seq["throughput_req_s"], 3),
+            f"throughput_vs_batched{suffix}": round(og["throughput_req_s"] / bat["throughput_req_s"], 3),
+            f"mean_jct_vs_batched{suffix}": round(og["mean_jct_s"] / bat["mean_jct_s"], 4)})
+    result["ratios"].update({
+        f"ttfa_stream_vs_e2e_nostream[{k}]": v["ratio"] for k, v in ttfa.items()})
     result["ttfa"] = ttfa
     out = Path(__file__).parent / "results" / "speak_burst.json"
     out.parent.mkdir(exist_ok=True)

@@ -152,7 +152,7 @@ def main() -> None:
 
     load0 = os.getloadavg()
     t_load = time.monotonic()
-    plan = _with_stream(_long_replies(compile_plan(SPEC)), True)
+    plan = _with_stream(_long_replies(compile_plan(SPEC, "local")), True)  # as `omnigraph run` plans it
     pipe = omnigraph.load(plan)
     load_s = time.monotonic() - t_load
     try:
@@ -220,6 +220,8 @@ def main() -> None:
         "args": vars(args),
         "prompts": prompts,
         "max_new_tokens": next(s for s in plan.stages() if s.name == "thinker").params["max_new_tokens"],
+        "plan": {n.name: {"dtype": n.resources.dtype, "cores": n.instances[0].cores,
+                          "kv_budget": n.resources.kv_bytes} for n in plan.stages()},
         "load_s": round(load_s, 2), "run_s": round(run_s, 1),
         "levels": {str(n): summary[n] for n in levels},
         "requests": {str(n): [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}

@@ -248,3 +248,14 @@ def test_a_pinned_degree_the_target_cannot_hold_is_explained(tmp_path: Path) -> 
         "    kind: ar_llm\n", "    kind: ar_llm\n    parallel: {tp: 4}\n"))
     with pytest.raises(OmnigraphError, match=r"stage 'thinker' asks for tp=4, which no device type of cpu-bf16"):
         compile_plan(spec, target(tmp_path, CPU_BF16, "cpu"))
+
+
+def test_a_pipeline_gives_back_the_torch_threads_it_found(tmp_path: Path) -> None:
+    """torch's threads are the process's: a pipeline sets them to its torch stages' cores
+    while it runs, and puts back what it found when it closes."""
+    wide = target(tmp_path, CPU_BF16.replace("cores: 2", "cores: 6"), "wide")
+    before = torch.get_num_threads()
+    with omnigraph.load(TINY / "vision_chat_tiny.yaml", target=wide) as pipe:
+        cores = {c for found in pipe.backend.instances.values() for w in found for c in (w.executor.ctx.cores or ())}
+        assert torch.get_num_threads() == len(cores) == 6
+    assert torch.get_num_threads() == before

@@ -239,7 +239,7 @@ class LocalBackend(Admission):
         for path in plan.module_paths:
             if path not in sys.path:
                 sys.path.append(path)  # after everything installed: a spec cannot shadow a package
-        set_torch_threads(plan)
+        self._threads = set_torch_threads(plan)
         for node in plan.stages():
             if on_load:
                 on_load(node.name, "start")
@@ -249,6 +249,7 @@ class LocalBackend(Admission):
                 except Exception as exc:  # a missing package or file, a bad config: name the stage
                     for loaded in self.all_workers():
                         loaded.executor.close()  # e.g. the rank processes of a TP stage loaded before
+                    restore_torch_threads(self._threads)
                     raise StageLoadError(node.name, node.model, exc) from exc
                 self.instances.setdefault(node.name, []).append(_Worker(node, executor, index))
             if on_load:
@@ -312,6 +313,7 @@ class LocalBackend(Admission):
         for worker in self.all_workers():
             worker.join(timeout=5)
             worker.executor.close()
+        restore_torch_threads(self._threads)
 
 
 def instance_context(instance: Instance, seed: int = 0) -> ExecContext:
@@ -321,15 +323,30 @@ def instance_context(instance: Instance, seed: int = 0) -> ExecContext:
                        plan_devices=list(instance.devices))
 
 
-def set_torch_threads(plan: RuntimePlan) -> None:
+def set_torch_threads(plan: RuntimePlan) -> tuple[int, int] | None:
     """torch's intra-op threads are one pool per process: the cores the plan gave the torch
-    stages here, together (ONNX stages size their own sessions from their cores)."""
+    stages here, together (ONNX stages size their own sessions from their cores). Returns
+    (the count before, the count set), for close() to put back; None when nothing changed."""
     cores: set[int] = set()
     for node in plan.stages():
         if uses_torch(node):
             for instance in node.instances:
                 cores.update(instance.cores or ())
-    if cores:
-        import torch
+    if not cores:
+        return None
+    import torch
 
-        torch.set_num_threads(len(cores))
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(cores))
+    return before, len(cores)
+
+
+def restore_torch_threads(changed: tuple[int, int] | None) -> None:
+    """Put back the thread count a pipeline found, unless someone changed it since."""
+    if changed is None:
+        return
+    import torch
+
+    before, mine = changed
+    if torch.get_num_threads() == mine:
+        torch.set_num_threads(before)
