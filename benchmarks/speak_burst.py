@@ -202,7 +202,7 @@ def main() -> None:
                 "batched_bf16": run_batched(prompts, model_bf16, tok, voice, params, args.batch),
             }
         runs["omnigraph"] = run_omnigraph(prompts, pipe)
-        placement = pipe.backend.placement()
+        placement = pipe.backend.contract()
         ttfa: dict[str, dict[str, float]] = {}
         for name in variants:
             s_runs = [first_audio(ttfa_pipes[(name, True)], LONG_PROMPTS[i % len(LONG_PROMPTS)])

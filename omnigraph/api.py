@@ -54,15 +54,18 @@ def compile_plan(spec: str | Path, target: str | None = None,
 
 def load(spec: str | Path | RuntimePlan, *, target: str | None = "local", on_load: LoadHook | None = None,
          trust_code: bool = False, backend: str = "local", address: str | None = None,
-         device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> Pipeline:
+         device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
+         max_inflight: int = 256) -> Pipeline:
     """Compile (if needed) and load a pipeline: a spec file, a bundle (a directory or a .ogb
     file, run without the compiler; `trust_code` lets it run the Python it carries) or a plan.
     A spec is planned for `target`: by default `local`, this machine (the dtype its devices
     compute fast, their cores, the KV pool its memory holds); None runs it unplanned.
     `backend="ray"` runs it on a Ray cluster at `address` (see Pipeline). A stage step that
-    runs longer than `step_timeout` seconds fails its requests (None: no limit)."""
+    runs longer than `step_timeout` seconds fails its requests (None: no limit). At most
+    `max_inflight` requests run at once (submit blocks, or with block=False raises QueueFull)."""
     options: dict[str, Any] = {"on_load": on_load, "backend": backend, "address": address,
-                               "device_resource": device_resource, "step_timeout": step_timeout}
+                               "device_resource": device_resource, "step_timeout": step_timeout,
+                               "max_inflight": max_inflight}
     if isinstance(spec, RuntimePlan):
         return Pipeline(spec, **options)
     from omnigraph.runtime.bundle import is_bundle, open_bundle

@@ -66,6 +66,14 @@ class ProjectorParams(Params):
     out_dim: int | None = Field(None, ge=1)
 
 
+class ChatTurn(BaseModel):
+    """An earlier turn of a conversation, before the prompt (a request's chat history)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class ArLlmParams(Params):
     max_new_tokens: int = Field(64, ge=1, le=1_000_000)
     temperature: float = Field(0.0, ge=0.0)
@@ -73,6 +81,7 @@ class ArLlmParams(Params):
     top_k: int = Field(0, ge=0)
     stop: list[str] = Field(default_factory=list)
     system: str | None = None
+    history: list[ChatTurn] = Field(default_factory=list)  # turns before the prompt (chat template)
     chat: bool = True  # apply the model's chat template
     max_batch: int = Field(32, ge=1)
     tokenizer: str | None = None  # a directory or gguf:… when the model ships none
@@ -119,6 +128,11 @@ class AudioOutParams(Params):
     sample_rate: int = Field(22050, ge=1000)
     speaker: int | str | None = None
     length_scale: float = Field(1.0, gt=0.0)
+    # A VITS voice's sampling noise (None: the voice's own). onnxruntime draws it from a
+    # generator that runs on across requests, so the same text sounds slightly different
+    # each time; 0 for both makes the voice deterministic: the same text, the same samples.
+    noise_scale: float | None = Field(None, ge=0.0)
+    noise_w: float | None = Field(None, ge=0.0)
 
 
 class RouteParams(Params):
@@ -151,6 +165,9 @@ class Traits:
     # Its torch models compute in a dtype the planner may choose (bf16 where the device is fast
     # at it); False for ONNX voices and user code, which run as they are.
     precision: bool = True
+    # Params a request may set for itself (Pipeline.submit(settings=...), the server's
+    # temperature/max_tokens/...): per request, validated against `params`, batched together.
+    request_params: frozenset[str] = frozenset()
 
 
 # How a kind's output ports are known: fixed, one per route case, the decoder's modality,
@@ -251,7 +268,9 @@ KINDS: dict[str, StageKind] = {
             ArLlmParams,
             Traits(autoregressive=True, kv_cache=True, streams=frozenset({"text", "tokens"}), continuous=True,
                    shardable_tp=True, gated_mlp=True, requires=frozenset({"transformers"}),
-                   bundle_forms=frozenset({"file", "weights", "checkpoint"}), batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf"),
+                   bundle_forms=frozenset({"file", "weights", "checkpoint"}), batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf",
+                   request_params=frozenset({"max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed",
+                                             "system", "history"})),
         ),
         StageKind(
             "diffusion", "denoising loop over a scheduler",

@@ -307,6 +307,49 @@ def tensor_parallel(requests: int = 4) -> dict[str, Any]:
             "where": where, "burst": ended, "after_same": after == expected[0]}
 
 
+@scenario
+def serve_over_ray(requests: int = 3) -> dict[str, Any]:
+    """`omnigraph serve` on the Ray backend, on loopback: chat (whole and streamed) and the run
+    endpoint answer what LocalBackend answers; a client that leaves mid-stream cancels."""
+    import httpx
+
+    from omnigraph.api import compile_plan
+    from omnigraph.runtime.pipeline import Pipeline
+    from omnigraph.serve.server import ServeOptions, Serving
+
+    plan = compile_plan(tiny_llm_spec(Path(tempfile.mkdtemp()), tokens=400))
+    prompts = [f"question {i}" for i in range(requests)]
+    with Pipeline(plan) as local:
+        expected = [local.run({"prompt": p}, settings={"llm": {"max_new_tokens": 8}})["reply"] for p in prompts]
+    serving = Serving(lambda: Pipeline(plan, backend="ray", device_resource=RESOURCE), ServeOptions(port=0))
+    thread = serving.start_thread()
+    try:
+        chat = f"{serving.url}/v1/chat/completions"
+        whole = [httpx.post(chat, json={"messages": [{"role": "user", "content": p}], "max_tokens": 8},
+                            timeout=WAIT_S).json()["choices"][0]["message"]["content"] for p in prompts]
+        with httpx.stream("POST", chat, json={"messages": [{"role": "user", "content": prompts[0]}],
+                                              "max_tokens": 8, "stream": True}, timeout=WAIT_S) as resp:
+            deltas = [json.loads(line[6:]) for line in resp.iter_lines()
+                      if line.startswith("data: {")]
+        streamed = "".join(d["choices"][0]["delta"].get("content") or "" for d in deltas if d["choices"])
+        run = httpx.post(f"{serving.url}/v1/pipelines/tiny_llm/run", timeout=WAIT_S,
+                         json={"inputs": {"prompt": prompts[1]}, "settings": {"llm": {"max_new_tokens": 8}}}).json()
+        with httpx.stream("POST", chat, json={"messages": [{"role": "user", "content": "long"}], "stream": True},
+                          timeout=WAIT_S) as resp:
+            next(resp.iter_lines())  # in flight; then the client goes away
+        backend = serving.state.pipe.backend
+        deadline = time.monotonic() + 60
+        while backend.inflight() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        metrics = httpx.get(f"{serving.url}/metrics").text
+        return {"same_whole": whole == expected, "same_streamed": streamed == expected[0],
+                "same_run": run["outputs"]["reply"] == expected[1], "inflight_after_disconnect": backend.inflight(),
+                "cancel_counted": 'outcome="cancelled"} 1.0' in metrics}
+    finally:
+        serving.stop()
+        thread.join(timeout=60)
+
+
 def main() -> None:
     import ray
 

@@ -169,7 +169,7 @@ def test_a_gpu_plan_puts_each_instance_on_its_own_device_through_the_seam(
     with omnigraph.load(plan) as pipe:
         handles = [pipe.submit(moe_inputs()) for _ in range(4)]
         assert all(h.result(timeout=120)["reply"] is not None for h in handles)
-        placement = pipe.backend.placement()
+        placement = pipe.backend.contract()
         executors = {name: [w.executor for w in found] for name, found in pipe.backend.instances.items()}
     seen = set()
     for node in plan.stages():

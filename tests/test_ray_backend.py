@@ -91,6 +91,13 @@ def test_timeout_and_cancel(ray_session: RaySession) -> None:
     assert answer["after"] == {"out": "z"}
 
 
+def test_serve_on_the_ray_backend(ray_session: RaySession) -> None:
+    pytest.importorskip("starlette")
+    got = ray_session.run("serve_over_ray", timeout=300)
+    assert got == {"same_whole": True, "same_streamed": True, "same_run": True, "inflight_after_disconnect": 0,
+                   "cancel_counted": True}
+
+
 def test_a_stage_that_cannot_load_is_named(ray_session: RaySession) -> None:
     answer = ray_session.run("load_error")
     assert answer["stage"] == "b"

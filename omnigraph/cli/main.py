@@ -11,7 +11,7 @@ from omnigraph import __version__
 from omnigraph.cli.common import EXIT_INTERNAL, EXIT_USER_ERROR, console
 from omnigraph.errors import OmnigraphError
 
-COMMANDS = ("check", "compile", "plan", "run", "inspect", "simulate", "cache", "convert")  # modules of omnigraph.cli
+COMMANDS = ("check", "compile", "plan", "run", "serve", "bench", "inspect", "simulate", "cache", "convert")  # modules of omnigraph.cli
 
 
 def build_parser() -> argparse.ArgumentParser:

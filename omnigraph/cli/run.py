@@ -21,6 +21,10 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
     p.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT_S, metavar="S",
                    help=f"fail the requests of a stage step that runs longer (default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit)")
+    p.add_argument("--set", action="append", metavar="STAGE.PARAM=VALUE", dest="settings",
+                   help="a stage param for this request (e.g. thinker.max_new_tokens=128, thinker.temperature=0.7)")
+    p.add_argument("--config", metavar="FILE", help="options from a YAML file (keys as the long flags: target, "
+                   "timeout, set: {thinker: {temperature: 0.7}}, ...); flags given here win")
     p.add_argument("--trust-code", action="store_true", help="let a bundle run the Python code it carries")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: one Ray actor per stage instance")
@@ -33,20 +37,32 @@ def register(sub: Any) -> None:
 
 
 def _cmd(args: Any) -> int:
-    return run_command(args.spec, args.input or [], target=args.target, output_dir=args.output_dir,
-                       as_json=args.json, stats=args.stats, timeout=args.timeout, trust_code=args.trust_code,
-                       backend=args.backend, address=args.address, device_resource=args.device_resource,
-                       step_timeout=args.step_timeout or None)
+    from omnigraph.cli.options_file import apply_options_file
+    from omnigraph.runtime.request_settings import merge_settings, parse_assignments
+
+    from_file = apply_options_file(args, args.config, _DEFAULTS)
+    settings = merge_settings(from_file.get("set"), parse_assignments(args.settings or []))
+    return run_command(args.spec, (from_file.get("input") or []) + (args.input or []), target=args.target,
+                       output_dir=args.output_dir, as_json=args.json, stats=args.stats, timeout=args.timeout,
+                       trust_code=args.trust_code, backend=args.backend, address=args.address,
+                       device_resource=args.device_resource, step_timeout=args.step_timeout or None,
+                       settings=settings)
+
+
+_DEFAULTS = {"output_dir": None, "target": None, "json": False, "stats": False, "timeout": None,
+             "step_timeout": DEFAULT_STEP_TIMEOUT_S, "trust_code": False, "backend": "local", "address": None,
+             "device_resource": None}
 
 
 def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
                 as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False,
                 backend: str = "local", address: str | None = None, device_resource: str | None = None,
-                step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
+                step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
+                settings: dict[str, dict[str, Any]] | None = None) -> int:
     """Run one request through a spec (compiled here) or a bundle (checked, then run as it is),
     on this machine or (backend "ray") on a Ray cluster."""
     where = {"backend": backend, "address": address, "device_resource": device_resource,
-             "step_timeout": step_timeout}
+             "step_timeout": step_timeout, "settings": settings}
     from omnigraph.runtime.bundle import is_bundle, open_bundle
 
     if is_bundle(spec):  # no compiler from here on: a bundle runs with the runtime alone

@@ -73,4 +73,5 @@ class Deadlines:
                 running = [s for s, t in request.timings.items() if t.finished is None]
                 where = f" (in {', '.join(running)})" if running else ""
                 self.engine.fail(request, RequestFailed(
-                    f"timed out after {deadline - request.submitted:.1f}s{where}", running[0] if running else None))
+                    f"timed out after {deadline - request.submitted:.1f}s{where}", running[0] if running else None,
+                    reason="timeout"))

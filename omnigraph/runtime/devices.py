@@ -11,10 +11,10 @@ for a dry run of a GPU plan on a machine without one, and for the tests of place
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from omnigraph.runtime.plan import StageNode
+    from omnigraph.runtime.plan import Instance, StageNode
 
 DEVICE_MAP_ENV = "OMNIGRAPH_DEVICE_MAP"
 
@@ -54,3 +54,12 @@ def uses_torch(node: StageNode) -> bool:
     """Whether the stage computes with torch (and so on torch's intra-op threads): all but
     ONNX models (Piper voices, ONNX vocoders), which size their own sessions."""
     return node.kind != "tts" and not (node.model or "").startswith("onnx:")
+
+
+def planned_contract(node: StageNode, instance: Instance) -> dict[str, Any]:
+    """What the plan asks of one instance (`run --stats` shows it beside `plan --json`):
+    its devices, the torch device they name, its dtype (torch stages), cores and KV budget."""
+    planned = torch_device(instance.devices[0])
+    dtype = (node.resources.dtype or node.params.get("dtype") or "f32") if uses_torch(node) else None
+    return {"plan_devices": list(instance.devices), "device": planned, "runs_on": placed(planned),
+            "dtype": dtype, "cores": instance.cores, "kv_budget": node.resources.kv_bytes}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omnigraph.runtime.channel import StreamChannel
-from omnigraph.runtime.executor import StageFailed, WorkItem
+from omnigraph.runtime.executor import USAGE_PORT, StageFailed, WorkItem
 from omnigraph.runtime.plan import Binding, LoopNode, Node, RouteNode, RuntimePlan, StageNode
 from omnigraph.runtime.values import SKIPPED, input_problem, truthy
 
@@ -25,11 +25,21 @@ _ids = itertools.count(1)
 
 
 class RequestFailed(Exception):
-    """A request ended with an error; `stage` names where, when a stage caused it."""
+    """A request ended with an error; `stage` names where, when a stage caused it. `reason`
+    says what kind of end it was, for callers that answer differently (a server's status):
+    "input" (the request's own inputs), "timeout", "cancelled", or "stage" (a stage failed)."""
 
-    def __init__(self, message: str, stage: str | None = None) -> None:
+    def __init__(self, message: str, stage: str | None = None, reason: str = "stage") -> None:
         super().__init__(message)
         self.stage = stage
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across processes (Ray) with all three
+        return (type(self), (str(self), self.stage, self.reason))
+
+
+class QueueFull(Exception):
+    """A request turned away (not started) because the pipeline has all it may hold in flight."""
 
 
 @dataclass
@@ -66,9 +76,11 @@ class StageTiming:
 
 
 class Request:
-    def __init__(self, inputs: dict[str, Any], timeout: float | None) -> None:
+    def __init__(self, inputs: dict[str, Any], timeout: float | None,
+                 settings: dict[str, dict[str, Any]] | None = None) -> None:
         self.id = next(_ids)
         self.inputs = inputs
+        self.settings = settings or {}  # stage -> params for this request only (validated)
         self.submitted = time.monotonic()
         self.deadline = None if timeout is None else self.submitted + timeout
         self.lock = threading.RLock()
@@ -79,10 +91,19 @@ class Request:
         self.timings: dict[str, StageTiming] = {}
         self.channels: list[StreamChannel] = []
         self.finished_at: float | None = None
+        self.listeners: list[Callable[[], None]] = []  # called (under the lock) on every change
+        self.usage: dict[str, dict[str, int]] = {}  # stage -> counts its executor reported
 
     @property
     def done(self) -> bool:
         return self.future.done()
+
+    def notify(self) -> None:
+        """Wake whoever waits on this request (call with the lock held): blocking readers on
+        the condition, async readers through their listeners."""
+        self.changed.notify_all()
+        for listener in list(self.listeners):
+            listener()
 
 
 class Engine:
@@ -101,13 +122,13 @@ class Engine:
         extra = [k for k in request.inputs if k not in self.plan.inputs]
         if missing or extra:
             what = f"missing input(s) {', '.join(missing)}" if missing else f"unknown input(s) {', '.join(extra)}"
-            self.fail(request, RequestFailed(f"{what}; pipeline '{self.plan.pipeline}' takes "
+            self.fail(request, RequestFailed(reason="input", message=f"{what}; pipeline '{self.plan.pipeline}' takes "
                                              f"{', '.join(self.plan.inputs) or 'no inputs'}"))
             return
         for name, ptype in self.plan.inputs.items():
             problem = input_problem(ptype.modality, request.inputs[name])
             if problem is not None:
-                self.fail(request, RequestFailed(f"input '{name}': {problem}"))
+                self.fail(request, RequestFailed(f"input '{name}': {problem}", reason="input"))
                 return
         root = Scope(self.plan.nodes)
         with request.lock:
@@ -130,7 +151,7 @@ class Engine:
             for ch in request.channels:
                 ch.close(error)
             request.future.set_exception(error)
-            request.changed.notify_all()
+            request.notify()
         for hook in self.on_end:
             hook(request)
 
@@ -140,12 +161,19 @@ class Engine:
                 return
             request.finished_at = time.monotonic()
             request.future.set_result(dict(request.outputs))
-            request.changed.notify_all()
+            request.notify()
         for hook in self.on_end:
             hook(request)
 
     # -- dataflow ----------------------------------------------------------------------
     def deliver(self, request: Request, scope: Scope, key: str, value: Any) -> None:
+        stage, _, port = key.rpartition(".")
+        if port == USAGE_PORT:
+            with request.lock:
+                counts = request.usage.setdefault(stage, {})
+                for name, n in value.items():
+                    counts[name] = counts.get(name, 0) + int(n)
+            return
         with request.lock:
             if request.done:
                 return
@@ -153,7 +181,7 @@ class Engine:
             if scope.parent is None and key in self.output_sources:
                 if value is not SKIPPED:
                     request.outputs[self.output_sources[key]] = value
-                request.changed.notify_all()
+                request.notify()
             self._advance(request, scope)
 
     def _open_stream(self, request: Request, scope: Scope, key: str, ch: StreamChannel) -> None:
@@ -165,7 +193,7 @@ class Engine:
 
     def _notify(self, request: Request) -> None:
         with request.lock:
-            request.changed.notify_all()
+            request.notify()
 
     def _advance(self, request: Request, scope: Scope) -> None:
         progressed = True
@@ -245,7 +273,7 @@ class Engine:
         for port in node.outputs:
             scope.values[f"{node.name}.{port}"] = SKIPPED
             if scope.parent is None and f"{node.name}.{port}" in self.output_sources:
-                request.changed.notify_all()
+                request.notify()
 
     def _dispatch(self, request: Request, scope: Scope, node: Node) -> None:
         if isinstance(node, RouteNode):
@@ -254,7 +282,8 @@ class Engine:
             if choice not in node.cases:
                 if node.default is None:
                     self.fail(request, RequestFailed(
-                        f"route '{node.name}': key {choice!r} is none of {', '.join(node.cases)}", node.name))
+                        f"route '{node.name}': key {choice!r} is none of {', '.join(node.cases)}", node.name,
+                        reason="input"))
                     return
                 choice = node.default
             for case in node.cases:
@@ -295,7 +324,7 @@ class Engine:
             request_id=request.id, stage=node.name, inputs=inputs, wanted=self.wanted[node.name],
             streams=streams, stream_modality={p: node.outputs[p].modality for p in streams},
             _deliver=deliver, _fail=lambda e: self.fail(request, StageFailed(node.name, e)),
-            _is_dead=lambda: request.done,
+            _is_dead=lambda: request.done, settings=request.settings.get(node.name, {}),
         )
         if not self.wanted[node.name]:
             item.done = True  # nobody reads this stage: nothing to run

@@ -29,6 +29,9 @@ class StageFailed(Exception):
         self.cause = cause
 
 
+USAGE_PORT = "__usage__"  # not a port: where WorkItem.report_usage sends its counts
+
+
 @dataclass
 class WorkItem:
     """One request's work at one stage: its inputs and where its outputs go."""
@@ -44,6 +47,7 @@ class WorkItem:
     _is_dead: Callable[[], bool]
     done: bool = False
     state: dict[str, Any] = field(default_factory=dict)  # the executor's per-item scratch
+    settings: dict[str, Any] = field(default_factory=dict)  # this request's params for the stage (validated)
 
     @property
     def dead(self) -> bool:
@@ -67,8 +71,13 @@ class WorkItem:
         """Emit the whole value of a non-streamed output."""
         if port in self.streams:
             raise RuntimeError(f"port '{port}' is streamed; use chunk()")
-        if port in self.wanted:
+        if port in self.wanted or port == USAGE_PORT:
             self._deliver(port, value)
+
+    def report_usage(self, **counts: int) -> None:
+        """What this request cost the stage (prompt_tokens, completion_tokens, …): summed per
+        request (Request.usage), whatever its outputs; travels like an output (Ray, TP ranks)."""
+        self.emit(USAGE_PORT, counts)
 
     def finish(self) -> None:
         """All outputs are out: close the streams and hand on their joined values."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from omnigraph.runtime.deadlines import Deadlines
 from omnigraph.runtime.devices import placed, torch_device, uses_torch
-from omnigraph.runtime.engine import Engine, Request, RequestFailed
+from omnigraph.runtime.engine import Engine, QueueFull, Request, RequestFailed
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
 from omnigraph.runtime.plan import Instance, RuntimePlan, StageNode
 from omnigraph.runtime.stage_loader import load_executor
@@ -162,31 +162,22 @@ class RequestHandle:
         return self.request.future.result(timeout)
 
     def cancel(self) -> None:
-        self.backend.engine.fail(self.request, RequestFailed("cancelled"))
+        self.backend.engine.fail(self.request, RequestFailed("cancelled", reason="cancelled"))
 
     def events(self, poll: float = 0.05) -> Iterator[tuple[str, str, Any]]:
         """("chunk", output, piece) as stream outputs grow, then ("output", name, value)
         for each output, then ("done", "", outputs); raises if the request fails."""
+        from omnigraph.runtime.async_requests import ready_events
+
         req = self.request
         readers: dict[str, Any] = {}
         while True:
-            with req.lock:
-                for name, ch in req.output_streams.items():
-                    if name not in readers:
-                        readers[name] = ch.reader()
-                done = req.done
-            for name, reader in readers.items():
-                try:
-                    chunks, _ = reader.poll()
-                except Exception:
-                    chunks = []
-                for chunk in chunks:
-                    yield ("chunk", name, chunk)
+            events, done = ready_events(req, readers)
+            for event in events:
+                if event[0] == "error":
+                    raise event[2]
+                yield event
             if done:
-                outputs = req.future.result()
-                for name, value in outputs.items():
-                    yield ("output", name, value)
-                yield ("done", "", outputs)
                 return
             with req.lock:
                 if not req.done:
@@ -202,13 +193,17 @@ class Admission:
     deadlines: Deadlines
     _slots: threading.BoundedSemaphore
     _closed: bool
+    max_inflight: int
 
-    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
-        """Start a request; blocks while `max_inflight` requests are already running."""
+    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None,
+               settings: dict[str, dict[str, Any]] | None = None, block: bool = True) -> RequestHandle:
+        """Start a request (with per-stage `settings`, already validated); blocks while
+        `max_inflight` requests are already running, or with block=False raises QueueFull."""
         if self._closed:
             raise RuntimeError("backend is closed")
-        self._slots.acquire()
-        request = Request(inputs, timeout)
+        if not self._slots.acquire(blocking=block):
+            raise QueueFull(f"{self.max_inflight} requests are already in flight")
+        request = Request(inputs, timeout, settings)
         self.deadlines.add(request)
         try:
             self.engine.start(request)
@@ -216,8 +211,13 @@ class Admission:
             self.engine.fail(request, exc)
         return self.HANDLE(request, self)  # type: ignore[arg-type]  # either backend
 
-    def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-        return self.submit(inputs, timeout=timeout).result()
+    def run(self, inputs: dict[str, Any], *, timeout: float | None = None,
+            settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        return self.submit(inputs, timeout=timeout, settings=settings).result()
+
+    def inflight(self) -> int:
+        """Requests admitted and not yet ended."""
+        return self.max_inflight - self._slots._value  # a Semaphore's count: CPython has no public getter
 
     def close(self) -> None:
         raise NotImplementedError
@@ -256,6 +256,7 @@ class LocalBackend(Admission):
                 on_load(node.name, "done")
         self.workers = {name: found[0] for name, found in self.instances.items()}  # each stage's first
         self.engine = Engine(plan, self._enqueue, self._waker)
+        self.max_inflight = max_inflight
         self._slots = threading.BoundedSemaphore(max_inflight)
         self.engine.on_end.append(lambda r: self._slots.release())
         self._closed = False
@@ -281,10 +282,14 @@ class LocalBackend(Admission):
         """Seconds each stage's workers spent computing (all its instances)."""
         return {name: sum(w.busy_seconds for w in found) for name, found in self.instances.items()}
 
-    def placement(self) -> dict[str, list[dict[str, Any]]]:
+    def contract(self) -> dict[str, list[dict[str, Any]]]:
         """Per stage, what each instance runs on and in: the plan's contract as this process
         keeps it (`run --stats` prints it beside `plan --json`'s)."""
         return {name: [w.executor.placement() for w in found] for name, found in self.instances.items()}
+
+    def stage_load(self) -> dict[str, int]:
+        """Items each stage holds or has waiting, over its instances."""
+        return {name: sum(w.load() for w in found) for name, found in self.instances.items()}
 
     def stage_timings(self) -> dict[str, list[StepTiming]]:
         """Each stage's recorded steps (the latest ones), oldest first: for calibrating a

@@ -3,9 +3,10 @@ text as UTF-8 .txt, any other tensor as .safetensors (key "value").
 """
 from __future__ import annotations
 
+import io
 import wave
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -49,12 +50,43 @@ def read_input(path: Path, modality: str) -> Any:
     return path.read_text(encoding="utf-8")
 
 
+def encode_media(value: Any, modality: str) -> tuple[bytes, str]:
+    """An audio or image value as file bytes and their MIME type (WAV, PNG): for a server."""
+    buffer = io.BytesIO()
+    if isinstance(value, Audio):
+        _write_wav(buffer, value)
+        return buffer.getvalue(), "audio/wav"
+    if modality == "image":
+        _write_png(buffer, value)
+        return buffer.getvalue(), "image/png"
+    raise ValueError(f"a {modality} value has no media encoding")
+
+
+def decode_media(data: bytes, modality: str) -> Any:
+    """File bytes (a WAV, an image) as a value of `modality`."""
+    if modality == "audio":
+        return _read_wav(io.BytesIO(data))
+    if modality == "image":
+        return _read_image(io.BytesIO(data))
+    raise ValueError(f"no {modality} value is read from media bytes")
+
+
+def pcm16(audio: Audio) -> bytes:
+    """Mono samples as little-endian 16-bit PCM (OpenAI's `pcm16` / `pcm` formats)."""
+    samples = np.asarray(audio.samples, dtype=np.float32).reshape(-1)
+    return np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def _target(path: Path | IO[bytes]) -> Any:
+    return str(path) if isinstance(path, Path) else path
+
+
 # audio -----------------------------------------------------------------------------------
-def _write_wav(path: Path, audio: Audio) -> Path:
+def _write_wav(path: Path | IO[bytes], audio: Audio) -> Path | IO[bytes]:
     samples = np.asarray(audio.samples, dtype=np.float32)
     channels = 1 if samples.ndim == 1 else samples.shape[0]  # [C, N] when not mono
     pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as f:
+    with wave.open(_target(path), "wb") as f:
         f.setnchannels(channels)
         f.setsampwidth(2)
         f.setframerate(int(audio.sample_rate))
@@ -62,8 +94,8 @@ def _write_wav(path: Path, audio: Audio) -> Path:
     return path
 
 
-def _read_wav(path: Path) -> Audio:
-    with wave.open(str(path), "rb") as f:
+def _read_wav(path: Path | IO[bytes]) -> Audio:
+    with wave.open(_target(path), "rb") as f:
         width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
         raw = f.readframes(f.getnframes())
     if width not in _PCM_DTYPES:
@@ -77,7 +109,7 @@ def _read_wav(path: Path) -> Audio:
 
 
 # images ----------------------------------------------------------------------------------
-def _write_png(path: Path, image: Any) -> Path:
+def _write_png(path: Path | IO[bytes], image: Any) -> Path | IO[bytes]:
     from PIL import Image
 
     pixels = _as_numpy(image)
@@ -95,7 +127,7 @@ def _write_png(path: Path, image: Any) -> Path:
     return path
 
 
-def _read_image(path: Path) -> Any:
+def _read_image(path: Path | IO[bytes]) -> Any:
     import torch
     from PIL import Image
 

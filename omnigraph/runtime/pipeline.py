@@ -5,12 +5,14 @@ bundles run through it with the runtime alone.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from omnigraph.errors import OmnigraphError
+from omnigraph.runtime import async_requests
 from omnigraph.runtime.local import LoadHook, LocalBackend, RequestHandle
 from omnigraph.runtime.plan import RuntimePlan
+from omnigraph.runtime.request_settings import validate_settings
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
 
 
@@ -28,15 +30,37 @@ class Pipeline:
                                      max_inflight=max_inflight, step_timeout=step_timeout)
         self.on_close: list[Callable[[], None]] = []  # e.g. deleting an unpacked bundle
 
-    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None) -> RequestHandle:
-        return self.backend.submit(inputs, timeout=timeout)
+    def submit(self, inputs: dict[str, Any], *, timeout: float | None = None,
+               settings: dict[str, dict[str, Any]] | None = None, block: bool = True) -> RequestHandle:
+        """Start a request. `settings` give stages params for this request only, by stage
+        (`{"thinker": {"temperature": 0.7, "max_new_tokens": 64}}`: what the stage's kind lets a
+        request set), checked before it starts (SettingsError names the field). While
+        `max_inflight` requests run, this blocks, or with block=False raises QueueFull."""
+        checked = validate_settings(self.plan, settings)
+        return self.backend.submit(inputs, timeout=timeout, settings=checked, block=block)
 
-    def run(self, inputs: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-        return self.backend.run(inputs, timeout=timeout)
+    def run(self, inputs: dict[str, Any], *, timeout: float | None = None,
+            settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        return self.submit(inputs, timeout=timeout, settings=settings).result()
 
-    def stream(self, inputs: dict[str, Any], *, timeout: float | None = None) -> Iterator[tuple[str, str, Any]]:
+    def stream(self, inputs: dict[str, Any], *, timeout: float | None = None,
+               settings: dict[str, dict[str, Any]] | None = None) -> Iterator[tuple[str, str, Any]]:
         """Events as they happen: ("chunk", output, piece), ("output", name, value), ("done", "", outputs)."""
-        return self.submit(inputs, timeout=timeout).events()
+        return self.submit(inputs, timeout=timeout, settings=settings).events()
+
+    # -- asyncio: what the server is built on; never blocks the loop (a full pipeline raises QueueFull)
+    async def arun(self, inputs: dict[str, Any], *, timeout: float | None = None,
+                   settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The outputs, awaited; cancelling the task cancels the request."""
+        handle = self.submit(inputs, timeout=timeout, settings=settings, block=False)
+        return await async_requests.result(handle)
+
+    async def astream(self, inputs: dict[str, Any], *, timeout: float | None = None,
+                      settings: dict[str, dict[str, Any]] | None = None) -> AsyncIterator[tuple[str, str, Any]]:
+        """The events of `stream`, as an async iterator; leaving it early cancels the request."""
+        handle = self.submit(inputs, timeout=timeout, settings=settings, block=False)
+        async for event in async_requests.events(handle):
+            yield event
 
     def close(self) -> None:
         self.backend.close()

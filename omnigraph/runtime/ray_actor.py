@@ -144,6 +144,7 @@ class StageActor:
         for ch in streams.values():
             ch.watch(self._wake)
         item = WorkItem(request_id=spec.request_id, stage=spec.stage, inputs=inputs, wanted=spec.wanted,
+                        settings=dict(spec.settings),
                         streams=dict(streams), stream_modality=dict(spec.stream_modality),
                         _deliver=lambda port, value: self._emit(key, port, value),
                         _fail=lambda exc: self._failed(key, exc), _is_dead=lambda: key in self.dead)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from omnigraph.runtime.deadlines import Deadlines
+from omnigraph.runtime.devices import planned_contract
 from omnigraph.runtime.engine import Engine, Request
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.local import Admission, LoadHook, RequestHandle, StageLoadError, StepTiming
@@ -76,6 +77,7 @@ class RayBackend(Admission):
             self._teardown()
             raise
         self.engine = Engine(plan, self._enqueue, self._waker)
+        self.max_inflight = max_inflight
         self._slots = threading.BoundedSemaphore(max_inflight)
         self.engine.on_end.append(self._ended)
         self.deadlines = Deadlines(self.engine)
@@ -139,6 +141,12 @@ class RayBackend(Admission):
     def stats(self) -> dict[str, float]:
         """Seconds each stage's actors spent computing (all its instances)."""
         return {name: sum(inst.stats(INSPECT_TIMEOUT_S)[0] for inst in insts)
+                for name, insts in self.instances.items()}
+
+    def contract(self) -> dict[str, list[dict[str, Any]]]:
+        """Per stage, what each instance's actor was started on and in (from the plan: the
+        actors hold the executors)."""
+        return {name: [planned_contract(inst.node, inst.instance) for inst in insts]
                 for name, insts in self.instances.items()}
 
     def stage_timings(self) -> dict[str, list[StepTiming]]:

@@ -146,7 +146,8 @@ class RayInstance:
 
         for port, value in item.inputs.items():
             inputs[port] = [slot(v) for v in value] if isinstance(value, list) else slot(value)
-        spec = ItemSpec(item.request_id, item.stage, inputs, item.wanted, dict(item.stream_modality))
+        spec = ItemSpec(item.request_id, item.stage, inputs, item.wanted, dict(item.stream_modality),
+                        dict(item.settings))
         entry = Entry(item, spec, forwarders, {p: OutputRelay(ch) for p, ch in item.streams.items()})
         with self.lock:
             if self.state == "dead":

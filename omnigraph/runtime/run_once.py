@@ -77,14 +77,18 @@ def random_weight_notes(stages: Iterable[tuple[str, dict[str, Any]]]) -> list[st
 
 def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
              timeout: float | None, backend: str = "local", address: str | None = None,
-             device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> int:
-    """Load `plan`'s stages (with progress), run one request, show and save its outputs."""
+             device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
+             settings: dict[str, dict[str, Any]] | None = None) -> int:
+    """Load `plan`'s stages (with progress), run one request (with per-stage `settings`),
+    show and save its outputs."""
+    from omnigraph.runtime.request_settings import validate_settings
     from omnigraph.runtime.pipeline import Pipeline
     from omnigraph.runtime.local import StageLoadError
 
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False, soft_wrap=True)
     inputs = parse_inputs(pairs, plan)
+    settings = validate_settings(plan, settings)  # before the load: a bad --set fails at once
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=err, transient=True, disable=as_json) as progress:
         tasks: dict[str, Any] = {}
@@ -109,16 +113,17 @@ def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_
             err.print(f"[yellow]note:[/] {note}")
     try:
         return _run_one(pipe, plan, inputs, out, err, output_dir=output_dir, as_json=as_json,
-                        stats=stats, timeout=timeout, load_s=load_s)
+                        stats=stats, timeout=timeout, load_s=load_s, settings=settings)
     finally:
         pipe.close()
 
 
 def _run_one(pipe: Any, plan: RuntimePlan, inputs: dict[str, Any], out: Console, err: Console, *,
-             output_dir: str | None, as_json: bool, stats: bool, timeout: float | None, load_s: float) -> int:
+             output_dir: str | None, as_json: bool, stats: bool, timeout: float | None, load_s: float,
+             settings: dict[str, dict[str, Any]] | None = None) -> int:
     from omnigraph.runtime.engine import RequestFailed
 
-    handle = pipe.submit(inputs, timeout=timeout)
+    handle = pipe.submit(inputs, timeout=timeout, settings=settings)
     first_chunk: dict[str, float] = {}
     live_text = [n for n, t in plan.output_types.items() if t.modality == "text" and t.stream]
     printing = live_text[0] if live_text and not as_json else None
@@ -215,8 +220,7 @@ def _print_stats(console: Console, request: Any, started: float, pipe: Any) -> N
 
 
 def _placement(pipe: Any) -> dict[str, list[dict[str, Any]]]:
-    placement = getattr(pipe.backend, "placement", None)
-    return placement() if placement is not None else {}
+    return pipe.backend.contract()
 
 
 def _mib(n: int | None) -> str:

@@ -59,6 +59,7 @@ class _Request:
     item: WorkItem
     prompt: torch.Tensor  # token ids [len], or embeddings [len, hidden] with the context
     ids: list[int] | None  # the prompt's token ids when it is only tokens (prefix caching)
+    settings: ArLlmParams  # the stage's params with this request's own over them
     text: TextStream
     generator: torch.Generator | None
     order: int  # admission order: the latest is preempted first
@@ -194,7 +195,10 @@ class ArLlmExecutor(Executor):
         return moved
 
     def _request(self, item: WorkItem) -> _Request:
-        ids = prompt_tokens(item.inputs["prompt"], self.tokenizer, self.settings, self.frame)
+        # This request's own params (temperature, max_new_tokens, stop …, validated when it
+        # was submitted) over the stage's: requests with different settings share the batch.
+        settings = self.settings.model_copy(update=item.settings) if item.settings else self.settings
+        ids = prompt_tokens(item.inputs["prompt"], self.tokenizer, settings, self.frame)
         embeds = context_embeddings(item.inputs.get("context"), self.embed, self.model.dtype, self.takes_embeds,
                                     type(self.model).__name__)
         prompt = torch.tensor(ids, device=self.device)
@@ -203,8 +207,9 @@ class ArLlmExecutor(Executor):
         if self.max_positions is not None and len(prompt) > self.max_positions:
             raise ValueError(f"the prompt has {len(prompt)} positions; the model takes {self.max_positions}")
         self._admitted += 1
-        return _Request(item, prompt, ids if embeds is None else None, self._text_stream(),
-                        self._generator(item, ids), self._admitted, Seq(tokens=[] if embeds is None else None))
+        return _Request(item, prompt, ids if embeds is None else None, settings, self._text_stream(settings),
+                        self._generator(item, ids, settings), self._admitted,
+                        Seq(tokens=[] if embeds is None else None))
 
     def _admit(self) -> bool:
         """Move waiting requests into the pool, first come first served, while their blocks
@@ -316,7 +321,7 @@ class ArLlmExecutor(Executor):
 
     # -- tokens out ----------------------------------------------------------------------
     def _accept(self, req: _Request, logits: torch.Tensor, hidden: torch.Tensor | None) -> None:
-        s = self.settings
+        s = req.settings
         token = choose_token(logits, s.temperature, s.top_k, s.top_p, req.generator)
         if token in self.eos:
             self._publish(req, final=True)
@@ -343,6 +348,7 @@ class ArLlmExecutor(Executor):
                 item.chunk(port, piece)
         if not final:
             return
+        item.report_usage(prompt_tokens=len(req.prompt), completion_tokens=len(req.tokens))
         whole = {"text": req.text.text, "tokens": torch.tensor(req.tokens, dtype=torch.long),
                  "hidden": torch.stack(req.hidden) if req.hidden
                  else torch.zeros(0, self.embed.embedding_dim, dtype=self.model.dtype)}
@@ -356,16 +362,16 @@ class ArLlmExecutor(Executor):
             self._running.remove(req)
         item.finish()
 
-    def _text_stream(self) -> TextStream:
-        return TextStream(self.tokenizer, self.settings.stop, self.settings.stream_chunk)
+    def _text_stream(self, settings: ArLlmParams) -> TextStream:
+        return TextStream(self.tokenizer, settings.stop, settings.stream_chunk)
 
-    def _generator(self, item: WorkItem, ids: list[int]) -> torch.Generator | None:
-        if self.settings.temperature == 0:
+    def _generator(self, item: WorkItem, ids: list[int], settings: ArLlmParams) -> torch.Generator | None:
+        if settings.temperature == 0:
             return None
-        if self.settings.seed is None:
+        if settings.seed is None:
             seed = self.ctx.seed * 1_000_003 + item.request_id
         else:
-            digest = hashlib.sha256(f"{self.settings.seed}:{ids}".encode()).digest()
+            digest = hashlib.sha256(f"{settings.seed}:{ids}".encode()).digest()
             seed = int.from_bytes(digest[:8], "little") >> 1
         return torch.Generator(device=self.device).manual_seed(seed)
 

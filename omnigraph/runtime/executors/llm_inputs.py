@@ -19,7 +19,7 @@ def prompt_tokens(prompt: Any, tokenizer: Any, settings: ArLlmParams,
                   frame: tuple[str, str] | None) -> list[int]:
     """A text prompt through the chat template (unless chat is off); tokens as they are."""
     if isinstance(prompt, str):
-        return prompt_ids(tokenizer, prompt, settings.system, settings.chat, frame)
+        return prompt_ids(tokenizer, prompt, settings.system, settings.chat, frame, settings.history)
     ids = torch.as_tensor(prompt).reshape(-1).tolist()
     if not ids:
         raise ValueError("the prompt has no tokens")

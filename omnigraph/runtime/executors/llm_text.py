@@ -12,19 +12,27 @@ _WORD_END = re.compile(r"\s")
 
 
 def prompt_ids(tokenizer: Any, prompt: str, system: str | None, chat: bool,
-               frame: tuple[str, str] | None = None) -> list[int]:
-    """Token ids of a text prompt: the chat template when the tokenizer has one.
+               frame: tuple[str, str] | None = None, history: list[Any] | None = None) -> list[int]:
+    """Token ids of a text prompt: the chat template when the tokenizer has one, with the
+    earlier turns of `history` (ChatTurns: role, content) between the system prompt and it.
 
     `frame` is the template already rendered around the prompt (what comes before it and
-    after it), as a bundle records it: the same ids without jinja2 at run time."""
-    if chat and frame is not None:
+    after it), as a bundle records it: the same ids without jinja2 at run time (for one turn:
+    a conversation needs the template itself)."""
+    turns = [{"role": t.role, "content": t.content} for t in history or []]
+    if chat and frame is not None and not turns:
         return list(tokenizer.encode(frame[0] + prompt + frame[1], add_special_tokens=False))
     if chat and getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
+        messages += turns + [{"role": "user", "content": prompt}]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
-    return list(tokenizer.encode(f"{system}\n\n{prompt}" if system else prompt))
+    if chat and frame is not None:
+        raise ValueError("a conversation needs the model's chat template, which this bundle does not carry "
+                         "(it renders one turn); send the prompt alone")
+    lines = [system] if system else []
+    lines += [f"{t['role']}: {t['content']}" for t in turns]
+    return list(tokenizer.encode("\n\n".join(lines + [prompt])))
 
 
 class Detokenizer:

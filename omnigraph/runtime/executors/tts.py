@@ -95,9 +95,11 @@ class TtsExecutor(Executor):
             raise ValueError(f"sample_rate {asked} does not match the voice's {self.sample_rate} Hz "
                              f"({model.name}); drop the param or use a {asked} Hz voice")
         self.synthesis = SynthesisConfig(speaker_id=_speaker_id(self.params.get("speaker"), voice),
-                                         length_scale=self.params.get("length_scale"))
+                                         length_scale=self.params.get("length_scale"),
+                                         noise_scale=self.params.get("noise_scale"),
+                                         noise_w_scale=self.params.get("noise_w"))
         seed = self.params.get("seed")
-        # VITS samples noise (durations, waveform): a seed makes the voice reproducible.
+        # VITS samples noise (durations, waveform): a seed makes a voice's first words reproducible.
         session = onnx_session.session(model, self.ctx, self.ctx.seed if seed is None else int(seed))
         self.voice = PiperVoice(session=session, config=voice)
 

@@ -37,6 +37,7 @@ class ItemSpec:
     inputs: dict[str, Any]  # StreamReaders replaced by StreamSlots
     wanted: frozenset[str]
     stream_modality: dict[str, str]
+    settings: dict[str, Any] = field(default_factory=dict)  # the request's params for the stage
 
 
 @dataclass
@@ -87,7 +88,7 @@ class MirrorItem(WorkItem):
             # Unread channels record what the executor streams (ar_llm asks what it already sent).
             streams={p: StreamChannel(capacity=1 << 30) for p in spec.stream_modality},
             stream_modality=dict(spec.stream_modality), _deliver=lambda p, v: None, _fail=lambda e: None,
-            _is_dead=lambda: False)
+            _is_dead=lambda: False, settings=dict(spec.settings))
         self.real = real
         self.frozen_dead = False
         self.frozen_writable: dict[str, bool] = {}
@@ -198,7 +199,7 @@ class Snapshots:
         inputs = {p: [slot(v) for v in value] if isinstance(value, list) else slot(value)
                   for p, value in item.inputs.items()}
         spec = ItemSpec(item.request_id, item.stage, inputs, item.wanted,
-                        {p: item.stream_modality.get(p, "") for p in item.streams})
+                        {p: item.stream_modality.get(p, "") for p in item.streams}, dict(item.settings))
         return spec, readers
 
 
