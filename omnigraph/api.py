@@ -23,23 +23,55 @@ if TYPE_CHECKING:  # the compiler is imported only when a spec is compiled (bund
     from omnigraph.passes.compilation import Compilation
 
 
-def compile_spec_plan(spec: str | Path, target: str | None = None,
+# What the API compiles: a spec file (.yaml, .og, .mlir), a PipelineSpec, or a pipeline built
+# with the Python builder (omnigraph.frontend.builder.Pipeline).
+SpecSource = Any
+
+
+def _loaded(spec: SpecSource) -> Any:
+    """An in-memory spec as the compiler's LoadedSpec; None for a path."""
+    from omnigraph.frontend.builder import Pipeline as Built
+    from omnigraph.frontend.load import LoadedSpec
+    from omnigraph.frontend.source import SourceMap
+    from omnigraph.spec import PipelineSpec
+
+    if isinstance(spec, Built):
+        return spec.loaded
+    if isinstance(spec, LoadedSpec):
+        return spec
+    if isinstance(spec, PipelineSpec):
+        return LoadedSpec(spec, SourceMap("<python>", ""))
+    if isinstance(spec, (str, Path)):
+        return None
+    raise TypeError(f"cannot compile a {type(spec).__name__}: give a spec file's path, a PipelineSpec, "
+                    f"or a pipeline built with omnigraph.frontend.builder")
+
+
+def compile_spec_plan(spec: SpecSource, target: str | None = None,
                       plan_options: dict[str, dict[str, Any]] | None = None,
                       fused: bool = False) -> tuple[Compilation, RuntimePlan]:
-    """Compile a spec file (.yaml, .og, .mlir) and emit its runtime plan; with `fused`, its
-    stages are captured and fused too (the kernels are in the compilation's artifacts)."""
+    """Compile a spec (a file: .yaml, .og, .mlir; or one built in Python) and emit its runtime
+    plan; with `fused`, its stages are captured and fused too (the kernels are in the
+    compilation's artifacts)."""
     from omnigraph.codegen.plan_emitter import emit_plan
-    from omnigraph.compiler import compile_path
+    from omnigraph.compiler import compile_path, compile_spec
     from omnigraph.passes.registry import default_pipeline
 
     pipeline = ",".join(default_pipeline(planned=target is not None, fused=True)) if fused else None
-    comp = compile_path(spec, target=target, plan_options=plan_options, pass_pipeline=pipeline)
+    loaded = _loaded(spec)
+    if loaded is None:
+        comp = compile_path(spec, target=target, plan_options=plan_options, pass_pipeline=pipeline)
+        base = Path(spec).resolve().parent
+    else:
+        comp = compile_spec(loaded, target=target, plan_options=plan_options, pass_pipeline=pipeline)
+        source = Path(loaded.srcmap.file)
+        base = source.resolve().parent if source.is_file() else Path.cwd()
     plan = emit_plan(comp.module, comp.target.devices if comp.target is not None else None)
-    plan.module_paths = [str(Path(spec).resolve().parent)]  # `py:` modules beside the spec
+    plan.module_paths = [str(base)]  # `py:` modules beside the spec (or the script that built it)
     return comp, plan
 
 
-def compile_plan(spec: str | Path, target: str | None = None,
+def compile_plan(spec: SpecSource, target: str | None = None,
                  plan_options: dict[str, dict[str, Any]] | None = None,
                  kernels_dir: str | Path | None = None) -> RuntimePlan:
     """Compile a spec file (.yaml, .og, .mlir) down to its runtime plan; with `kernels_dir`,
@@ -52,7 +84,7 @@ def compile_plan(spec: str | Path, target: str | None = None,
     return plan
 
 
-def load(spec: str | Path | RuntimePlan, *, target: str | None = "local", on_load: LoadHook | None = None,
+def load(spec: SpecSource, *, target: str | None = "local", on_load: LoadHook | None = None,
          trust_code: bool = False, backend: str = "local", address: str | None = None,
          device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
          max_inflight: int = 256) -> Pipeline:
@@ -70,7 +102,7 @@ def load(spec: str | Path | RuntimePlan, *, target: str | None = "local", on_loa
         return Pipeline(spec, **options)
     from omnigraph.runtime.bundle import is_bundle, open_bundle
 
-    if not is_bundle(spec):
+    if not isinstance(spec, (str, Path)) or not is_bundle(spec):
         return Pipeline(compile_plan(spec, target), **options)
     bundle = open_bundle(spec)
     try:
@@ -80,3 +112,31 @@ def load(spec: str | Path | RuntimePlan, *, target: str | None = "local", on_loa
         raise
     pipe.on_close.append(bundle.close)
     return pipe
+
+
+def compile(spec: SpecSource, *, target: str | None = None, emit: str = "plan",  # noqa: A001 - the verb
+            output: str | Path | None = None, force: bool = False) -> Any:
+    """What `omnigraph compile --emit …` makes, as objects: "ir" the omni module's text, "plan"
+    the RuntimePlan, "bundle" a standalone bundle written to `output` (a directory, or a
+    .ogb file; returns its path), "spec" the validated PipelineSpec."""
+    if emit == "spec":
+        loaded = _loaded(spec)
+        if loaded is None:
+            from omnigraph.frontend.load import load_spec
+
+            loaded = load_spec(spec)
+        return loaded.spec
+    if emit == "ir":
+        from omnigraph.dialect.textio import print_module
+
+        comp, _ = compile_spec_plan(spec, target)
+        return print_module(comp.module)
+    if emit == "plan":
+        return compile_plan(spec, target)
+    if emit == "bundle":
+        if output is None:
+            raise ValueError("emit='bundle' writes files: give output=DIR or output=FILE.ogb")
+        from omnigraph.codegen.bundle_writer import write_bundle
+
+        return write_bundle(compile_plan(spec, target), output, force=force).path
+    raise ValueError(f"emit must be one of spec, ir, plan, bundle; got {emit!r}")

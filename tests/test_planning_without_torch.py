@@ -6,8 +6,10 @@ they found at import, so hiding torch inside this process would leak into other 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,12 @@ NO_TORCH = "import sys\nsys.modules['torch'] = None\nfrom omnigraph.cli import m
 
 def _plan(*extra: str, hide_torch: bool = True) -> subprocess.CompletedProcess[str]:
     script = NO_TORCH if hide_torch else NO_TORCH.replace("sys.modules['torch'] = None\n", "")
-    proc = subprocess.run([sys.executable, "-c", script, "plan", SPEC, "--target", "h100x8", *extra],
-                          capture_output=True, text=True, timeout=600)
+    # A fresh cache, as on a machine that never planned with torch (a counted profile from an
+    # earlier plan would otherwise be read back: see passes/planner/profile_cache.py).
+    with tempfile.TemporaryDirectory() as cache:
+        proc = subprocess.run([sys.executable, "-c", script, "plan", SPEC, "--target", "h100x8", *extra],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMNIGRAPH_CACHE": cache})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
@@ -44,3 +50,20 @@ def test_with_torch_the_same_plan_is_counted_on_meta() -> None:
     doc = json.loads(_plan("--json", hide_torch=False).stdout)
     assert doc["guessed"] == []
     assert {r["counted"] for r in doc["stages"] if r["kind"] != "projector"} == {"meta"}
+
+
+def test_a_second_plan_reads_the_counted_profiles_from_the_cache(tmp_path: Path) -> None:
+    """The first plan counts each model on meta (importing transformers); the second reads the
+    counts back from the cache and never imports torch, with the same figures."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "OMNIGRAPH_CACHE": str(tmp_path)}
+    argv = [sys.executable, "-c", NO_TORCH.replace("sys.modules['torch'] = None\n", ""), "plan", SPEC,
+            "--target", "h100x8", "--json"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert list((tmp_path / "profiles").iterdir())
+    second = subprocess.run([*argv[:2], NO_TORCH, *argv[3:]], capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]  # torch hidden: only the cache can count
+    rows = lambda doc: {r["stage"]: (r["params"], r["counted"]) for r in json.loads(doc)["stages"]}  # noqa: E731
+    assert rows(second.stdout) == rows(first.stdout)
+    assert rows(first.stdout)["thinker"][1] == "meta"

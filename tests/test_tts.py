@@ -74,11 +74,15 @@ def run_until_done(executor: Any, probes: list[Probe], max_steps: int = 100) -> 
 
 # -- tts -------------------------------------------------------------------------------------
 def test_split_sentences_holds_partial_text() -> None:
-    assert split_sentences("Hi there. How are", final=False) == (["Hi there."], " How are")
+    assert split_sentences("Hi there. How are", final=False) == (["Hi there."], "How are")
     assert split_sentences("It costs 3.", final=False) == ([], "It costs 3.")  # maybe 3.50
     assert split_sentences("Pi is 3.14 or so! Yes\nno", final=False) == (["Pi is 3.14 or so!", "Yes"], "no")
     assert split_sentences("no end", final=True) == (["no end"], "")
-    assert split_sentences('"Go." Then', final=False) == (['"Go."'], " Then")
+    assert split_sentences('"Go." Then', final=False) == (['"Go."'], "Then")
+    # A real segmenter: titles, times and initialisms are not sentence ends.
+    text = "Dr. Smith met Mr. Jones at 3 p.m. in the U.S. They left."
+    assert split_sentences(text, final=True) == (["Dr. Smith met Mr. Jones at 3 p.m. in the U.S.", "They left."], "")
+    assert split_sentences("Dr. Smith met Mr. ", final=False) == ([], "Dr. Smith met Mr. ")
     long, rest = split_sentences("word " * 200, final=False)
     assert long and all(len(s) <= 400 for s in long) and len(rest) <= 400
 

@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("kinds", help="list the stage kinds and their ports")
+    p.add_argument("--json", action="store_true", help="print them as JSON (ports, params, per-request settings)")
     p.set_defaults(func=cmd_kinds)
 
 
@@ -71,6 +72,15 @@ def cmd_kinds(args: argparse.Namespace) -> int:
 
     from omnigraph.kinds import KINDS
 
+    if args.json:
+        doc = [{"kind": k.name, "summary": k.summary,
+                "inputs": [{"name": p.name, "modalities": list(p.modalities), "optional": p.optional,
+                            "variadic": p.variadic} for p in k.inputs],
+                "outputs": [{"name": p.name, "modality": p.modality} for p in k.outputs],
+                "outputs_from": k.outputs_from, "params": sorted(k.params.model_fields),
+                "request_params": sorted(k.traits.request_params)} for k in KINDS.values()]
+        write(json.dumps(doc, indent=2) + "\n", None)
+        return 0
     table = Table(title="stage kinds")
     for col in ("kind", "inputs", "outputs", "what"):
         table.add_column(col)

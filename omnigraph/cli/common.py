@@ -12,8 +12,17 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 3
 
 
-def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+QUIET = False  # -q: progress, notes and tables on stderr are not shown (errors always are)
+WIDE = 200  # columns of a table written to a pipe or a file (rich would cut it at 80)
+
+
+def console(stderr: bool = False, always: bool = False) -> Console:
+    """A console for the command's output (stdout) or its progress and notes (stderr: quiet
+    under -q, unless `always`, as errors are). Off a terminal, tables keep their full width."""
+    out = Console(stderr=stderr, highlight=False, soft_wrap=True, quiet=stderr and QUIET and not always)
+    if not out.is_terminal:
+        out.width = max(out.width, WIDE)
+    return out
 
 
 def write(text: str, output: str | None) -> None:

@@ -22,7 +22,9 @@ def inspect_command(path: str, *, as_json: bool = False) -> int:
         if as_json:
             sys.stdout.write(bundle.manifest.model_dump_json(indent=2) + "\n")
             return 0
-        console = Console(highlight=False, soft_wrap=True)
+        from omnigraph.cli.common import console as make_console
+
+        console = make_console()
         _header(console, bundle)
         console.print(_stage_table(bundle))
         _reasons(console, bundle)

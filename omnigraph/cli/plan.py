@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from omnigraph.cli.common import console as make_console
 from omnigraph.errors import OmnigraphError
 
 GIB = 1 << 30
@@ -125,7 +126,8 @@ def _secs(s: float) -> str:
 
 def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, as_json: bool) -> int:
     report = plan_spec(spec, target, mix, slo)
-    console = Console(highlight=False, width=max(120, Console().width))
+    console = make_console()
+    console.width = max(120, console.width)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

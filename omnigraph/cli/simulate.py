@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omnigraph.cli.common import console as make_console
 from omnigraph.errors import OmnigraphError
 
 _SPEC_SUFFIXES = (".yaml", ".yml", ".og", ".mlir")
@@ -93,7 +94,7 @@ def _print(pipeline: str, target: str, load: dict[str, Any], report: Any) -> Non
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     what = "burst" if load["arrivals"] == "burst" else f"Poisson {load['rate_req_s']:g} req/s"
     mix = ", ".join(f"{m['name']}:{m['weight']:g}" for m in load["mix"])
     table = Table(title=f"{pipeline} on {target}: {load['requests']} requests, {what}, mix {mix}")

@@ -38,7 +38,7 @@ def content_hash(path: Path) -> str:
     key = f"{path}|{info.st_size}|{info.st_mtime_ns}"
     store = cache_root() / _HASHES
     with _lock:
-        known = _read_json(store)
+        known = read_json(store)
         if isinstance(known.get(key), str):
             return known[key]
         digest = hashlib.sha256()
@@ -49,7 +49,7 @@ def content_hash(path: Path) -> str:
         known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}  # the file's older versions
         known[key] = value
         try:
-            _write_json(store, known)
+            write_json(store, known)
         except OSError:  # a read-only cache: hash again next time
             pass
         return value
@@ -62,7 +62,7 @@ def entry_dir(section: str, key: str) -> Path:
 
 def record_source(entry: Path, source: Path, **facts: object) -> None:
     """Write down what an entry was made from (shown by `omnigraph cache ls`)."""
-    _write_json(entry / _SOURCE, {"source": str(source), **facts})
+    write_json(entry / _SOURCE, {"source": str(source), **facts})
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def entries() -> list[Entry]:
             continue
         for path in sorted(p for p in folder.iterdir() if p.is_dir() and ".tmp-" not in p.name):
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
-            source = _read_json(path / _SOURCE).get("source", "")
+            source = read_json(path / _SOURCE).get("source", "")
             out.append(Entry(section, path, size, str(source)))
     return out
 
@@ -95,7 +95,7 @@ def clear() -> int:
     return freed
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -103,7 +103,7 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _write_json(path: Path, value: dict) -> None:
+def write_json(path: Path, value: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")

@@ -95,6 +95,20 @@ def _write_wav(path: Path | IO[bytes], audio: Audio) -> Path | IO[bytes]:
 
 
 def _read_wav(path: Path | IO[bytes]) -> Audio:
+    """An audio file as mono float32: WAV of any PCM width or float, FLAC, OGG/Vorbis, and
+    MP3 where libsndfile reads it (soundfile); plain WAV with the standard library else."""
+    try:
+        import soundfile
+    except ImportError:
+        return _read_pcm_wav(path)
+    try:
+        data, rate = soundfile.read(_target(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise ValueError(f"not an audio file soundfile can read ({exc})") from None
+    return Audio(np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(rate))
+
+
+def _read_pcm_wav(path: Path | IO[bytes]) -> Audio:
     with wave.open(_target(path), "rb") as f:
         width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
         raw = f.readframes(f.getnframes())

@@ -62,6 +62,17 @@ class Pipeline:
         async for event in async_requests.events(handle):
             yield event
 
+    def stats(self) -> dict[str, Any]:
+        """Requests in flight, and per stage: seconds spent computing, items held, and each
+        instance's placement (device, dtype, cores, KV budget) with its own counters (the KV
+        pool's blocks and peak, prefix-cache hits, preemptions)."""
+        busy = self.backend.stats()
+        held = getattr(self.backend, "stage_load", dict)()
+        return {"in_flight": self.backend.inflight(),
+                "stages": {name: {"busy_s": round(busy.get(name, 0.0), 6), "items": held.get(name),
+                                  "instances": instances}
+                           for name, instances in self.backend.contract().items()}}
+
     def close(self) -> None:
         self.backend.close()
         while self.on_close:

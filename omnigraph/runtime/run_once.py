@@ -4,6 +4,7 @@ by the CLI, or a bundle opened by the runtime alone)."""
 from __future__ import annotations
 
 import json
+import os
 import math
 import sys
 import time
@@ -85,8 +86,11 @@ def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_
     from omnigraph.runtime.pipeline import Pipeline
     from omnigraph.runtime.local import StageLoadError
 
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, quiet=bool(os.environ.get("OMNIGRAPH_QUIET")))  # -q
     out = Console(highlight=False, soft_wrap=True)
+    for c in (err, out):
+        if not c.is_terminal:  # a log or a pipe: tables at full width, not cut at 80 columns
+            c.width = max(c.width, 200)
     inputs = parse_inputs(pairs, plan)
     settings = validate_settings(plan, settings)  # before the load: a bad --set fails at once
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -163,6 +167,11 @@ def _run_one(pipe: Any, plan: RuntimePlan, inputs: dict[str, Any], out: Console,
     for name, path in saved.items():
         if name == printing:
             out.print(f"[dim]{name} saved to {path}[/]")
+    unsaved = [n for n, t in plan.output_types.items() if output_dir is None and n in outputs
+               and t.modality not in ("text", "scalar")]
+    if unsaved:  # audio and pictures do not show on a terminal: say how to keep them
+        err.print(f"[yellow]note:[/] {', '.join(unsaved)} not saved: add --output-dir DIR (-o) to write "
+                  f"{', '.join(_file_name(n, outputs[n], plan.output_types[n].modality) for n in unsaved)}")
     ttfc = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in first_chunk.items())
     err.print(f"[dim]done in {total:.2f}s" + (f"; first chunk: {ttfc}" if ttfc else "") + "[/]")
     if stats:
@@ -221,6 +230,12 @@ def _print_stats(console: Console, request: Any, started: float, pipe: Any) -> N
 
 def _placement(pipe: Any) -> dict[str, list[dict[str, Any]]]:
     return pipe.backend.contract()
+
+
+def _file_name(name: str, value: Any, modality: str) -> str:
+    """The file `--output-dir` would write for an output (as media.write_output names it)."""
+    suffix = {"audio": ".wav", "image": ".png"}.get(modality, ".safetensors")
+    return name + (".wav" if hasattr(value, "sample_rate") else suffix)
 
 
 def _mib(n: int | None) -> str:

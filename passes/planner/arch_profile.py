@@ -24,6 +24,7 @@ from typing import Any
 
 from omnigraph import model_ref
 from omnigraph.kinds import KINDS
+from omnigraph.passes.planner import profile_cache
 from omnigraph.passes.planner.arch_estimate import estimate_profile
 from omnigraph.passes.planner.cost_types import DTYPE_BYTES, ArchProfile
 
@@ -97,7 +98,12 @@ def _for_kind(kind: str, profile: ArchProfile) -> ArchProfile:
 
 @functools.lru_cache(maxsize=128)
 def _meta_profile(ref: str, config_json: str) -> ArchProfile | str:
-    """The counted profile (dtype_bytes left at its default), or why it could not be built."""
+    """The counted profile (dtype_bytes left at its default), or why it could not be built.
+    A count made before (same class, config and library versions) is read from the disk cache:
+    no torch or transformers import at all."""
+    known = profile_cache.load(ref, config_json)
+    if known is not None:
+        return known
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -108,7 +114,9 @@ def _meta_profile(ref: str, config_json: str) -> ArchProfile | str:
     except Exception as exc:  # any failure in library code: estimate instead, say why
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"could not build {ref} on meta ({type(exc).__name__}: {first[:160]}): estimated from the config"
-    return _count(module, config, ref)
+    counted = _count(module, config, ref)
+    profile_cache.save(ref, config_json, counted)
+    return counted
 
 
 def _build_on_meta(cls: Any, config: dict[str, Any]) -> tuple[Any, Any]:

@@ -10,9 +10,11 @@ A model built from a config has no tokenizer of its own: it gets `params.tokeniz
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,27 @@ def _load_pretrained(directory: Path, gguf_file: str | None = None) -> tuple[Any
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    # transformers dequantizes a GGUF under its own tqdm bar, which hf_logging does not reach:
+    # shown on a terminal, never as a wall of lines in a log (tqdm reads TQDM_DISABLE).
+    quiet = {} if sys.stderr.isatty() and not os.environ.get("OMNIGRAPH_QUIET") else {"TQDM_DISABLE": "1"}
+    with _environ(quiet):
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def save_checkpoint(model: Any, tokenizer: Any, folder: Path) -> None:

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-# A sentence ends at . ! or ? followed by whitespace (so "3.14" is not cut), or at a newline.
-_SENTENCE_END = re.compile(r"[.!?]\s|\n")
+from omnigraph.runtime.executors.sentences import sentence_ends
+
 _WORD_END = re.compile(r"\s")
 
 
@@ -108,8 +108,10 @@ class TextStream:
         limit = len(self.text) - self._held()
         if self.mode == "token":
             return limit
-        pattern = _SENTENCE_END if self.mode == "sentence" else _WORD_END
-        ends = [m.end() for m in pattern.finditer(self.text, self.sent, limit)]
+        if self.mode == "sentence":  # cut after the space that follows a sentence: it goes with it
+            ends = [e for e in sentence_ends(self.text[:limit], self.sent) if self.text[e - 1].isspace()]
+        else:
+            ends = [m.end() for m in _WORD_END.finditer(self.text, self.sent, limit)]
         return ends[-1] if ends else self.sent
 
     def _held(self) -> int:

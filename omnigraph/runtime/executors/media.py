@@ -35,12 +35,18 @@ def image_size(value: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def resample(samples: np.ndarray, rate: int, target: int) -> torch.Tensor:
-    """Mono samples at `rate` → float32 at `target` (linear; enough for features)."""
-    x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
-    if rate == target or x.numel() == 0:
-        return x
-    n = max(1, round(x.numel() * target / rate))
-    return F.interpolate(x.view(1, 1, -1), size=n, mode="linear", align_corners=False).view(-1)
+    """Mono samples at `rate` → float32 at `target`, band-limited (soxr: no aliasing of what
+    lies above the new Nyquist); linear interpolation where soxr is not installed."""
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    if rate == target or x.size == 0:
+        return torch.from_numpy(x.copy())
+    try:
+        import soxr
+    except ImportError:
+        n = max(1, round(x.size * target / rate))
+        t = torch.from_numpy(x.copy()).view(1, 1, -1)
+        return F.interpolate(t, size=n, mode="linear", align_corners=False).view(-1)
+    return torch.from_numpy(np.ascontiguousarray(soxr.resample(x, rate, target, quality="HQ"), dtype=np.float32))
 
 
 def byte_ids(text: str, vocab_size: int | None = None) -> torch.Tensor:

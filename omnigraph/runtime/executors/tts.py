@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,12 +27,10 @@ import numpy as np
 
 from omnigraph.runtime.executor import Executor, WorkItem
 from omnigraph.runtime.executors import audio_io, onnx_session
+from omnigraph.runtime.executors.sentences import sentence_ends
 from omnigraph.runtime.loaders import voice_files
 from omnigraph.runtime.values import Audio
 
-# A sentence ends at . ! ? (and any closing quotes or brackets) before whitespace or
-# the end of the text so far, or at a newline. "3.14" has no end: a digit follows.
-_SENTENCE_END = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*(?=\s|$)|\n""")
 _MAX_CHARS = 400  # text without a sentence end is spoken in pieces of at most this
 _SILENCE_S = 0.1  # what empty text becomes: a request always gets some audio
 
@@ -42,12 +39,11 @@ def split_sentences(text: str, final: bool) -> tuple[list[str], str]:
     """The complete sentences in `text`, and the rest to hold for more text (none when `final`)."""
     parts: list[str] = []
     start = 0
-    for m in _SENTENCE_END.finditer(text):
-        at_end = m.end() == len(text)
-        if at_end and not final and text[m.start()] == "." and m.start() > 0 and text[m.start() - 1].isdigit():
+    for end in sentence_ends(text):
+        if not final and end == len(text.rstrip()) and _may_go_on(text[:end]):
             break  # "costs 3." may go on as "costs 3.50"
-        parts.append(text[start:m.end()])
-        start = m.end()
+        parts.append(text[start:end])
+        start = end
     rest = text[start:]
     if final:
         parts.append(rest)
@@ -57,6 +53,12 @@ def split_sentences(text: str, final: bool) -> tuple[list[str], str]:
         parts.extend(more)
     sentences = [piece.strip() for part in parts for piece in _wrap(part)]
     return [s for s in sentences if s], rest
+
+
+def _may_go_on(text: str) -> bool:
+    """A number just before a final period, with nothing after: the text may be a decimal."""
+    stripped = text.rstrip()
+    return stripped.endswith(".") and len(stripped) > 1 and stripped[-2].isdigit() and stripped == text
 
 
 def _wrap(text: str) -> list[str]:
