@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Block, Operation, SSAValue
+from xdsl.ir import Block, OpResult, Operation, SSAValue
 
 from omnigraph.dialect.ops import InputOp, LoopOp, OutputOp, PipelineOp, PortedOp, YieldOp
 from omnigraph.dialect.types import _EdgeType
@@ -31,8 +31,19 @@ def _node_id(value: SSAValue, block_owner: dict[int, str]) -> str:
 
 
 def _edge_label(value: SSAValue, port: str) -> str:
+    """`port: modality`, led by the producer's port when it says more: a route's case
+    (`understand → x`), a stage's named output (`feedback → in0`)."""
     t = value.type
-    return f"{port}: {t.mod}{' ' + t.elem if t.elem else ''}" if isinstance(t, _EdgeType) else port
+    typed = f"{t.mod}{' ' + t.elem if t.elem else ''}" if isinstance(t, _EdgeType) else ""
+    owner = value.owner
+    out = ""
+    if isinstance(owner, PortedOp) and isinstance(value, OpResult):
+        names = owner.output_names
+        out = names[value.index] if value.index < len(names) else ""
+        if owner.name == "omni.route":
+            out = f"case {out}"
+    lead = f"{out} → " if out and out != port else ""
+    return f"{lead}{port}: {typed}" if typed else f"{lead}{port}"
 
 
 def _collect(module: ModuleOp) -> tuple[str, _Graph]:
@@ -107,13 +118,15 @@ def to_dot(module: ModuleOp) -> str:
             lines.append(f'  "{nid}" [label="{label}", shape={shapes[shape]}];')
     for loop, ms in g.clusters.items():
         lines.append(f'  subgraph "cluster_{loop}" {{')
-        lines.append(f'    label="{g.nodes[loop][0].replace(chr(92) + "n", " ")}"; style=rounded;')
+        lines.append(f'    label="{g.nodes[loop][0].replace(chr(92) + "n", " ")}"; style=rounded; labeljust=l; labelloc=t;')
         lines.append(f'    "{loop}" [label="{loop}", shape=point];')
         for m in ms:
             lines.append(f'    "{m}" [label="{g.nodes[m][0]}", shape={shapes[g.nodes[m][1]]}];')
         lines.append("  }")
     for src, dst, label, stream in g.edges:
         style = ", style=dashed" if stream else ""
-        lines.append(f'  "{src}" -> "{dst}" [label="{label}"{style}];')
+        # Edges into a loop's anchor take external labels, which Graphviz keeps off the lines.
+        key = "xlabel" if dst in g.clusters else "label"
+        lines.append(f'  "{src}" -> "{dst}" [{key}="{label}"{style}];')
     lines.append("}")
     return "\n".join(lines) + "\n"

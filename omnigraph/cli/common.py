@@ -1,7 +1,9 @@
 """What every command shares: consoles, writing an output, the exit codes."""
 from __future__ import annotations
 
+import contextlib
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from rich.console import Console
@@ -37,3 +39,12 @@ def write(text: str, output: str | None) -> None:
     except OSError as exc:
         raise OmnigraphError(f"cannot write {output}: {exc.strerror}") from None
     console(stderr=True).print(f"[green]wrote[/] {output}")
+
+
+def working(text: str) -> AbstractContextManager[object]:
+    """A spinner with `text` on stderr while long work runs (a terminal only, never under -q:
+    a log or a --json pipe gets no progress lines)."""
+    err = console(stderr=True)
+    if QUIET or not err.is_terminal:
+        return contextlib.nullcontext()
+    return err.status(text)

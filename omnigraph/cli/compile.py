@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omnigraph.cli.common import console, write
+from omnigraph.cli.common import console, working, write
 from omnigraph.errors import OmnigraphError
 
 
@@ -52,8 +52,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.emit == "kernels" or args.dump_kernels:
         from omnigraph.cli.kernels import kernels_command
 
-        return kernels_command(args.spec, args.target, options, args.emit == "kernels", args.dump_kernels,
-                               args.output, force=args.force)
+        with working(f"capturing and fusing the stages of {args.spec} into Triton kernels …"):
+            return kernels_command(args.spec, args.target, options, args.emit == "kernels", args.dump_kernels,
+                                   args.output, force=args.force)
     if args.emit == "plan":
         from omnigraph.api import compile_plan
 
@@ -91,9 +92,11 @@ def _emit_bundle(args: argparse.Namespace, options: dict | None) -> int:
     from omnigraph.runtime.bundle_files import written_by_omnigraph
 
     refuse_unowned(Path(args.output), written_by_omnigraph, "bundle", args.force)  # before compiling
-    comp, plan = compile_spec_plan(args.spec, args.target, options, fused=args.kernels)
-    kernels = kernel_files(comp)[0] if args.kernels else None
-    written = write_bundle(plan, args.output, kernels=kernels, force=args.force)
+    with working(f"compiling {args.spec}" + (" and fusing its kernels" if args.kernels else "") + " …"):
+        comp, plan = compile_spec_plan(args.spec, args.target, options, fused=args.kernels)
+        kernels = kernel_files(comp)[0] if args.kernels else None
+    with working(f"writing the bundle {args.output} (weights, exported stages) …"):
+        written = write_bundle(plan, args.output, kernels=kernels, force=args.force)
     forms = ", ".join(f"{s.name}: {s.form}" for s in written.manifest.stages)
     console(stderr=True).print(f"[green]wrote[/] bundle {written.path} "
                                 f"({written.manifest.total_size() / 1e6:.1f} MB; {forms})")

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from omnigraph.cli.common import console as make_console
+from omnigraph.cli.common import console as make_console, working
 from omnigraph.errors import OmnigraphError
 
 GIB = 1 << 30
@@ -44,7 +44,23 @@ def plan_spec(spec: str, target: str, mix: str | None = None, slo: float | None 
     report["planning_s"] = time.perf_counter() - started
     report["mix"] = mix or "default"
     report["slo_s"] = slo
+    report["edges"] = _stage_edges(comp)
     return report
+
+
+def _stage_edges(comp: Any) -> list[dict[str, Any]]:
+    """Which stage feeds which (stream: delivered in chunks), as the runtime plan wires them."""
+    from omnigraph.codegen.plan_emitter import emit_plan
+
+    plan = emit_plan(comp.module, comp.target.devices if comp.target is not None else None)
+    names = {n.name for n in plan.stages()}
+    edges = {}
+    for node in plan.stages():
+        for b in node.inputs:
+            src = b.source.split(".")[0]
+            if src in names and src != node.name:
+                edges[(src, node.name)] = edges.get((src, node.name), False) or b.stream
+    return [{"from": a, "to": b, "stream": s} for (a, b), s in edges.items()]
 
 
 def _devices(devs: list[str]) -> str:
@@ -124,8 +140,22 @@ def _secs(s: float) -> str:
     return f"{s * 1e3:.0f}ms" if s < 10 else f"{s:.1f}s"
 
 
-def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, as_json: bool) -> int:
-    report = plan_spec(spec, target, mix, slo)
+def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, as_json: bool,
+                 viz: str | None = None) -> int:
+    if viz is not None:
+        from omnigraph.draw.figures import check_output
+
+        check_output(viz)  # a wrong suffix fails before planning
+    with working(f"planning {spec} for {target} …"):
+        report = plan_spec(spec, target, mix, slo)
+    if viz is not None:
+        from omnigraph.draw.placement import draw_placement
+        from omnigraph.target import load_target
+
+        tgt = load_target(target)
+        devices = [(f"{n.name}:{d.name}", d.memory_gib) for n in tgt.nodes for d in n.devices]
+        drawn = draw_placement(report, devices, [(e["from"], e["to"], e["stream"]) for e in report["edges"]], viz)
+        make_console(stderr=True).print(f"[green]wrote[/] {drawn}")
     console = make_console()
     console.width = max(120, console.width)
     if as_json:
@@ -142,9 +172,11 @@ def register(sub: Any) -> None:
     p.add_argument("--mix", help="request mix: presets (chat:0.7,long:0.3) or a YAML file")
     p.add_argument("--slo", type=float, help="end-to-end latency target in seconds")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--viz", metavar="OUT.svg", help="also draw the placement (devices as lanes, memory per "
+                   "device, stream edges) to a .svg, .png or .pdf (needs the viz extra: matplotlib)")
     p.set_defaults(func=_cmd)
 
 
 
 def _cmd(args: Any) -> int:
-    return plan_command(args.spec, args.target, mix=args.mix, slo=args.slo, as_json=args.json)
+    return plan_command(args.spec, args.target, mix=args.mix, slo=args.slo, as_json=args.json, viz=args.viz)

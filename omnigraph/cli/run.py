@@ -21,6 +21,8 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, help="fail the request after this many seconds")
     p.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT_S, metavar="S",
                    help=f"fail the requests of a stage step that runs longer (default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit)")
+    p.add_argument("--trace", metavar="OUT", help="write the stage steps of the run as a Chrome trace (.json: "
+                   "Perfetto, chrome://tracing) or draw them (.svg, .png: needs the viz extra)")
     p.add_argument("--set", action="append", metavar="STAGE.PARAM=VALUE", dest="settings",
                    help="a stage param for this request (e.g. thinker.max_new_tokens=128, thinker.temperature=0.7)")
     p.add_argument("--config", metavar="FILE", help="options from a YAML file (keys as the long flags: target, "
@@ -46,23 +48,23 @@ def _cmd(args: Any) -> int:
                        output_dir=args.output_dir, as_json=args.json, stats=args.stats, timeout=args.timeout,
                        trust_code=args.trust_code, backend=args.backend, address=args.address,
                        device_resource=args.device_resource, step_timeout=args.step_timeout or None,
-                       settings=settings)
+                       settings=settings, trace=args.trace)
 
 
 _DEFAULTS = {"output_dir": None, "target": None, "json": False, "stats": False, "timeout": None,
              "step_timeout": DEFAULT_STEP_TIMEOUT_S, "trust_code": False, "backend": "local", "address": None,
-             "device_resource": None}
+             "device_resource": None, "trace": None}
 
 
 def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,
                 as_json: bool, stats: bool, timeout: float | None, trust_code: bool = False,
                 backend: str = "local", address: str | None = None, device_resource: str | None = None,
                 step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
-                settings: dict[str, dict[str, Any]] | None = None) -> int:
+                settings: dict[str, dict[str, Any]] | None = None, trace: str | None = None) -> int:
     """Run one request through a spec (compiled here) or a bundle (checked, then run as it is),
     on this machine or (backend "ray") on a Ray cluster."""
     where = {"backend": backend, "address": address, "device_resource": device_resource,
-             "step_timeout": step_timeout, "settings": settings}
+             "step_timeout": step_timeout, "settings": settings, "trace": trace}
     from omnigraph.runtime.bundle import is_bundle, open_bundle
 
     if is_bundle(spec):  # no compiler from here on: a bundle runs with the runtime alone

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omnigraph.cli.common import console as make_console
+from omnigraph.cli.common import console as make_console, working
 from omnigraph.errors import OmnigraphError
 
 _SPEC_SUFFIXES = (".yaml", ".yml", ".og", ".mlir")
@@ -31,17 +31,19 @@ def register(sub: Any) -> None:
     p.add_argument("--slo", type=float, help="JCT target in seconds: goodput counts requests within it")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrivals and the mix (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--timeline", metavar="OUT", help="draw the stage replicas' steps over time (.svg, .png, .pdf; "
+                   "needs the viz extra), or write them as a Chrome trace (.json: Perfetto, chrome://tracing)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     return simulate_command(args.plan, target=args.target, rate=args.rate, burst=args.burst,
                             requests=args.requests, mix=args.mix, slo=args.slo, seed=args.seed,
-                            as_json=args.json)
+                            as_json=args.json, timeline=args.timeline)
 
 
 def simulate_command(plan_path: str, *, target: str | None, rate: float | None, burst: bool, requests: int,
-                     mix: str | None, slo: float | None, seed: int, as_json: bool) -> int:
+                     mix: str | None, slo: float | None, seed: int, as_json: bool, timeline: str | None = None) -> int:
     from omnigraph.passes.sim.model import simulate_plan
     from omnigraph.passes.planner.workload import parse_mix
     from omnigraph.target import load_target
@@ -52,12 +54,19 @@ def simulate_command(plan_path: str, *, target: str | None, rate: float | None, 
         raise OmnigraphError(f"--rate {rate:g}: a rate is requests per second, 0 or more (0: a burst)")
     if requests < 1:
         raise OmnigraphError(f"--requests {requests}: simulate at least one request")
+    if timeline is not None and not timeline.lower().endswith(".json"):
+        from omnigraph.draw.figures import check_output
+
+        check_output(timeline)  # a wrong suffix fails before simulating
     shapes = parse_mix(mix)
     plan = _load_plan(plan_path, target, mix, slo)
     tgt = load_target(target or plan.target or "cpu-local")
     all_at_once = burst or not rate
-    report = simulate_plan(plan, tgt, shapes, rate=None if all_at_once else rate, requests=requests, seed=seed,
-                           slo_s=slo)
+    with working(f"simulating {requests} requests of {plan.pipeline} on {tgt.target} …"):
+        report = simulate_plan(plan, tgt, shapes, rate=None if all_at_once else rate, requests=requests, seed=seed,
+                               slo_s=slo, trace=timeline is not None)
+    if timeline is not None:
+        _write_timeline(report, timeline, f"{plan.pipeline} on {tgt.target} (simulated)")
     load = {"arrivals": "burst" if all_at_once else "poisson", "rate_req_s": None if all_at_once else rate,
             "requests": requests, "seed": seed,
             "mix": [{"name": s.name, "weight": s.weight} for s in shapes]}
@@ -67,6 +76,19 @@ def simulate_command(plan_path: str, *, target: str | None, rate: float | None, 
     else:
         _print(plan.pipeline, tgt.target, load, report)
     return 0
+
+
+def _write_timeline(report: Any, out: str, title: str) -> None:
+    if out.lower().endswith(".json"):
+        from omnigraph.draw.trace import write_trace
+
+        written = write_trace(report.spans, out, title)
+    else:
+        from omnigraph.draw.timeline import draw_timeline
+
+        requests = [(r.id, r.arrival_s, r.finish_s) for r in report.per_request]
+        written = draw_timeline(report.spans, requests, out, title)
+    make_console(stderr=True).print(f"[green]wrote[/] {written}")
 
 
 def _load_plan(path_text: str, target: str | None, mix: str | None, slo: float | None) -> Any:

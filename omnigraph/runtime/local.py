@@ -48,6 +48,7 @@ class StepTiming:
     new: int
     seconds: float
     started: float = 0.0
+    requests: tuple[int, ...] = ()  # whose items it ran (a trace colours by request)
 
 
 _TIMING_RECORDS = 100_000  # per stage: a long-running server keeps the latest ones
@@ -120,12 +121,13 @@ class _Worker(threading.Thread):
             seen = {id(i) for i in self._stepped}
             new = sum(id(i) not in seen for i in self.active)
             batch = len(self.active) if self.executor.continuous else min(len(self.active), batching.max_batch)
+            ids = tuple(i.request_id for i in self.active[:batch])
             progressed = self._step()
             elapsed = time.monotonic() - self._last_start
             self.busy_seconds += elapsed
             if progressed:
                 with self.timings_lock:
-                    self.timings.append(StepTiming(batch, min(new, batch), elapsed, self._last_start))
+                    self.timings.append(StepTiming(batch, min(new, batch), elapsed, self._last_start, ids))
             self._stepped = self.active
             self.active = [i for i in self.active if not i.dead]
             if not progressed:

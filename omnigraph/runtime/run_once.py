@@ -79,8 +79,9 @@ def random_weight_notes(stages: Iterable[tuple[str, dict[str, Any]]]) -> list[st
 def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
              timeout: float | None, backend: str = "local", address: str | None = None,
              device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
-             settings: dict[str, dict[str, Any]] | None = None) -> int:
-    """Load `plan`'s stages (with progress), run one request (with per-stage `settings`),
+             settings: dict[str, dict[str, Any]] | None = None, trace: str | None = None) -> int:
+    """Load `plan`'s stages (with progress), run one request (with per-stage `settings`; with
+    `trace`, its stage steps written as a Chrome trace .json or drawn as a timeline),
     show and save its outputs."""
     from omnigraph.runtime.request_settings import validate_settings
     from omnigraph.runtime.pipeline import Pipeline
@@ -116,8 +117,13 @@ def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_
         for note in random_weight_notes((s.name, s.params) for s in plan.stages()):
             err.print(f"[yellow]note:[/] {note}")
     try:
-        return _run_one(pipe, plan, inputs, out, err, output_dir=output_dir, as_json=as_json,
+        if trace is not None:
+            pipe.backend.clear_stage_timings()  # only this request's steps
+        code = _run_one(pipe, plan, inputs, out, err, output_dir=output_dir, as_json=as_json,
                         stats=stats, timeout=timeout, load_s=load_s, settings=settings)
+        if trace is not None:
+            err.print(f"[green]wrote[/] {_write_trace(pipe, plan, trace)}")
+        return code
     finally:
         pipe.close()
 
@@ -230,6 +236,26 @@ def _print_stats(console: Console, request: Any, started: float, pipe: Any) -> N
 
 def _placement(pipe: Any) -> dict[str, list[dict[str, Any]]]:
     return pipe.backend.contract()
+
+
+def _write_trace(pipe: Any, plan: RuntimePlan, out: str) -> Path:
+    """The stage steps this run took, as a Chrome trace (.json) or a timeline picture."""
+    from omnigraph.draw.trace import TraceSpan, write_trace
+
+    timings = pipe.backend.stage_timings()
+    starts = [t.started for steps in timings.values() for t in steps]
+    origin = min(starts) if starts else 0.0
+    spans = [TraceSpan(stage, 0, t.started - origin, t.started - origin + t.seconds, t.requests)
+             for stage, steps in timings.items() for t in steps]
+    title = f"{plan.pipeline} (measured)"
+    if out.lower().endswith(".json"):
+        return write_trace(spans, out, title)
+    from omnigraph.draw.timeline import draw_timeline
+
+    ids = sorted({r for s in spans for r in s.requests})
+    requests = [(r, min(s.start for s in spans if r in s.requests), max(s.end for s in spans if r in s.requests))
+                for r in ids]
+    return draw_timeline(spans, requests, out, title)
 
 
 def _file_name(name: str, value: Any, modality: str) -> str:

@@ -26,6 +26,7 @@ knows nothing of models. It is deterministic: same inputs, same report.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -37,18 +38,22 @@ from omnigraph.passes.sim.rules import _ar_fracs, _event_budget, _scale, shared_
 from omnigraph.passes.sim.state import Job, Replica, Req, Run, Stage, Task
 from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API lives here too)
     BatchTime, Latency, RequestReport, SimEdge, SimPipeline, SimReport, SimRequest, SimStage,
-    SimulationError, StageReport, StepTime, burst_arrivals, latency, poisson_arrivals, validate,
+    SimulationError, Span, StageReport, StepTime, burst_arrivals, latency, poisson_arrivals, validate,
 )
 
 
 def simulate(pipeline: SimPipeline, requests: Sequence[SimRequest], *, slo_s: float | None = None,
-             max_events: int | None = None) -> SimReport:
-    """Serve `requests` on `pipeline`, event by event, and report what happened."""
+             max_events: int | None = None, trace: bool = False) -> SimReport:
+    """Serve `requests` on `pipeline`, event by event, and report what happened; with `trace`,
+    every step each replica ran too (report.spans: for a timeline)."""
     if slo_s is not None and not slo_s > 0:
         raise SimulationError(f"the SLO must be a positive number of seconds, not {slo_s!r}")
     if not requests:
         raise SimulationError("no requests to simulate")
-    return _Sim(pipeline, requests, max_events).run(slo_s)
+    sim = _Sim(pipeline, requests, max_events)
+    sim.spans = [] if trace else None
+    out = sim.run(slo_s)
+    return dataclasses.replace(out, spans=sim.spans) if sim.spans else out
 
 
 # The engine; its state is in state.py, its report in report.py.
@@ -74,6 +79,7 @@ class _Sim:
             if not (r.arrival_s >= 0 and math.isfinite(r.arrival_s)):
                 raise SimulationError(f"request {r.id}: arrival time {r.arrival_s!r} is not a time")
         self.requests = [Req(r) for r in requests]
+        self.spans: list[Span] | None = None  # simulate(trace=True) records every run here
         self.now = 0.0
         self.heap: list[tuple[float, int, str, Any]] = []
         self.seq = itertools.count()
@@ -237,7 +243,7 @@ class _Sim:
                 self._try_ready(job.task)
             self.dirty[stage] = None
 
-        self._start_run(stage, rep, seconds, done)
+        self._start_run(stage, rep, seconds, done, tuple(j.task.req.spec.id for j in jobs))
 
     def _ar_iteration(self, stage: Stage, rep: Replica) -> None:
         """Admit and prefill what fits, then one decode step for everything running."""
@@ -258,7 +264,7 @@ class _Sim:
                         rep.running.append(task)
                 self._ar_decode(stage, rep)
 
-            self._start_run(stage, rep, seconds, prefilled)
+            self._start_run(stage, rep, seconds, prefilled, tuple(t.req.spec.id for t in admitted), "prefill")
         else:
             self._ar_decode(stage, rep)
 
@@ -280,7 +286,7 @@ class _Sim:
             rep.running = [t for t in rep.running if not t.done]
             self.dirty[stage] = None
 
-        self._start_run(stage, rep, seconds, stepped)
+        self._start_run(stage, rep, seconds, stepped, tuple(t.req.spec.id for t in running), "decode")
 
     def _token(self, task: Task) -> None:
         """One more token out of an AR task: a chunk at each boundary, done at the last."""
@@ -293,9 +299,10 @@ class _Sim:
             self._emit(task)
 
     # -- timed runs, with devices shared by processor sharing -----------------------------
-    def _start_run(self, stage: Stage, rep: Replica, seconds: float, on_done: Callable[[], None]) -> None:
+    def _start_run(self, stage: Stage, rep: Replica, seconds: float, on_done: Callable[[], None],
+                   requests: tuple[int, ...] = (), what: str = "batch") -> None:
         rep.busy = True
-        run = Run(stage, rep, seconds, on_done, started=self.now, since=self.now)
+        run = Run(stage, rep, seconds, on_done, started=self.now, since=self.now, requests=requests, what=what)
         if rep.devices:
             self._reshare(rep.devices, add=run)
         else:
@@ -305,6 +312,8 @@ class _Sim:
         if run.replica.devices:
             self._reshare(run.replica.devices, remove=run)
         run.stage.busy_s += self.now - run.started
+        if self.spans is not None:
+            self.spans.append(Span(run.stage.spec.name, run.replica.index, run.started, self.now, run.requests, run.what))
         run.replica.busy = False
         run.on_done()
 

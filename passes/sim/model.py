@@ -139,12 +139,13 @@ def sim_pipeline_from_measurements(plan: RuntimePlan, measured: dict[str, StageT
 
 
 def simulate_plan(plan: RuntimePlan, target: Target, mix: list[RequestShape], *, rate: float | None = None,
-                  requests: int = 200, seed: int = 0, slo_s: float | None = None, **options: Any) -> SimReport:
+                  requests: int = 200, seed: int = 0, slo_s: float | None = None, trace: bool = False,
+                  **options: Any) -> SimReport:
     """A plan timed by the cost rules under Poisson arrivals at `rate` (None or 0: a burst).
     `options` go to sim_pipeline_from_plan (route_weights, loop_iters, device_capacity)."""
     pipeline, work_fn = sim_pipeline_from_plan(plan, target, mix, **options)
     arrivals = poisson_arrivals(rate, requests, seed) if rate else burst_arrivals(requests)
-    return simulate(pipeline, make_requests(work_fn, mix, arrivals, seed), slo_s=slo_s)
+    return simulate(pipeline, make_requests(work_fn, mix, arrivals, seed), slo_s=slo_s, trace=trace)
 
 
 def make_requests(work_fn: WorkFn, mix: list[RequestShape], arrivals: Sequence[float],

@@ -37,6 +37,19 @@ class SimStage:
 
 
 @dataclass(frozen=True)
+class Span:
+    """One step a stage replica ran, from `start` to `end` seconds, for `requests` (a timeline's
+    bar; `omnigraph run --trace` writes the measured ones in the same shape)."""
+
+    stage: str
+    replica: int
+    start: float
+    end: float
+    requests: tuple[int, ...] = ()
+    what: str = "batch"
+
+
+@dataclass(frozen=True)
 class SimEdge:
     src: str
     dst: str
@@ -109,6 +122,7 @@ class SimReport:
     stages: dict[str, StageReport]
     per_request: list[RequestReport]
     events: int
+    spans: list[Span] = field(default_factory=list)  # with simulate(trace=True): every step run
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the summary and per-stage figures (not the per-request list)."""

@@ -86,3 +86,5 @@ class Run:
     since: float
     rate: float = 1.0
     version: int = 0
+    requests: tuple[int, ...] = ()  # whose work it is (a timeline colours by request)
+    what: str = "batch"  # batch | prefill | decode
