@@ -11,6 +11,8 @@ or None to start a local one); see omnigraph/runtime/ray_backend.py.
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +86,26 @@ def compile_plan(spec: SpecSource, target: str | None = None,
     return plan
 
 
+def plan_here(spec: SpecSource, on_note: Callable[[str], None] | None = None) -> RuntimePlan:
+    """The plan for this machine (`local`), as `run`, `serve` and `load` make by default; when
+    this machine cannot hold it (the spec pins more devices than it has, a model larger than
+    its memory), the spec runs unplanned, as it did before plans reached the runtime, and
+    `on_note` (else a warning) says why. An explicit target never falls back."""
+    from omnigraph.errors import IRError
+    from omnigraph.target import LOCAL
+
+    try:
+        return compile_plan(spec, LOCAL)
+    except IRError as exc:
+        note = (f"this machine cannot hold the plan ({exc.message}); running unplanned: "
+                f"the stages' own dtypes, no core or KV budgets (--target T plans for another target)")
+        if on_note is None:
+            warnings.warn(note, stacklevel=3)
+        else:
+            on_note(note)
+    return compile_plan(spec, None)
+
+
 def load(spec: SpecSource, *, target: str | None = "local", on_load: LoadHook | None = None,
          trust_code: bool = False, backend: str = "local", address: str | None = None,
          device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
@@ -103,7 +125,10 @@ def load(spec: SpecSource, *, target: str | None = "local", on_load: LoadHook | 
     from omnigraph.runtime.bundle import is_bundle, open_bundle
 
     if not isinstance(spec, (str, Path)) or not is_bundle(spec):
-        return Pipeline(compile_plan(spec, target), **options)
+        from omnigraph.target import LOCAL
+
+        plan = plan_here(spec) if target == LOCAL else compile_plan(spec, target)
+        return Pipeline(plan, **options)
     bundle = open_bundle(spec)
     try:
         pipe = Pipeline(bundle.runnable_plan(trust_code), **options)

@@ -259,3 +259,30 @@ def test_a_pipeline_gives_back_the_torch_threads_it_found(tmp_path: Path) -> Non
         cores = {c for found in pipe.backend.instances.values() for w in found for c in (w.executor.ctx.cores or ())}
         assert torch.get_num_threads() == len(cores) == 6
     assert torch.get_num_threads() == before
+
+
+def test_this_machine_falls_back_to_unplanned_with_a_note_but_a_named_target_never(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "wide.yaml"
+    spec.write_text((TINY / "moe_tiny.yaml").read_text().replace(
+        "    kind: ar_llm\n", "    kind: ar_llm\n    parallel: {tp: 2}\n"))
+    from omnigraph.api import plan_here
+
+    notes: list[str] = []
+    plan = plan_here(spec, notes.append)
+    assert notes and "asks for tp=2" in notes[0] and "running unplanned" in notes[0]
+    assert plan.stages()[-1].instances[0].tp == 2 and plan.stages()[-1].resources.dtype is None
+    with pytest.raises(OmnigraphError, match="asks for tp=2"):
+        compile_plan(spec, "cpu-local")
+
+
+def test_an_fp8_pin_is_planned_and_refused_at_load_by_name(tmp_path: Path) -> None:
+    spec = tmp_path / "fp8.yaml"
+    spec.write_text((TINY / "moe_tiny.yaml").read_text().replace("      max_new_tokens: 16\n",
+                                                                "      max_new_tokens: 16\n      dtype: fp8\n"))
+    plan = compile_plan(spec, "h100x8")
+    assert {n.name: n.resources.dtype for n in plan.stages()}["thinker"] == "fp8"
+    from omnigraph.runtime.local import StageLoadError
+
+    with pytest.raises(StageLoadError, match="stage 'thinker'.*dtype fp8 is not supported"):
+        omnigraph.load(compile_plan(spec, target(tmp_path, CPU_BF16, "cpu")))

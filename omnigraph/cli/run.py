@@ -74,11 +74,14 @@ def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: 
         with open_bundle(spec) as bundle:
             return run_plan(bundle.runnable_plan(trust_code), pairs, output_dir=output_dir, as_json=as_json,
                             stats=stats, timeout=timeout, **where)
-    from omnigraph.api import compile_plan
-    from omnigraph.target import LOCAL
+    from omnigraph.api import compile_plan, plan_here
 
-    planned_for = LOCAL if target is None else None if target == "none" else target
-    return run_plan(compile_plan(spec, planned_for), pairs, output_dir=output_dir, as_json=as_json, stats=stats,
-                    timeout=timeout, **where)
+    if target is None:  # this machine, unless it cannot hold the plan (then unplanned, with a note)
+        from omnigraph.cli.common import console
+
+        plan = plan_here(spec, lambda note: console(stderr=True).print(f"[yellow]note:[/] {note}"))
+    else:
+        plan = compile_plan(spec, None if target == "none" else target)
+    return run_plan(plan, pairs, output_dir=output_dir, as_json=as_json, stats=stats, timeout=timeout, **where)
 
 

@@ -58,8 +58,12 @@ def _cmd(args: Any) -> int:
 
     def load() -> Any:
         import omnigraph
+        from omnigraph.api import plan_here
 
-        return omnigraph.load(args.spec, target=target, trust_code=args.trust_code, backend=args.backend,
+        spec: Any = args.spec
+        if target == "local" and args.target is None:  # this machine, else unplanned with a note
+            spec = plan_here(args.spec, lambda note: _say(f"[yellow]note:[/] {note}"))
+        return omnigraph.load(spec, target=target, trust_code=args.trust_code, backend=args.backend,
                               address=args.address, max_inflight=args.max_queue)
 
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), timeout_s=args.timeout or None)

@@ -93,7 +93,7 @@ class StageResources(_Model):
     computes and keeps its weights in, and its memory budgets. The KV budget is the paged
     pool an autoregressive stage allocates once, in blocks of `kv_block_tokens` tokens."""
 
-    dtype: Literal["f32", "bf16", "f16"] | None = None  # None: the stage's own (params.dtype, else f32)
+    dtype: Literal["f32", "bf16", "f16", "fp8"] | None = None  # None: the stage's own (params.dtype, else f32)
     weights_bytes: int | None = Field(None, ge=0)
     kv_bytes: int | None = Field(None, ge=0)
     arena_bytes: int | None = Field(None, ge=0)

@@ -70,10 +70,16 @@ def _scalar(text: str, name: str) -> float | bool:
     return number
 
 
-def random_weight_notes(stages: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
-    """One line per stage (name, params) that runs on seeded random weights (`weights: random`)."""
-    return [f"stage '{name}' has seeded random weights (weights: random, seed {params.get('seed') or 0}): "
-            f"its outputs are noise" for name, params in stages if params.get("weights") == "random"]
+def random_weight_notes(stages: Iterable[tuple[str, dict[str, Any]]], most: int = 4) -> list[str]:
+    """A line per stage (name, params) that runs on seeded random weights (`weights: random`);
+    beyond `most` of them, one line naming the first few and counting the rest."""
+    random = [(name, params.get("seed") or 0) for name, params in stages if params.get("weights") == "random"]
+    if len(random) > most:
+        named = ", ".join(f"'{n}'" for n, _ in random[:3])
+        return [f"{len(random)} stages have seeded random weights (weights: random): {named} and "
+                f"{len(random) - 3} more; their outputs are noise"]
+    return [f"stage '{name}' has seeded random weights (weights: random, seed {seed}): its outputs are noise"
+            for name, seed in random]
 
 
 def run_plan(plan: RuntimePlan, pairs: list[str], *, output_dir: str | None, as_json: bool, stats: bool,
