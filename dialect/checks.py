@@ -186,6 +186,9 @@ def check_parallel(op: Operation, where: str, params: dict[str, Any]) -> None:
     if found is not None:
         field = "tp" if found.startswith("tp") else "ep" if found.startswith("ep") else "pp"
         raise OmniVerifyError(f"{where}: {found}", op, field=("parallel", field))
+    if par.get("dp") > 1:  # the runtime runs copies of a stage as replicas: one word for one thing
+        raise OmniVerifyError(f"{where}: dp={par.get('dp')}: copies of a stage are `replicas` here "
+                              f"(write parallel: {{replicas: {par.get('dp')}}})", op, field=("parallel", "dp"))
     heads = _first(config, "num_attention_heads", "num_heads", "n_head")
     kv_heads = _first(config, "num_key_value_heads", "num_kv_heads")
     experts = _first(config, "num_experts", "num_local_experts", "n_routed_experts")

@@ -59,6 +59,9 @@ class Params(BaseModel):
 class EncoderParams(Params):
     hidden_size: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
+    # Embeddings kept by the content of their input (an image seen again is not encoded
+    # again), in MiB; 0 turns the cache off.
+    cache_mb: float = Field(64, ge=0)
 
 
 class ProjectorParams(Params):

@@ -23,7 +23,7 @@ from omnigraph.passes.planner.plan_problem import PlanProblem, PlanSolution, Sta
 from omnigraph.passes.compilation import Compilation, CompilerPass
 from omnigraph.passes.stage_graph import FlatStage, stage_graph
 from omnigraph.passes.planner.stage_options import (
-    DeviceType, device_types, latency_at, little_batch, stage_options, stage_works,
+    DeviceType, device_types, latency_at, little_batch, pinned_degrees, stage_options, stage_works,
 )
 from omnigraph.passes.planner.workload import parse_mix
 from omnigraph.target import Target
@@ -72,7 +72,8 @@ def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float 
         options, misfits = stage_options(st, works[st.name], shapes, types)
         if not options:
             raise no_fit(st, works[st.name], target.target, types, misfits)
-        choices.append(StageChoices(st.name, st.visits, tuple(options), tuple(st.preds)))
+        choices.append(StageChoices(st.name, st.visits, tuple(options), tuple(st.preds),
+                                    pinned_degrees(st).get("replicas")))
     return Problem(PlanProblem(tuple(choices), tuple(t.pool() for t in types), slo, headroom),
                    stages, works, types, target, mix)
 

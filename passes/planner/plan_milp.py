@@ -50,7 +50,7 @@ def prune(problem: PlanProblem) -> PlanProblem:
             dominated = any(dominates(p, o, j < i or p.devices < o.devices) for j, p in enumerate(st.options) if j != i)
             if not dominated:
                 kept.append(o)
-        stages.append(StageChoices(st.name, st.visits, tuple(kept), st.preds))
+        stages.append(StageChoices(st.name, st.visits, tuple(kept), st.preds, st.replicas))
     return PlanProblem(tuple(stages), problem.pools, problem.latency_target_s, problem.headroom)
 
 
@@ -111,7 +111,9 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolutio
         most = pools[o.device_type].count // o.devices
         r[s, i] = m.add_variable(f"r_{s}_{i}", 0, most, cat="Integer")
         m += r[s, i] <= most * y[s, i]
-        if o.devices == 1:
+        if st.replicas is not None:  # pinned by the spec: exactly that many, each its own
+            m += r[s, i] == st.replicas * y[s, i]
+        elif o.devices == 1:
             z[s, i] = m.add_variable(f"z_{s}_{i}", cat="Binary")
             w[s, i] = m.add_variable(f"w_{s}_{i}", 0)
             m += z[s, i] <= y[s, i]

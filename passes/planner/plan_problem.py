@@ -48,6 +48,7 @@ class StageChoices:
     visits: float  # executions per request (route branch probability x loop iterations)
     options: tuple[Option, ...]
     preds: tuple[tuple[str, bool], ...] = ()  # (producer stage, stream edge)
+    replicas: int | None = None  # the spec pinned this many dedicated replicas (None: the planner's choice)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from omnigraph.passes.planner.work_rules import chunked, stream_chunks
 from omnigraph.passes.planner.plan_problem import DevicePool, Option
 from omnigraph.passes.planner.precision import at_dtype, planned_dtype
 from omnigraph.passes.stage_graph import FlatStage
+from omnigraph.errors import IRError
 from omnigraph.kinds import KINDS
 from omnigraph.target import Device, Target
 
@@ -95,7 +96,7 @@ def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape]
     profile = profile_stage(st.kind, st.model, st.params)
     options: list[Option] = []
     misfits: list[tuple[DeviceType, StageCost]] = []
-    pinned = pinned_degrees(st)
+    pinned = {k: v for k, v in pinned_degrees(st).items() if k != "replicas"}  # per config; replicas: the MILP
     for dt in types:
         dtype = planned_dtype(st.kind, st.model, st.params, dt.device)
         on_type = at_dtype(profile, dtype)
@@ -116,12 +117,20 @@ def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape]
 
 
 def pinned_degrees(st: FlatStage) -> dict[str, int]:
-    """The degrees a spec asked for (`parallel: {tp: 2}`), which the planner keeps; 1 is
-    the default, so only a degree above it pins anything."""
+    """The degrees a spec asked for (`parallel: {tp: 2, replicas: 3}`), which the planner keeps;
+    1 is the default, so only a degree above it pins anything. Degrees the runtime cannot run
+    (pp: pipeline parallelism is costed, not yet run; dp: say replicas) are refused, by stage."""
     par = st.op.parallel
     if par is None or st.op.plan is not None:  # planned already: these are the planner's own
         return {}
-    return {k: par.get(k) for k in ("tp", "ep") if par.get(k) > 1}
+    if par.get("pp") > 1:
+        raise IRError(f"stage '{st.name}': parallel pp={par.get('pp')} is not run yet: pipeline parallelism is "
+                      f"costed by the planner but the runtime does not split layers over ranks",
+                      hint="use tp (tensor parallelism) instead, or leave pp out")
+    if par.get("dp") > 1:
+        raise IRError(f"stage '{st.name}': parallel dp={par.get('dp')}: copies of a stage are `replicas` here",
+                      hint=f"write parallel: {{replicas: {par.get('dp')}}}")
+    return {k: par.get(k) for k in ("tp", "ep", "replicas") if par.get(k) > 1}
 
 
 def _batches(st: FlatStage) -> tuple[int, ...]:

@@ -14,11 +14,14 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from omnigraph.runtime.executor import BatchExecutor, WorkItem
+from omnigraph.runtime.executors.output_cache import OutputCache, content_key
 
 P = TypeVar("P")  # one item's prepared input
 
 
 class GroupedExecutor(BatchExecutor, Generic[P]):
+    output_cache: OutputCache | None = None  # outputs by the content of their input (encoders)
+
     @abstractmethod
     def prepare(self, item: WorkItem) -> P:
         """One item's model input (raise to fail this item only)."""
@@ -35,9 +38,16 @@ class GroupedExecutor(BatchExecutor, Generic[P]):
         results: list[dict[str, Any] | BaseException | None] = [None] * len(items)
         prepared: dict[int, P] = {}
         groups: dict[Hashable, list[int]] = {}
+        keys: dict[int, bytes] = {}
         for i, item in enumerate(items):
             try:
                 prepared[i] = self.prepare(item)
+                if self.output_cache is not None and isinstance(prepared[i], torch.Tensor):
+                    keys[i] = content_key(prepared[i])
+                    cached = self.output_cache.get(keys[i])
+                    if cached is not None:  # seen before: no forward for it
+                        results[i] = cached
+                        continue
                 groups.setdefault(self.batch_key(prepared[i]), []).append(i)
             except Exception as exc:
                 results[i] = exc
@@ -45,6 +55,10 @@ class GroupedExecutor(BatchExecutor, Generic[P]):
         with torch.no_grad():
             for group in groups.values():
                 self._run_group(group, prepared, items, results)
+        if self.output_cache is not None:
+            for i, key in keys.items():
+                if isinstance(results[i], dict):
+                    self.output_cache.put(key, results[i])  # type: ignore[arg-type]
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def _run_group(self, group: list[int], prepared: dict[int, P], items: list[WorkItem],

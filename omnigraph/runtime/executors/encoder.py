@@ -20,11 +20,13 @@ import torch
 
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.executors.batched import GroupedExecutor
+from omnigraph.runtime.executors.output_cache import OutputCache
 from omnigraph.runtime.executors.modules import call, checkpoint_folder, config_value, load_module, stage_dtype
 from omnigraph.runtime.executors.processors import Processors
 from omnigraph.runtime.programs import recorded_facts
 from omnigraph.runtime.fused_stage import fused_entry
 
+DEFAULT_CACHE_MB = 64  # embeddings kept by input content (params.cache_mb; 0: none)
 FEEDS: dict[str, Callable[[Processors, Any], torch.Tensor]] = {
     "image": Processors.image,
     "video": Processors.video,
@@ -48,6 +50,11 @@ class EncoderExecutor(GroupedExecutor[torch.Tensor]):
                                          _audio_window(self.model))
                            if facts is None else Processors.from_facts(facts))
         self.model = fused_entry(self.node, "forward", self.model, self.ctx.device) or self.model
+        cache_mb = self.params.get("cache_mb", DEFAULT_CACHE_MB)
+        self.output_cache = OutputCache(int(cache_mb * (1 << 20))) if cache_mb else None
+
+    def stats(self) -> dict[str, Any]:
+        return self.output_cache.stats() if self.output_cache is not None else {}
 
     def bundle_facts(self) -> dict[str, Any]:
         return self.processors.facts()
