@@ -326,3 +326,21 @@ def test_an_encoder_fed_by_an_unnamed_input_guesses_its_modality() -> None:
     assert stage_work("encoder", audio[2], profile("qwen2_5_omni", "audio_encoder"), shape, []).tokens == 100
     vision = stage("qwen2_5_omni", "vision_encoder")
     assert stage_work("encoder", vision[2], profile("qwen2_5_omni", "vision_encoder"), shape, []).tokens == 500
+
+
+def test_a_fixed_resolution_tower_costs_its_own_tokens_per_image() -> None:
+    """SigLIP at 384 px in 14 px patches sees 729 tokens per image whatever the request's image
+    size; at 224/16, 196; max_tokens caps what it hands on; a dynamic tower takes the shape's."""
+    from omnigraph.passes.planner.cost_types import ArchProfile, RequestShape
+    from omnigraph.passes.planner.work_rules import stage_work
+
+    shape = RequestShape(name="chat", image_tokens=576)
+    siglip = ArchProfile(params=400_000_000, hidden=1152, patch_size=(14, 14), image_size=384)
+    assert stage_work("encoder", {}, siglip, shape, (), ("image",)).tokens == 729
+    from_config = ArchProfile(params=1, hidden=768)
+    params = {"config": {"image_size": 224, "patch_size": 16}}
+    assert stage_work("encoder", params, from_config, shape, (), ("image",)).tokens == 196
+    capped = stage_work("encoder", {"max_tokens": 64}, siglip, shape, (), ("image",))
+    assert capped.tokens == 729 and capped.out_tokens == 64
+    dynamic = ArchProfile(params=1, hidden=1280, patch_size=(14, 14), merge=4)  # Qwen2-VL: no fixed size
+    assert stage_work("encoder", {}, dynamic, shape, (), ("image",)).tokens == 576

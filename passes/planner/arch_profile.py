@@ -182,7 +182,7 @@ def _count(module: Any, config: Any, ref: str) -> ArchProfile:
         heads=heads, kv_heads=_int(sources, _KV_HEADS) or heads, head_dim=head_dim,
         experts=experts, experts_per_token=top_k, source="meta", arch=ref.rpartition(":")[2],
         encoder_params=_tower_params(module, config), patch_size=_patch(sources),
-        merge=_int(sources, ("spatial_merge_size",)) ** 2 or 1,
+        merge=_int(sources, ("spatial_merge_size",)) ** 2 or 1, image_size=_int(sources, ("image_size",)),
     )
 
 

@@ -37,6 +37,7 @@ class ArchProfile:
     # their own inputs, never per generated token (an AR stage's decode does not read them).
     encoder_params: int = 0
     patch_size: tuple[int, ...] = ()  # DiT/ViT patch, (t, h, w) or (h, w): latent cells per token
+    image_size: int = 0  # a fixed-resolution vision tower resizes every image to this (0: dynamic)
     merge: int = 1  # input tokens an encoder merges into one output token (2x2 spatial merge: 4)
     note: str = ""  # why this is an estimate (a class that failed to build, nothing to go on)
 

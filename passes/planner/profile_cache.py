@@ -18,7 +18,7 @@ from typing import Any
 from omnigraph.passes.planner.cost_types import ArchProfile
 from omnigraph.runtime.cache import read_json, write_json, entry_dir, record_source
 
-FORMAT = 1  # bump when what _count measures changes
+FORMAT = 2  # bump when what _count measures changes (2: image_size)
 _LIBRARIES = ("torch", "transformers", "diffusers")
 
 

@@ -68,12 +68,30 @@ def feed_tokens(modality: str, shape: RequestShape) -> int:
 
 def _encoder(w: WorkInput) -> StageWork:
     """Encoder: the tokens of its inputs (image tokens, audio frames, prompt tokens), merged
-    by its spatial merge (2x2 in Qwen vision towers) into what it hands on."""
-    tokens = w.upstream_tokens + w.feed_tokens()
-    if not w.inputs and not w.feeds:  # fed by a pipeline input the caller did not name
-        tokens = feed_tokens(_guess_modality(w), w.shape)
+    by its spatial merge (2x2 in Qwen vision towers) into what it hands on, at most max_tokens.
+    A fixed-resolution vision tower (SigLIP, CLIP) sees (image_size / patch)² tokens per image
+    whatever the image: its own geometry, not the request shape's image tokens."""
+    feeds = list(w.feeds) if w.inputs or w.feeds else [_guess_modality(w)]
+    fixed = _fixed_image_tokens(w)
+    tokens = w.upstream_tokens + sum(fixed if m == "image" and fixed else feed_tokens(m, w.shape) for m in feeds)
     out = math.ceil(tokens / max(1, w.profile.merge))
+    cap = w.param("max_tokens")
+    out = min(out, int(cap)) if cap else out
     return StageWork(tokens=tokens, out_tokens=out, out_bytes=w.emb_bytes(out, w.param("hidden_size")))
+
+
+def _fixed_image_tokens(w: WorkInput) -> int | None:
+    """Tokens per image of a tower that resizes to one resolution, from its profile or config."""
+    config = w.params.get("config") or {}
+    vision = config.get("vision_config") if isinstance(config.get("vision_config"), Mapping) else {}
+    size = w.profile.image_size or config.get("image_size") or vision.get("image_size")
+    if len(w.profile.patch_size) >= 2:
+        ph, pw = w.profile.patch_size[-2:]
+    else:
+        ph = pw = config.get("patch_size") or vision.get("patch_size")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (size, ph, pw)):
+        return None
+    return max(1, size // ph) * max(1, size // pw)
 
 
 def _guess_modality(w: WorkInput) -> str:
