@@ -55,7 +55,9 @@ async def run_pipeline(request: Request) -> Response:
 async def _multipart(request: Request, server: Any) -> RunRequest:
     limits = server.limits
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+    if declared is None or not declared.isdigit():  # the parser reads it whole: its size is known first
+        raise ApiError(411, "a multipart body needs a Content-Length", code="length_required")
+    if int(declared) > limits.max_body_bytes:
         raise ApiError(413, f"the body is {declared} bytes; the limit is {limits.max_body_bytes}", code="body_too_large")
     try:
         form = await request.form(max_files=64, max_fields=256, max_part_size=limits.max_media_bytes)
