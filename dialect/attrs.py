@@ -125,8 +125,9 @@ class PlanAttr(ParametrizedAttribute):
         "pipeline_rate": float,  # the plan's predicted throughput
         "solver": str,
         "dtype": str,  # the dtype it computes and keeps weights in ("": runs as it is)
+        "pool": str,  # a shared stage's pool when its type has several ("": the first)
     }
-    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": ""}  # fields IR from before them may leave out
+    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": "", "pool": ""}  # fields IR from before them may leave out
     values: ArrayAttr[Attribute]
 
     def __init__(self, **values: Any) -> None:

@@ -52,6 +52,11 @@ def plan_of(st: FlatStage) -> PlanAttr:
     return attr
 
 
+def _pool(plan: PlanAttr) -> str:
+    """A shared stage's pool: its type's first, or the one plan-parallel named (`h100#1`)."""
+    return plan.get("pool") or plan.get("device_type")
+
+
 def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
     """Device ids per stage, replicas back to back."""
     doms = domains(target)
@@ -61,7 +66,7 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
     for order, st in enumerate(stages):
         p = plans[st.name]
         if p.shared:
-            pools[p.device_type] = st.op.parallel.get("replicas")
+            pools[_pool(p)] = st.op.parallel.get("replicas")
             continue
         for _ in range(st.op.parallel.get("replicas")):
             groups.append((p.devices_per_replica, order, st, p.device_type))
@@ -79,13 +84,14 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
         placed[st.name] += best.free[:size]
         del best.free[:size]
         home.setdefault(st.name, set()).add(best.node)
-    for dtype, count in pools.items():
+    for key, count in pools.items():  # each shared pool on devices of its own
+        dtype = key.split("#")[0]
         free = [dev for d in doms if d.type == dtype for dev in d.free]
         if len(free) < count:
             raise IRError(f"the shared {dtype} pool needs {count} devices, {len(free)} are left on {target.target}")
         pool = free[:count]
         for st in stages:
-            if plans[st.name].shared and plans[st.name].device_type == dtype:
+            if plans[st.name].shared and _pool(plans[st.name]) == key:
                 placed[st.name] = list(pool)
         for d in doms:
             d.free = [x for x in d.free if x not in pool]

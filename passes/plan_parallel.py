@@ -72,8 +72,9 @@ def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float 
         options, misfits = stage_options(st, works[st.name], shapes, types)
         if not options:
             raise no_fit(st, works[st.name], target.target, types, misfits)
+        in_bytes = sum(max(w.out_bytes for w in works[p]) for p, _ in st.preds)
         choices.append(StageChoices(st.name, st.visits, tuple(options), tuple(st.preds),
-                                    pinned_degrees(st).get("replicas")))
+                                    pinned_degrees(st).get("replicas"), in_bytes))
     return Problem(PlanProblem(tuple(choices), tuple(t.pool() for t in types), slo, headroom),
                    stages, works, types, target, mix)
 
@@ -102,7 +103,7 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
     best: PlanSolution | None = None
     best_problem = problem
     for _ in range(rounds):
-        solution = solve(problem)
+        solution = solve_pooled(problem)
         if solution is None:
             break
         rerated = _rerate(built, problem, solution)
@@ -113,6 +114,22 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
             break
         problem = rerated
     return best, best_problem
+
+
+MAX_POOLS = 8  # shared pools per device type a plan may use
+POOLED_TIME_LIMIT_S = 2.0  # per solve with several pools: the best plan found by then
+
+
+def solve_pooled(problem: PlanProblem) -> PlanSolution | None:
+    """One shared pool per device type, as usual; only when that cannot hold the pipeline (a
+    wide fan-in of small stages whose copies do not all fit one device), two, four, eight."""
+    solution = solve(problem)
+    most = max((p.count for p in problem.pools), default=1)
+    pools = 2
+    while solution is None and pools <= min(MAX_POOLS, most):
+        solution = solve(problem, time_limit=POOLED_TIME_LIMIT_S, pools_per_type=pools)
+        pools *= 2
+    return solution
 
 
 def _rerate(built: Problem, problem: PlanProblem, solution: PlanSolution) -> PlanProblem:
@@ -133,7 +150,9 @@ def _rerate(built: Problem, problem: PlanProblem, solution: PlanSolution) -> Pla
                 options.append(o)
                 continue
             dt = types[o.device_type]
-            copies = solution.shared_devices.get(o.device_type) or dt.count  # a type it does not use
+            sp = solution.stages[choice.name]
+            key = sp.pool_key if sp.option.device_type == o.device_type else o.device_type
+            copies = solution.shared_devices.get(key) or dt.count  # a type it does not use
             rate = solution.throughput * choice.visits / copies
             cfg = o.cost.config
 
@@ -164,13 +183,14 @@ def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str,
         in_bytes = sum(max(w.out_bytes for w in works[p]) for p, _ in st.preds)
         sp = solution.stages[st.name]
         cfg, cost = sp.option.cost.config, sp.option.cost
-        replicas = solution.shared_devices[sp.option.device_type] if sp.shared else sp.replicas
+        replicas = solution.shared_devices[sp.pool_key] if sp.shared else sp.replicas
         st.op.properties["parallel"] = ParallelAttr(tp=cfg.tp, pp=cfg.pp, dp=1, ep=cfg.ep, replicas=replicas)
         st.op.properties["plan"] = PlanAttr(**{
             "batch": cfg.batch,
             "device_type": sp.option.device_type,
             "devices_per_replica": cost.devices,
             "shared": sp.shared,
+            "pool": sp.pool if sp.shared else "",
             "visits": st.visits,
             "rate": cost.throughput,  # requests/s one replica sustains
             "latency_s": cost.latency_s,

@@ -30,7 +30,7 @@ def placement_report(module: ModuleOp) -> dict[str, Any]:
         rows.append({
             "stage": st.name, "kind": st.kind, "config": _label(par, p["batch"]),
             "tp": par["tp"], "pp": par["pp"], "ep": par["ep"], "replicas": par["replicas"],
-            "batch": p["batch"], "shared": p["shared"], "device_type": p["device_type"],
+            "batch": p["batch"], "shared": p["shared"], "device_type": p["device_type"], "pool": p["pool"],
             "devices": [d.data for d in st.op.place.devices.data] if st.op.place is not None else [],
             "memory": mem,
             # The contract the runtime keeps (`run --stats` reports the same): the dtype it
@@ -71,12 +71,14 @@ def _utilisation(rows: list[dict[str, Any]], rate: float) -> None:
     pools: dict[str, float] = {}
     for r in rows:
         if r["shared"]:
-            pools[r["device_type"]] = pools.get(r["device_type"], 0.0) + rate * r["visits"] / r["rate_per_replica"]
+            key = r["pool"] or r["device_type"]
+            pools[key] = pools.get(key, 0.0) + rate * r["visits"] / r["rate_per_replica"]
     for r in rows:
         load = rate * r["visits"] / r["rate_per_replica"]  # device-seconds per second it needs
         if r["shared"]:
-            r["utilisation"] = pools[r["device_type"]] / max(1, r["replicas"])
-            r["load_share"] = load / pools[r["device_type"]]
+            key = r["pool"] or r["device_type"]
+            r["utilisation"] = pools[key] / max(1, r["replicas"])
+            r["load_share"] = load / pools[key]
         else:
             r["utilisation"] = load / r["replicas"]
             r["load_share"] = 1.0

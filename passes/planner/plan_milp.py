@@ -13,12 +13,14 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import replace
 from collections.abc import Iterator
+from typing import Any
 
 import pulp
 
 from omnigraph.passes.planner.plan_problem import (
-    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency,
+    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency, pool_key,
 )
 
 TIME_LIMIT_S = 20.0
@@ -50,7 +52,7 @@ def prune(problem: PlanProblem) -> PlanProblem:
             dominated = any(dominates(p, o, j < i or p.devices < o.devices) for j, p in enumerate(st.options) if j != i)
             if not dominated:
                 kept.append(o)
-        stages.append(StageChoices(st.name, st.visits, tuple(kept), st.preds, st.replicas))
+        stages.append(replace(st, options=tuple(kept)))
     return PlanProblem(tuple(stages), problem.pools, problem.latency_target_s, problem.headroom)
 
 
@@ -83,8 +85,9 @@ def _solver(time_limit: float) -> pulp.LpSolver:
     return highs if highs.available() else pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
 
 
-def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolution | None:
-    """The best plan, or None when no assignment is feasible (the caller explains why)."""
+def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type: int = 1) -> PlanSolution | None:
+    """The best plan, or None when no assignment is feasible (the caller explains why). With
+    `pools_per_type` > 1 the shared stages of a type may split into that many pools."""
     started = time.perf_counter()
     problem = prune(problem)
     if any(not st.options for st in problem.stages):
@@ -98,14 +101,15 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolutio
     )
     if x_ub <= 0:
         return None
+    K = {t: max(1, min(pools_per_type, p.count)) for t, p in pools.items()}
 
     m = pulp.LpProblem("plan", pulp.LpMaximize)
     X = m.add_variable("X", 0, x_ub)
     idx = [(s, i) for s, st in enumerate(problem.stages) for i in range(len(st.options))]
     y = {k: m.add_variable(f"y_{k[0]}_{k[1]}", cat="Binary") for k in idx}
     r = {}
-    z = {}
-    w = {}
+    z: dict[tuple[int, int, int], Any] = {}  # (stage, option, pool) -> in that shared pool
+    w: dict[tuple[int, int, int], Any] = {}  # its device-seconds per second there
     for s, i in idx:
         st, o = problem.stages[s], problem.stages[s].options[i]
         most = pools[o.device_type].count // o.devices
@@ -114,32 +118,39 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolutio
         if st.replicas is not None:  # pinned by the spec: exactly that many, each its own
             m += r[s, i] == st.replicas * y[s, i]
         elif o.devices == 1:
-            z[s, i] = m.add_variable(f"z_{s}_{i}", cat="Binary")
-            w[s, i] = m.add_variable(f"w_{s}_{i}", 0)
-            m += z[s, i] <= y[s, i]
-            m += r[s, i] <= most * (y[s, i] - z[s, i])
             big = st.visits / (o.shared_rate * h) * x_ub
-            m += w[s, i] >= st.visits / (o.shared_rate * h) * X - big * (1 - z[s, i])
-            m += r[s, i] >= y[s, i] - z[s, i]
+            for k in range(K[o.device_type]):
+                z[s, i, k] = m.add_variable(f"z_{s}_{i}_{k}", cat="Binary")
+                w[s, i, k] = m.add_variable(f"w_{s}_{i}_{k}", 0)
+                m += w[s, i, k] >= st.visits / (o.shared_rate * h) * X - big * (1 - z[s, i, k])
+            pooled = pulp.lpSum(z[s, i, k] for k in range(K[o.device_type]))
+            m += pooled <= y[s, i]
+            m += r[s, i] <= most * (y[s, i] - pooled)
+            m += r[s, i] >= y[s, i] - pooled
         else:
             m += r[s, i] >= y[s, i]
-    S = {t: m.add_variable(f"S_{n}", 0, p.count, cat="Integer") for n, (t, p) in enumerate(pools.items())}
+    S = {(t, k): m.add_variable(f"S_{n}_{k}", 0, p.count, cat="Integer")
+         for n, (t, p) in enumerate(pools.items()) for k in range(K[t])}
     for s, st in enumerate(problem.stages):
         ks = [k for k in idx if k[0] == s]
         m += pulp.lpSum(y[k] for k in ks) == 1
-        shared = pulp.lpSum(z[k] for k in ks if k in z)
+        shared = pulp.lpSum(v for (zs, _, _), v in z.items() if zs == s)
         m += (pulp.lpSum(st.options[i].cost.throughput * h * r[s, i] for _, i in ks)
               >= st.visits * X - st.visits * x_ub * shared)
     for t, pool in pools.items():
         of_type = [k for k in idx if problem.stages[k[0]].options[k[1]].device_type == t]
-        m += (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in of_type) + S[t]
-              <= pool.count)
-        m += pulp.lpSum(w[k] for k in of_type if k in w) <= S[t]
-        m += (pulp.lpSum(problem.stages[s].options[i].cost.mem_per_device * z[s, i]
-                         for s, i in of_type if (s, i) in z) <= pool.memory_bytes)
-        for k in of_type:
-            if k in z:
-                m += S[t] >= z[k]
+        m += (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in of_type)
+              + pulp.lpSum(S[t, k] for k in range(K[t])) <= pool.count)
+        for k in range(K[t]):
+            members = [(s, i) for s, i in of_type if (s, i, k) in z]
+            m += pulp.lpSum(w[s, i, k] for s, i in members) <= S[t, k]
+            m += (pulp.lpSum(_pooled_bytes(problem.stages[s], problem.stages[s].options[i]) * z[s, i, k]
+                             for s, i in members) <= pool.memory_bytes)
+            for s, i in members:
+                m += S[t, k] >= z[s, i, k]
+            if k:  # pools of a type are interchangeable: order them, largest first
+                m += S[t, k - 1] >= S[t, k]
+    _order_identical_stages(m, problem, z, K)
     if problem.latency_target_s is not None:
         _latency_constraints(m, problem, y)
 
@@ -150,24 +161,55 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S) -> PlanSolutio
     if _solve(m, solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
         return None
     best = X.value()
+    found = {v.name: v.value() for v in m.variables()}  # the first solve's plan, should the second find none
     m += X >= best * (1 - 1e-6)
     m.sense = pulp.LpMinimize
     # Fewest devices; among those, the quickest configs (a tie-break worth less than a device).
     slowest = sum(max(o.cost.latency_s for o in st.options) for st in problem.stages) or 1.0
     latency = pulp.lpSum(problem.stages[s].options[i].cost.latency_s * y[s, i] for s, i in idx)
     m.setObjective(devices_used + 0.5 / slowest * latency)
-    _solve(m, solver)
+    if _solve(m, solver) != pulp.LpStatusOptimal or any(v.value() is None for v in y.values()):
+        for v in m.variables():  # stopped with no plan in hand (a time limit): keep the first
+            v.varValue = found.get(v.name)
 
     chosen: dict[str, StagePlan] = {}
     for s, st in enumerate(problem.stages):
         i = max(range(len(st.options)), key=lambda i: y[s, i].value() or 0)
-        shared = (s, i) in z and (z[s, i].value() or 0) > 0.5
-        chosen[st.name] = StagePlan(st.options[i], round(r[s, i].value() or 0), shared)
-    latency = path_latency(problem, {n: p.option for n, p in chosen.items()})
+        t = st.options[i].device_type
+        pool = next((k for k in range(K[t]) if (s, i, k) in z and (z[s, i, k].value() or 0) > 0.5), None)
+        chosen[st.name] = StagePlan(st.options[i], round(r[s, i].value() or 0), pool is not None,
+                                    pool_key(t, pool) if pool else "")
+    latency_s = path_latency(problem, {n: p.option for n, p in chosen.items()})
     return PlanSolution(
-        throughput=best, stages=chosen, shared_devices={t: round(v.value() or 0) for t, v in S.items()},
-        latency_s=latency, solver=solver.name, seconds=time.perf_counter() - started,
+        throughput=best, stages=chosen,
+        shared_devices={pool_key(t, k): round(v.value() or 0) for (t, k), v in S.items()},
+        latency_s=latency_s, solver=solver.name, seconds=time.perf_counter() - started,
     )
+
+
+def _pooled_bytes(st: StageChoices, o: Option) -> int:
+    """What a shared stage holds on each pool device, as plan-memory will count it."""
+    return o.cost.mem_per_device + 2 * o.cost.config.batch * st.in_bytes
+
+
+def _order_identical_stages(m: pulp.LpProblem, problem: PlanProblem, z: dict, K: dict[str, int]) -> None:
+    """Stages with the same options, load and producers (a fan-in of like encoders) are
+    interchangeable: any plan can swap them. Ordering their pools (0: dedicated, k+1: pool k)
+    removes those swaps, which the solver would otherwise search one by one."""
+    if max(K.values(), default=1) <= 1:
+        return
+    groups: dict[tuple, list[int]] = {}
+    for s, st in enumerate(problem.stages):
+        options = tuple((o.device_type, o.dtype, o.devices, o.cost.config, o.cost.throughput, o.cost.mem_per_device,
+                         o.cost.latency_s, o.cost.first_output_s, o.shared_rate) for o in st.options)
+        groups.setdefault((options, st.visits, st.preds, st.replicas), []).append(s)
+
+    def pool_index(s: int) -> pulp.LpAffineExpression:
+        return pulp.lpSum((k + 1) * v for (zs, _, k), v in z.items() if zs == s)
+
+    for members in groups.values():
+        for a, b in zip(members, members[1:]):
+            m += pool_index(a) <= pool_index(b)
 
 
 def _latency_constraints(m: pulp.LpProblem, problem: PlanProblem, y: dict) -> None:

@@ -7,7 +7,8 @@ each stage picks one option (a parallel config on one device type) and runs eith
 - *shared* (single-device options only): one instance on every device of that type's shared
   pool, time-sharing it with the other shared stages. Each pool device holds one copy of every
   shared stage, so memory is checked per device exactly, and the pool's compute is split
-  between the shared stages in proportion to their load.
+  between the shared stages in proportion to their load. A type may have several pools (when
+  one cannot hold all the small stages, as in a wide fan-in of encoders): each stage is in one.
 
 Throughput X (requests/s) is what every stage sustains at `visits` executions per request,
 each stage's utilisation capped at `headroom`. Latency is the longest path through the
@@ -49,6 +50,7 @@ class StageChoices:
     options: tuple[Option, ...]
     preds: tuple[tuple[str, bool], ...] = ()  # (producer stage, stream edge)
     replicas: int | None = None  # the spec pinned this many dedicated replicas (None: the planner's choice)
+    in_bytes: int = 0  # the largest hand-off it reads: plan-memory keeps 2 x batch of them per device
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,27 @@ class StagePlan:
     option: Option
     replicas: int  # dedicated groups; 0 when shared
     shared: bool
+    pool: str = ""  # when shared: its pool's key in PlanSolution.shared_devices ("": the type's first)
 
     @property
     def devices(self) -> int:
         return 0 if self.shared else self.replicas * self.option.devices
+
+    @property
+    def pool_key(self) -> str:
+        return self.pool or self.option.device_type
+
+
+def pool_key(device_type: str, index: int) -> str:
+    """A device type's shared pools: `h100` (the first), then `h100#1`, `h100#2`, …"""
+    return device_type if index == 0 else f"{device_type}#{index}"
 
 
 @dataclass
 class PlanSolution:
     throughput: float
     stages: dict[str, StagePlan]
-    shared_devices: dict[str, int]  # pool size per device type
+    shared_devices: dict[str, int]  # devices per shared pool (keys: pool_key)
     latency_s: float
     solver: str
     seconds: float = 0.0
@@ -123,7 +135,7 @@ def throughput_of(problem: PlanProblem, plan: dict[str, StagePlan], shared_devic
         mu = sp.option.cost.throughput * problem.headroom
         if sp.shared:
             rate = sp.option.shared_rate * problem.headroom
-            load[sp.option.device_type] = load.get(sp.option.device_type, 0.0) + st.visits / rate
+            load[sp.pool_key] = load.get(sp.pool_key, 0.0) + st.visits / rate
         else:
             x = min(x, sp.replicas * mu / st.visits)
     for dtype, per_request in load.items():

@@ -1,0 +1,103 @@
+"""Planning time against graph width and target size: a fan-in of N-2 SigLIP encoders (0.4B,
+bf16) into a projector and a Qwen2-7B-shaped LLM, planned on 1, 8 and 16 H100s (and 1,024
+for the narrower graphs), each in a fresh process after a warm-up that fills the profile
+cache, so the figures are the planning passes, not the first meta build.
+
+    python benchmarks/planning_scale.py [--widths 10,100,1000] [--timeout 300]
+
+Writes benchmarks/results/planning_scale.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"1": "h100x1", "8": "h100x8", "16": "h100-2x8"}
+
+
+def fan_in(n: int, folder: Path) -> Path:
+    encs = n - 2
+    vit = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+           "image_size": 384, "patch_size": 14}
+    doc = {"pipeline": f"fanin{n}",
+           "inputs": {"prompt": "text", **{f"img{i}": {"modality": "image", "dtype": "u8", "shape": [3, "?", "?"]}
+                                           for i in range(encs)}},
+           "outputs": {"reply": {"from": "llm.text", "modality": "text"}},
+           "stages": {f"enc{i}": {"kind": "encoder", "model": "transformers:SiglipVisionModel", "inputs": [f"img{i}"],
+                                  "params": {"weights": "random", "hidden_size": 1152, "config": vit}}
+                      for i in range(encs)}}
+    doc["stages"]["proj"] = {"kind": "projector", "model": "py:torch.nn:Identity",
+                             "inputs": {"x": [f"enc{i}.embeds" for i in range(encs)]},
+                             "params": {"in_dim": 1152, "out_dim": 3584}}
+    doc["stages"]["llm"] = {"kind": "ar_llm", "model": "transformers:Qwen2ForCausalLM",
+                            "inputs": {"prompt": "prompt", "context": "proj.embeds"},
+                            "params": {"weights": "random", "config": {
+                                "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                                "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                                "max_position_embeddings": 131072}}}
+    path = folder / f"fanin{n}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def cluster(nodes: int, folder: Path) -> str:
+    dev = {"type": "h100", "memory_gib": 80, "peak_tflops": 989, "mem_bandwidth_gb_s": 3350}
+    doc = {"target": f"h100x{nodes * 8}", "inter_node_gb_s": 400,
+           "nodes": [{"name": f"node{i}", "intra_node_gb_s": 450,
+                      "devices": [{"name": f"gpu{j}", **dev} for j in range(8)]} for i in range(nodes)]}
+    path = folder / f"h100x{nodes * 8}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def plan(spec: Path, target: str, timeout: float) -> dict:
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "omnigraph", "plan", str(spec), "--target", target, "--json"],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"outcome": f"over {timeout:g} s", "seconds": None}
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"outcome": "error: " + proc.stderr.strip().splitlines()[0][:160], "seconds": round(wall, 2)}
+    doc = json.loads(proc.stdout)
+    pools = {r["pool"] or r["device_type"] for r in doc["stages"] if r["shared"]}
+    return {"outcome": "planned", "seconds": round(wall, 2), "planning_s": round(doc["planning_s"], 2),
+            "throughput_rps": round(doc["throughput_rps"], 4), "devices_used": doc["devices_used"],
+            "shared_pools": len(pools)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--widths", default="10,100,1000")
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        targets = {**TARGETS, "1024": cluster(128, folder)}
+        for n in (int(w) for w in args.widths.split(",")):
+            spec = fan_in(n, folder)
+            plan(spec, "h100x8", args.timeout)  # warm-up: counts the models once (profile cache)
+            for devices, tgt in targets.items():
+                if devices == "1024" and n > 100:
+                    continue
+                row = {"stages": n, "devices": int(devices), **plan(spec, tgt, args.timeout)}
+                rows.append(row)
+                print(row, flush=True)
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows}
+    (ROOT / "benchmarks" / "results" / "planning_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
