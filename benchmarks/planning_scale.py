@@ -81,8 +81,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="10,100,1000")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--append", action="store_true", help="add to the recorded rows instead of replacing them")
     args = ap.parse_args()
-    rows = []
+    out = ROOT / "benchmarks" / "results" / "planning_scale.json"
+    rows = json.loads(out.read_text())["rows"] if args.append and out.is_file() else []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         targets = {**TARGETS, "1024": cluster(128, folder)}
@@ -96,7 +98,7 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows}
-    (ROOT / "benchmarks" / "results" / "planning_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
