@@ -168,7 +168,10 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     slowest = sum(max(o.cost.latency_s for o in st.options) for st in problem.stages) or 1.0
     latency = pulp.lpSum(problem.stages[s].options[i].cost.latency_s * y[s, i] for s, i in idx)
     m.setObjective(devices_used + 0.5 / slowest * latency)
-    if _solve(m, solver) != pulp.LpStatusOptimal or any(v.value() is None for v in y.values()):
+    # With several pools the second solve only trims devices from a plan already in hand: a
+    # shorter limit (the first plan is kept if it finds nothing better).
+    tidy = solver if max(K.values(), default=1) <= 1 else _solver(time_limit / 4)
+    if _solve(m, tidy) != pulp.LpStatusOptimal or any(v.value() is None for v in y.values()):
         for v in m.variables():  # stopped with no plan in hand (a time limit): keep the first
             v.varValue = found.get(v.name)
 
