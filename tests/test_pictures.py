@@ -29,6 +29,10 @@ def test_plan_viz_draws_devices_stages_and_memory(tmp_path: Path, capsys: pytest
     assert "weights" in text and "kv" in text and "free" in text and "GiB per device" in text
     assert any(e["stream"] for e in report["edges"]) and {"from", "to"} <= set(report["edges"][0])
     assert main(["plan", str(EXAMPLES / "speak.yaml"), "--target", "cpu-local", "--viz", str(tmp_path / "p.gif")]) == 2
+    # The same picture from `viz --plan`.
+    assert main(["viz", str(EXAMPLES / "speak.yaml"), "--plan", "--target", "cpu-local", "-o", str(tmp_path / "v.svg")]) == 0
+    assert "thinker" in svg_text(tmp_path / "v.svg") and "node0:cpu0" in svg_text(tmp_path / "v.svg")
+    assert main(["viz", str(EXAMPLES / "speak.yaml"), "--plan"]) == 2
 
 
 def test_simulate_timeline_as_picture_and_chrome_trace(tmp_path: Path) -> None:

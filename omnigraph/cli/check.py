@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from omnigraph.cli.common import console, write
+from omnigraph.errors import OmnigraphError
 
 
 def register(sub: Any) -> None:
@@ -13,10 +14,13 @@ def register(sub: Any) -> None:
     p.add_argument("spec")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("viz", help="draw the pipeline graph (Mermaid or Graphviz DOT)")
+    p = sub.add_parser("viz", help="draw the pipeline graph (Mermaid or Graphviz DOT), or with --plan its placement")
     p.add_argument("spec")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
-    p.add_argument("-o", "--output")
+    p.add_argument("-o", "--output", help="where to write it (--plan: a .svg, .png or .pdf)")
+    p.add_argument("--plan", action="store_true", help="draw the plan for --target instead: devices as lanes, "
+                   "stage instances on them, memory per device (as `plan --viz`; needs the viz extra)")
+    p.add_argument("--target", help="with --plan: the target to plan for (name or YAML file)")
     p.set_defaults(func=cmd_viz)
 
     p = sub.add_parser("schema", help="print the JSON Schema of YAML specs (for editors)")
@@ -51,6 +55,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
+    if args.plan:
+        from omnigraph.cli.plan import plan_placement_picture
+
+        if not args.target or not args.output:
+            raise OmnigraphError("viz --plan draws a plan: give --target T and -o OUT.svg (or .png, .pdf)")
+        return plan_placement_picture(args.spec, args.target, args.output)
     from omnigraph.compiler import compile_path
     from omnigraph.viz import to_dot, to_mermaid
 

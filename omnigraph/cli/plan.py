@@ -149,13 +149,7 @@ def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, 
     with working(f"planning {spec} for {target} …"):
         report = plan_spec(spec, target, mix, slo)
     if viz is not None:
-        from omnigraph.draw.placement import draw_placement
-        from omnigraph.target import load_target
-
-        tgt = load_target(target)
-        devices = [(f"{n.name}:{d.name}", d.memory_gib) for n in tgt.nodes for d in n.devices]
-        drawn = draw_placement(report, devices, [(e["from"], e["to"], e["stream"]) for e in report["edges"]], viz)
-        make_console(stderr=True).print(f"[green]wrote[/] {drawn}")
+        _draw(report, target, viz)
     console = make_console()
     console.width = max(120, console.width)
     if as_json:
@@ -163,6 +157,27 @@ def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, 
     else:
         print_report(report, console)
     return 0
+
+
+def plan_placement_picture(spec: str, target: str, out: str) -> int:
+    """`viz SPEC --plan --target T -o OUT`: the placement picture alone."""
+    from omnigraph.draw.figures import check_output
+
+    check_output(out)
+    with working(f"planning {spec} for {target} …"):
+        report = plan_spec(spec, target)
+    _draw(report, target, out)
+    return 0
+
+
+def _draw(report: dict[str, Any], target: str, out: str) -> None:
+    from omnigraph.draw.placement import draw_placement
+    from omnigraph.target import load_target
+
+    tgt = load_target(target)
+    devices = [(f"{n.name}:{d.name}", d.memory_gib) for n in tgt.nodes for d in n.devices]
+    drawn = draw_placement(report, devices, [(e["from"], e["to"], e["stream"]) for e in report["edges"]], out)
+    make_console(stderr=True).print(f"[green]wrote[/] {drawn}")
 
 
 def register(sub: Any) -> None:
