@@ -110,10 +110,15 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
         solution.throughput = throughput_of(rerated, _same_options(rerated, solution), solution.shared_devices)
         if best is None or solution.throughput > best.throughput * (1 + 1e-6):
             best, best_problem = solution, rerated
-        if rerated == problem:
+        if rerated == problem or _pooled(solution):  # several pools: time-limited solves, one round
             break
         problem = rerated
     return best, best_problem
+
+
+def _pooled(solution: PlanSolution) -> bool:
+    """Whether the plan needed more than one shared pool for a device type."""
+    return any("#" in key for key, count in solution.shared_devices.items() if count)
 
 
 MAX_POOLS = 8  # shared pools per device type a plan may use
