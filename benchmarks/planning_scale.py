@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from planning_time import h100_cluster  # the same 1,024-GPU cluster as planning_time.py
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"1": "h100x1", "8": "h100x8", "16": "h100-2x8"}
 
@@ -50,16 +52,6 @@ def fan_in(n: int, folder: Path) -> Path:
     return path
 
 
-def cluster(nodes: int, folder: Path) -> str:
-    dev = {"type": "h100", "memory_gib": 80, "peak_tflops": 989, "mem_bandwidth_gb_s": 3350}
-    doc = {"target": f"h100x{nodes * 8}", "inter_node_gb_s": 400,
-           "nodes": [{"name": f"node{i}", "intra_node_gb_s": 450,
-                      "devices": [{"name": f"gpu{j}", **dev} for j in range(8)]} for i in range(nodes)]}
-    path = folder / f"h100x{nodes * 8}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
-
-
 def plan(spec: Path, target: str, timeout: float) -> dict:
     start = time.perf_counter()
     try:
@@ -87,7 +79,7 @@ def main() -> None:
     rows = json.loads(out.read_text())["rows"] if args.append and out.is_file() else []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        targets = {**TARGETS, "1024": cluster(128, folder)}
+        targets = {**TARGETS, "1024": h100_cluster(128, folder)}
         for n in (int(w) for w in args.widths.split(",")):
             spec = fan_in(n, folder)
             plan(spec, "h100x8", args.timeout)  # warm-up: counts the models once (profile cache)
