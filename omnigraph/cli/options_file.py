@@ -9,6 +9,14 @@ from typing import Any
 from omnigraph.errors import OmnigraphError
 
 PASSED_THROUGH = ("set", "input")  # merged by the command, not plain options
+_NOT_FROM_FILES = ("help", "config", "settings", "input")  # the file itself, and what PASSED_THROUGH merges
+
+
+def option_defaults(parser: Any) -> dict[str, Any]:
+    """The options a file may set and their defaults, read off the command's own parser (so
+    the two never drift apart): every flag's destination but those above."""
+    return {a.dest: a.default for a in parser._actions  # noqa: SLF001 - argparse lists no public view
+            if a.option_strings and a.dest not in _NOT_FROM_FILES}
 
 
 def apply_options_file(args: Any, path: str | None, defaults: dict[str, Any]) -> dict[str, Any]:

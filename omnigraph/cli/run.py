@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from omnigraph.cli.options_file import option_defaults
 from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.run_once import run_plan
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
                    "default: start a local one")
     p.add_argument("--device-resource", metavar="NAME",
                    help="with --backend ray: the Ray resource one plan device takes (default GPU or CPU)")
-    p.set_defaults(func=_cmd)
+    p.set_defaults(func=_cmd, option_defaults=option_defaults(p))
 
 
 
@@ -42,18 +43,13 @@ def _cmd(args: Any) -> int:
     from omnigraph.cli.options_file import apply_options_file
     from omnigraph.runtime.request_settings import merge_settings, parse_assignments
 
-    from_file = apply_options_file(args, args.config, _DEFAULTS)
+    from_file = apply_options_file(args, args.config, args.option_defaults)
     settings = merge_settings(from_file.get("set"), parse_assignments(args.settings or []))
     return run_command(args.spec, (from_file.get("input") or []) + (args.input or []), target=args.target,
                        output_dir=args.output_dir, as_json=args.json, stats=args.stats, timeout=args.timeout,
                        trust_code=args.trust_code, backend=args.backend, address=args.address,
                        device_resource=args.device_resource, step_timeout=args.step_timeout or None,
                        settings=settings, trace=args.trace)
-
-
-_DEFAULTS = {"output_dir": None, "target": None, "json": False, "stats": False, "timeout": None,
-             "step_timeout": DEFAULT_STEP_TIMEOUT_S, "trust_code": False, "backend": "local", "address": None,
-             "device_resource": None, "trace": None}
 
 
 def run_command(spec: str, pairs: list[str], *, target: str | None, output_dir: str | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from omnigraph.cli.options_file import option_defaults
 from omnigraph.errors import OmnigraphError
 
 API_KEY_ENV = "OMNIGRAPH_API_KEY"
@@ -28,18 +29,13 @@ def register(sub: Any) -> None:
     p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB", help="largest request body (default 32)")
     p.add_argument("--trust-code", action="store_true", help="let a bundle run the Python code it carries")
     p.add_argument("--config", metavar="FILE", help="options from a YAML file (keys as the long flags); flags win")
-    p.set_defaults(func=_cmd)
-
-
-_DEFAULTS = {"host": "127.0.0.1", "port": 8000, "backend": "local", "address": None, "target": None,
-             "api_key": None, "max_queue": 256, "timeout": 600.0, "grace": 30.0, "max_body_mb": 32.0,
-             "trust_code": False}
+    p.set_defaults(func=_cmd, option_defaults=option_defaults(p))
 
 
 def _cmd(args: Any) -> int:
     from omnigraph.cli.options_file import apply_options_file
 
-    apply_options_file(args, args.config, _DEFAULTS)
+    apply_options_file(args, args.config, args.option_defaults)
     try:
         from omnigraph.serve.server import ServeOptions, Serving
         from omnigraph.serve.wire import Limits

@@ -60,6 +60,11 @@ def planned_contract(node: StageNode, instance: Instance) -> dict[str, Any]:
     """What the plan asks of one instance (`run --stats` shows it beside `plan --json`):
     its devices, the torch device they name, its dtype (torch stages), cores and KV budget."""
     planned = torch_device(instance.devices[0])
-    dtype = (node.resources.dtype or node.params.get("dtype") or "f32") if uses_torch(node) else None
     return {"plan_devices": list(instance.devices), "device": planned, "runs_on": placed(planned),
-            "dtype": dtype, "cores": instance.cores, "kv_budget": node.resources.kv_bytes}
+            "dtype": compute_dtype(node), "cores": instance.cores, "kv_budget": node.resources.kv_bytes}
+
+
+def compute_dtype(node: StageNode) -> str | None:
+    """The dtype a torch stage computes in (the plan's, else its params', else f32); None for
+    stages that run a file as it is (ONNX)."""
+    return (node.resources.dtype or node.params.get("dtype") or "f32") if uses_torch(node) else None

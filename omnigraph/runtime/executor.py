@@ -15,7 +15,7 @@ from typing import Any
 
 from omnigraph.kinds import KINDS
 from omnigraph.runtime.channel import StreamChannel, StreamReader
-from omnigraph.runtime.devices import uses_torch
+from omnigraph.runtime.devices import compute_dtype
 from omnigraph.runtime.plan import StageNode
 from omnigraph.runtime.values import join_chunks
 
@@ -141,10 +141,8 @@ class Executor(ABC):
     def placement(self) -> dict[str, Any]:
         """Where and how this instance runs, as the plan asked (`run --stats` beside `plan`):
         its device (and where its tensors really are), dtype, CPU cores and KV budget."""
-        torch_stage = uses_torch(self.node)
-        dtype = (self.node.resources.dtype or self.params.get("dtype") or "f32") if torch_stage else None
         return {"plan_devices": self.ctx.plan_devices, "device": self.ctx.planned or self.ctx.device,
-                "runs_on": self.ctx.device, "dtype": dtype,
+                "runs_on": self.ctx.device, "dtype": compute_dtype(self.node),
                 "cores": self.ctx.cores, "kv_budget": self.node.resources.kv_bytes, **self.stats()}
 
     def stats(self) -> dict[str, Any]:
