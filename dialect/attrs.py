@@ -126,8 +126,11 @@ class PlanAttr(ParametrizedAttribute):
         "solver": str,
         "dtype": str,  # the dtype it computes and keeps weights in ("": runs as it is)
         "pool": str,  # a shared stage's pool when its type has several ("": the first)
+        # split-prefill-decode's decision for an AR stage under TTFT/TPOT targets, and why
+        # ("": not considered); the two halves of a split stage both say it.
+        "split": str,
     }
-    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": "", "pool": ""}  # fields IR from before them may leave out
+    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": "", "pool": "", "split": ""}  # fields IR from before them may leave out
     values: ArrayAttr[Attribute]
 
     def __init__(self, **values: Any) -> None:

@@ -78,9 +78,11 @@ def check_ported_op(op: PortedOp) -> None:
     if kind is None:
         raise OmniVerifyError(f"{where}: unknown stage kind '{kind_name}'", op)
     params = params_of(op)
+    phased = kind.phase_ports(params)
+    in_ports = phased[0] if phased else kind.inputs
     seen: set[str] = set()
     for i, (port_name, value) in enumerate(zip(ins, op.operands)):
-        port = kind.input_port(port_name)
+        port = next((p for p in in_ports if p.name == port_name), None) if phased else kind.input_port(port_name)
         if port is None:
             raise OmniVerifyError(f"{where}: {kind.name} has no input port '{port_name}'", op, i)
         if port_name in seen and not port.variadic:
@@ -91,11 +93,11 @@ def check_ported_op(op: PortedOp) -> None:
             raise OmniVerifyError(
                 f"{where} port '{port_name}': expects {' or '.join(port.modalities)}, "
                 f"got {got.describe()} from '{describe_value(value)}'", op, i)
-    for port in kind.inputs:
+    for port in in_ports:
         if not port.optional and port.name not in seen:
             raise OmniVerifyError(f"{where}: required input port '{port.name}' is not wired", op)
     if not kind.free_ports:
-        expected = kind.output_ports(params, None)
+        expected = phased[1] if phased else kind.output_ports(params, None)
         names = [p.name for p in expected]
         if names != outs:
             raise OmniVerifyError(f"{where}: outputs must be ({', '.join(names)}), got ({', '.join(outs)})", op)

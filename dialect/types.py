@@ -149,3 +149,67 @@ class StreamType(_EdgeType):
     ranked: IntAttr
 
 
+
+
+KV_MODALITY = "kv"  # internal: only the planner makes KV edges (split-prefill-decode)
+
+
+@irdl_attr_definition
+class KvType(_EdgeType):
+    """An LLM's KV cache handed from its prefill instances to its decode instances:
+    `!omni.kv<bf16, layers 30, heads 3, dim 64, block 16>`, keys and values of every layer
+    for each prompt position, in the pool's blocks of `block` tokens. Its size per token is
+    what the hand-over costs on the link between them."""
+
+    name = "omni.kv"
+    modality: StringAttr
+    dtype: StringAttr
+    shape: ArrayAttr[IntAttr]
+    ranked: IntAttr
+    block: IntAttr
+
+    def __init__(self, dtype: str, layers: int, heads: int, dim: int, block: int = 16) -> None:  # noqa: D107
+        ParametrizedAttribute.__init__(self, StringAttr(KV_MODALITY), StringAttr(dtype),
+                                       ArrayAttr([IntAttr(layers), IntAttr(heads), IntAttr(dim)]), IntAttr(1),
+                                       IntAttr(block))
+
+    @property
+    def layout(self) -> tuple[int, int, int]:
+        """(layers, kv heads, head dim)."""
+        layers, heads, dim = (d.data for d in self.shape.data)
+        return layers, heads, dim
+
+    @property
+    def bytes_per_token(self) -> int:
+        layers, heads, dim = self.layout
+        return 2 * layers * heads * dim * _ITEM_BYTES[self.dtype.data]
+
+    def describe(self) -> str:
+        layers, heads, dim = self.layout
+        return f"KV cache {self.dtype.data} ({layers} layers x {heads} heads x {dim})"
+
+    def verify(self) -> None:
+        if self.mod != KV_MODALITY:
+            raise VerifyException(f"a KV edge's modality is '{KV_MODALITY}', not '{self.mod}'")
+        if self.dtype.data not in _ITEM_BYTES:
+            raise VerifyException(f"a KV cache is {', '.join(_ITEM_BYTES)}, not '{self.dtype.data}'")
+        if len(self.shape.data) != 3 or any(d.data <= 0 for d in self.shape.data) or self.block.data <= 0:
+            raise VerifyException("a KV edge has positive layers, heads, dim and block")
+
+    def print_parameters(self, printer: Printer) -> None:
+        layers, heads, dim = self.layout
+        printer.print_string(f"<{self.dtype.data}, layers {layers}, heads {heads}, dim {dim}, block {self.block.data}>")
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
+        with parser.in_angle_brackets():
+            dtype = parser.parse_identifier("expected the KV's element type")
+            sizes = {}
+            for key in ("layers", "heads", "dim", "block"):
+                parser.parse_punctuation(",")
+                parser.parse_keyword(key)
+                sizes[key] = parser.parse_integer(allow_boolean=False, allow_negative=False)
+        return list(cls(dtype, sizes["layers"], sizes["heads"], sizes["dim"], sizes["block"]).parameters)
+
+
+_ITEM_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "fp8": 1}

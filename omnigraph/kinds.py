@@ -90,6 +90,11 @@ class ArLlmParams(Params):
     tokenizer: str | None = None  # a directory or gguf:… when the model ships none
     hidden_size: int | None = Field(None, ge=1)
     stream_chunk: Literal["token", "word", "sentence"] = "sentence"
+    # Set by the planner when it splits the stage (passes/split_prefill_decode.py), never by a
+    # spec: "prefill" computes the prompt's KV and hands it on (port `kv`); "decode" takes it
+    # and generates. `prefill_hidden`: the prefill hands on its last hidden state too.
+    phase: Literal["whole", "prefill", "decode"] = "whole"
+    prefill_hidden: bool = False
 
 
 class DiffusionParams(Params):
@@ -210,6 +215,17 @@ class StageKind:
             return tuple(Port(n, (m,)) for n, m in (declared or {}).items())
         return self.outputs
 
+    def phase_ports(self, params: dict[str, Any]) -> tuple[tuple[Port, ...], tuple[Port, ...]] | None:
+        """The ports of one phase of a stage the planner split (params.phase): the prefill
+        reads the prompt and hands on a KV edge; the decode reads that and writes the
+        outputs. None for a whole stage."""
+        phase = params.get("phase", "whole")
+        if phase == "prefill":
+            return self.inputs, (Port("kv", (KV_MODALITY,)),)
+        if phase == "decode":
+            return (Port("kv", (KV_MODALITY,)),), self.outputs
+        return None
+
     def parallel_problem(self, tp: int, ep: int, pp: int = 1) -> str | None:
         """Why this kind cannot run with these degrees (None: it can)."""
         if tp > 1 and not self.traits.shardable_tp:
@@ -251,6 +267,7 @@ def _shardable() -> str:
     return f" (tp: {', '.join(tp) or 'none'}; ep: {', '.join(ep) or 'none'}; pp: {', '.join(pp) or 'none'})"
 
 _EMB = ("embedding",)
+KV_MODALITY = "kv"  # a split LLM's KV edge (dialect KvType); never a spec's port
 KINDS: dict[str, StageKind] = {
     k.name: k
     for k in (

@@ -1,7 +1,7 @@
 """The pass list: every pass by name, and the default order the compiler runs them in.
 
 DESIGN.md's order: verify → infer-types → capture-stages → estimate-cost → plan-parallel →
-place-devices → plan-cores → plan-memory → fuse-ops. The planning passes run when the module names a
+split-prefill-decode → place-devices → plan-cores → plan-memory → fuse-ops. The planning passes run when the module names a
 target (`--target`); without one, compile stops after type inference.
 """
 from __future__ import annotations
@@ -19,14 +19,16 @@ from omnigraph.passes.place_devices import PlaceDevicesPass
 from omnigraph.passes.plan_cores import PlanCoresPass
 from omnigraph.passes.plan_memory import PlanMemoryPass
 from omnigraph.passes.plan_parallel import PlanParallelPass
+from omnigraph.passes.split_prefill_decode import SplitPrefillDecodePass
 from omnigraph.passes.verify import VerifyPass
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p for p in (VerifyPass, InferTypesPass, CaptureStagesPass, EstimateCostPass, PlanParallelPass,
-                        PlaceDevicesPass, PlanCoresPass, PlanMemoryPass, FuseOpsPass)
+                        SplitPrefillDecodePass, PlaceDevicesPass, PlanCoresPass, PlanMemoryPass, FuseOpsPass)
 }
 DEFAULT_PIPELINE: tuple[str, ...] = ("verify", "infer-types")
-PLANNING_PIPELINE: tuple[str, ...] = ("estimate-cost", "plan-parallel", "place-devices", "plan-cores", "plan-memory")
+PLANNING_PIPELINE: tuple[str, ...] = ("estimate-cost", "plan-parallel", "split-prefill-decode", "place-devices",
+                                      "plan-cores", "plan-memory")
 # Exporting every stage takes seconds, so only when kernels are asked for (--emit kernels).
 FUSION_PIPELINE: tuple[str, ...] = ("capture-stages", "fuse-ops")
 
@@ -47,6 +49,8 @@ def build_pipeline(spec: str | None = None, callback=None, options: dict[str, di
     over what the spec text gave.
     """
     text = ",".join(default_pipeline(planned)) if spec is None else spec
+    if spec is None and not planned and (options or {}).get("split-prefill-decode", {}).get("split"):
+        text += ",split-prefill-decode"  # a pinned split needs no target: one instance per half
     if not text.strip():
         return PassPipeline((), callback)
     pipeline = PassPipeline.parse_spec({n: (lambda p=p: p) for n, p in PASSES.items()}, text, callback)

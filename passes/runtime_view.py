@@ -45,7 +45,14 @@ def stage_node(op: StageOp, first_device: str = DEFAULT_DEVICE, output_sources: 
         batching.max_batch = op.plan.batch
     return StageNode(name=op.label, kind=kind.name, model=op.model.data if op.model else None,
                      params=params, inputs=bindings(op, op.input_names), outputs=outputs,
-                     instances=instances(op, first_device), batching=batching, resources=resources(op))
+                     instances=instances(op, first_device), batching=batching, resources=resources(op),
+                     settings_of=_decode_half(op) if params.get("phase") == "prefill" else None)
+
+
+def _decode_half(op: StageOp) -> str | None:
+    """The stage a prefill half hands its KV to (split-prefill-decode)."""
+    return next((use.operation.label for r in op.results for use in r.uses
+                 if isinstance(use.operation, StageOp)), None)
 
 
 def resources(op: StageOp) -> StageResources:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from omnigraph.cli.common import console, working, write
+from omnigraph.cli.plan import SLO_HELP, SPLIT_HELP, slo_arg
 from omnigraph.errors import OmnigraphError
 
 
@@ -23,7 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--kernels", action="store_true", help="with --emit bundle: fuse the stages and ship their "
                    "Triton kernels in the bundle (kernels/; they run only with `run --trust-code`)")
     p.add_argument("--mix", help="request mix the planner optimises for (with --target)")
-    p.add_argument("--slo", type=float, help="end-to-end latency target in seconds (with --target)")
+    p.add_argument("--slo", type=slo_arg, help=SLO_HELP + " (with --target)")
+    p.add_argument("--split", help=SPLIT_HELP + " (with --target)")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     p.add_argument("--force", action="store_true", help="let --emit bundle / --dump-kernels replace a bundle "
                    "or kernel dump omnigraph wrote before (never anything else)")
@@ -41,7 +43,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     from omnigraph.cli.plan import planning_options
 
-    options = planning_options(args.mix, args.slo)
+    options = planning_options(args.mix, args.slo, split=args.split)
     if args.target:
         from omnigraph.target import load_target
 

@@ -18,18 +18,46 @@ from omnigraph.errors import OmnigraphError
 GIB = 1 << 30
 
 
-def planning_options(mix: str | None, slo: float | None, headroom: float | None = None) -> dict[str, dict[str, Any]]:
+def planning_options(mix: str | None, slo: Any = None, headroom: float | None = None,
+                     split: str | None = None) -> dict[str, dict[str, Any]]:
+    """Pass options from the planning flags: the mix and end-to-end target for plan-parallel;
+    TTFT/TPOT targets and --split for split-prefill-decode."""
+    from omnigraph.passes.sim.sim_types import Slo, parse_slo
+
+    slo = slo if isinstance(slo, Slo) or slo is None else parse_slo(slo)
     opts: dict[str, Any] = {}
     if mix:
         opts["mix"] = mix
-    if slo:
-        opts["slo"] = slo
+    if slo is not None and slo.e2e_s:
+        opts["slo"] = slo.e2e_s
     if headroom:
         opts["headroom"] = headroom
-    return {"plan-parallel": opts} if opts else {}
+    out = {"plan-parallel": opts} if opts else {}
+    if split or (slo is not None and slo.token_targets):
+        out["split-prefill-decode"] = {"slo": str(slo) if slo else "", "split": split or "", "mix": mix or ""}
+    return out
 
 
-def plan_spec(spec: str, target: str, mix: str | None = None, slo: float | None = None) -> dict[str, Any]:
+def slo_arg(text: str) -> Any:
+    """argparse type of --slo: seconds end to end, or ttft=…,tpot=…[,e2e=…]."""
+    import argparse
+
+    from omnigraph.passes.sim.sim_types import SimulationError, parse_slo
+
+    try:
+        return parse_slo(text)
+    except SimulationError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("--slo: ")) from None
+
+
+SLO_HELP = ("latency targets: seconds end to end (5), or ttft=0.5,tpot=0.05[,e2e=20] (time to first token, "
+            "per output token: an LLM stage is split into prefill and decode instances where that serves more "
+            "requests within them)")
+SPLIT_HELP = "split these LLM stages into prefill and decode replicas as given: llm=1:3 (prefill:decode)"
+
+
+def plan_spec(spec: str, target: str, mix: str | None = None, slo: Any = None,
+              split: str | None = None) -> dict[str, Any]:
     """Compile and plan; the placement report (planner/placement_report.py) and how long planning took."""
     from omnigraph.compiler import compile_path
     from omnigraph.passes.planner.placement_report import placement_report
@@ -37,13 +65,14 @@ def plan_spec(spec: str, target: str, mix: str | None = None, slo: float | None 
 
     load_target(target)  # an unknown target fails here, with the list of known ones
     started = time.perf_counter()
-    comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo))
+    comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo, split=split))
     report = placement_report(comp.module)
     if not report["stages"]:
         raise OmnigraphError(f"{spec}: nothing was planned (the pipeline has no stages to place)")
     report["planning_s"] = time.perf_counter() - started
     report["mix"] = mix or "default"
-    report["slo_s"] = slo
+    report["slo_s"] = slo.e2e_s if slo is not None else None
+    report["slo"] = str(slo) if slo is not None else None
     report["edges"] = _stage_edges(comp)
     return report
 
@@ -117,7 +146,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(
         f"predicted throughput [bold]{report['throughput_rps']:.3g} req/s[/] on {report['devices_used']} "
         f"device(s); bottleneck [bold]{report['bottleneck']}[/]; mix {report['mix']}"
-        + (f"; latency target {report['slo_s']:g} s" if report.get("slo_s") else "")
+        + (f"; latency targets {report['slo']}" if report.get("slo") else "")
         + f"; planned in {report['planning_s']:.2f} s"
     )
 
@@ -140,14 +169,14 @@ def _secs(s: float) -> str:
     return f"{s * 1e3:.0f}ms" if s < 10 else f"{s:.1f}s"
 
 
-def plan_command(spec: str, target: str, *, mix: str | None, slo: float | None, as_json: bool,
-                 viz: str | None = None) -> int:
+def plan_command(spec: str, target: str, *, mix: str | None, slo: Any, as_json: bool,
+                 viz: str | None = None, split: str | None = None) -> int:
     if viz is not None:
         from omnigraph.draw.figures import check_output
 
         check_output(viz)  # a wrong suffix fails before planning
     with working(f"planning {spec} for {target} …"):
-        report = plan_spec(spec, target, mix, slo)
+        report = plan_spec(spec, target, mix, slo, split)
     if viz is not None:
         _draw(report, target, viz)
     console = make_console()
@@ -185,7 +214,8 @@ def register(sub: Any) -> None:
     p.add_argument("spec")
     p.add_argument("--target", required=True, help="target name (see targets/) or YAML file")
     p.add_argument("--mix", help="request mix: presets (chat:0.7,long:0.3) or a YAML file")
-    p.add_argument("--slo", type=float, help="end-to-end latency target in seconds")
+    p.add_argument("--slo", type=slo_arg, help=SLO_HELP)
+    p.add_argument("--split", help=SPLIT_HELP)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--viz", metavar="OUT.svg", help="also draw the placement (devices as lanes, memory per "
                    "device, stream edges) to a .svg, .png or .pdf (needs the viz extra: matplotlib)")
@@ -194,4 +224,5 @@ def register(sub: Any) -> None:
 
 
 def _cmd(args: Any) -> int:
-    return plan_command(args.spec, args.target, mix=args.mix, slo=args.slo, as_json=args.json, viz=args.viz)
+    return plan_command(args.spec, args.target, mix=args.mix, slo=args.slo, as_json=args.json, viz=args.viz,
+                        split=args.split)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omnigraph.cli.common import console as make_console, working
+from omnigraph.cli.plan import SPLIT_HELP, slo_arg
 from omnigraph.errors import OmnigraphError
 
 _SPEC_SUFFIXES = (".yaml", ".yml", ".og", ".mlir")
@@ -28,7 +29,9 @@ def register(sub: Any) -> None:
     p.add_argument("--burst", action="store_true", help="all requests arrive at t=0")
     p.add_argument("--requests", "-n", type=int, default=200, help="how many requests (default 200)")
     p.add_argument("--mix", help="request mix: preset:weight,... (chat, long, image, speech, video) or a YAML file")
-    p.add_argument("--slo", type=float, help="JCT target in seconds: goodput counts requests within it")
+    p.add_argument("--slo", type=slo_arg, help="latency targets goodput counts requests within: seconds end to end "
+                   "(5), or ttft=0.5,tpot=0.05[,e2e=20]; a spec is planned for them (see compile --slo)")
+    p.add_argument("--split", help=SPLIT_HELP + " (a spec, with a target)")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrivals and the mix (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--timeline", metavar="OUT", help="draw the stage replicas' steps over time (.svg, .png, .pdf; "
@@ -39,11 +42,12 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     return simulate_command(args.plan, target=args.target, rate=args.rate, burst=args.burst,
                             requests=args.requests, mix=args.mix, slo=args.slo, seed=args.seed,
-                            as_json=args.json, timeline=args.timeline)
+                            as_json=args.json, timeline=args.timeline, split=args.split)
 
 
 def simulate_command(plan_path: str, *, target: str | None, rate: float | None, burst: bool, requests: int,
-                     mix: str | None, slo: float | None, seed: int, as_json: bool, timeline: str | None = None) -> int:
+                     mix: str | None, slo: Any, seed: int, as_json: bool, timeline: str | None = None,
+                     split: str | None = None) -> int:
     from omnigraph.passes.sim.model import simulate_plan
     from omnigraph.passes.planner.workload import parse_mix
     from omnigraph.target import load_target
@@ -58,13 +62,16 @@ def simulate_command(plan_path: str, *, target: str | None, rate: float | None, 
         from omnigraph.draw.figures import check_output
 
         check_output(timeline)  # a wrong suffix fails before simulating
+    from omnigraph.passes.sim.sim_types import Slo, parse_slo
+
+    slo = slo if isinstance(slo, Slo) or slo is None else parse_slo(slo)
     shapes = parse_mix(mix)
-    plan = _load_plan(plan_path, target, mix, slo)
+    plan = _load_plan(plan_path, target, mix, slo, split)
     tgt = load_target(target or plan.target or "cpu-local")
     all_at_once = burst or not rate
     with working(f"simulating {requests} requests of {plan.pipeline} on {tgt.target} …"):
         report = simulate_plan(plan, tgt, shapes, rate=None if all_at_once else rate, requests=requests, seed=seed,
-                               slo_s=slo, trace=timeline is not None)
+                               slo=slo, trace=timeline is not None)
     if timeline is not None:
         _write_timeline(report, timeline, f"{plan.pipeline} on {tgt.target} (simulated)")
     load = {"arrivals": "burst" if all_at_once else "poisson", "rate_req_s": None if all_at_once else rate,
@@ -91,7 +98,7 @@ def _write_timeline(report: Any, out: str, title: str) -> None:
     make_console(stderr=True).print(f"[green]wrote[/] {written}")
 
 
-def _load_plan(path_text: str, target: str | None, mix: str | None, slo: float | None) -> Any:
+def _load_plan(path_text: str, target: str | None, mix: str | None, slo: Any, split: str | None = None) -> Any:
     from omnigraph.runtime.plan import RuntimePlan
 
     path = Path(path_text)
@@ -100,7 +107,7 @@ def _load_plan(path_text: str, target: str | None, mix: str | None, slo: float |
         from omnigraph.cli.plan import planning_options
 
         # A spec is planned for the load it is simulated under.
-        return compile_plan(path, target, plan_options=planning_options(mix, slo) if target else None)
+        return compile_plan(path, target, plan_options=planning_options(mix, slo, split=split) if target else None)
     if not path.is_file():
         raise OmnigraphError(f"no such file: {path}")
     try:
@@ -127,9 +134,9 @@ def _print(pipeline: str, target: str, load: dict[str, Any], report: Any) -> Non
                       _time(s.mean_queue_wait_s), str(s.jobs))
     console.print(table)
     console.print(f"throughput [bold]{report.throughput:.3g}[/] req/s over {_time(report.makespan_s)}"
-                  + (f"; goodput [bold]{report.goodput:.3g}[/] req/s within {_time(report.slo_s)}"
-                     if report.slo_s is not None else ""))
-    for name, lat in (("JCT", report.jct), ("TTFT", report.ttft), ("TTFA", report.ttfa)):
+                  + (f"; goodput [bold]{report.goodput:.3g}[/] req/s within {report.slo} "
+                     f"({report.attainment:.0%} of requests)" if report.slo is not None else ""))
+    for name, lat in (("JCT", report.jct), ("TTFT", report.ttft), ("TPOT", report.tpot), ("TTFA", report.ttfa)):
         if lat is not None:
             console.print(f"{name:<5} mean {_time(lat.mean)}  p50 {_time(lat.p50)}  p90 {_time(lat.p90)}  "
                           f"p99 {_time(lat.p99)}")

@@ -52,6 +52,10 @@ def _walk(value: Any, loc: DocPath = ()) -> Iterator[tuple[DocPath, Any]]:
 
 
 # -- semantic resolution ---------------------------------------------------------------
+# Params only the planner writes (split-prefill-decode): a spec setting them is refused.
+PLANNER_PARAMS = frozenset({"phase", "prefill_hidden"})
+
+
 @dataclass(frozen=True)
 class Producer:
     """What a reference names: a pipeline input, a stage port, a loop result or carry."""
@@ -163,6 +167,10 @@ class _Resolver(ModelChecks):
             found = model_ref.arch_problem(arch)
             if found is not None:
                 raise self.err(f"{who} parameter '{'.'.join(apath)}': {found}", (*path, "params", *apath))
+        for name in PLANNER_PARAMS & set(stage.params):
+            raise self.err(f"{who}: '{name}' is the planner's choice, not a spec's (compile with --target and "
+                           "--slo ttft=…,tpot=…: it splits prefill from decode where that pays)",
+                           (*path, "params", name), key=True)
         # Later phases see the coerced values ("48" -> 48), in the order the spec wrote them.
         stage.params = {k: checked.get(k, v) for k, v in stage.params.items()}
         for loc, value in _walk(stage.params):

@@ -324,7 +324,7 @@ class Engine:
             request_id=request.id, stage=node.name, inputs=inputs, wanted=self.wanted[node.name],
             streams=streams, stream_modality={p: node.outputs[p].modality for p in streams},
             _deliver=deliver, _fail=lambda e: self.fail(request, StageFailed(node.name, e)),
-            _is_dead=lambda: request.done, settings=request.settings.get(node.name, {}),
+            _is_dead=lambda: request.done, settings=request.settings.get(node.settings_of or node.name, {}),
         )
         if not self.wanted[node.name]:
             item.done = True  # nobody reads this stage: nothing to run

@@ -145,6 +145,12 @@ class Executor(ABC):
                 "runs_on": self.ctx.device, "dtype": compute_dtype(self.node),
                 "cores": self.ctx.cores, "kv_budget": self.node.resources.kv_bytes, **self.stats()}
 
+    def export(self, item: WorkItem) -> bool:
+        """Let go of `item` so that another instance of the stage goes on with it (its state
+        travels in item.state): True if it did. By default an item in progress stays (a batch
+        stage finishes it within a step anyway); ar_llm moves a running request with its KV."""
+        return False
+
     def stats(self) -> dict[str, Any]:
         """What the executor counts of its own work (a KV pool's blocks, prefix-cache hits)."""
         return {}

@@ -21,6 +21,7 @@ from omnigraph.runtime.deadlines import Deadlines
 from omnigraph.runtime.devices import placed, torch_device, uses_torch
 from omnigraph.runtime.engine import Engine, QueueFull, Request, RequestFailed
 from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
+from omnigraph.runtime.migration import Migration
 from omnigraph.runtime.plan import Instance, RuntimePlan, StageNode
 from omnigraph.runtime.stage_loader import load_executor
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S, StepWatchdog
@@ -71,6 +72,31 @@ class _Worker(threading.Thread):
         self._last_start = 0.0
         self._stepping: list[WorkItem] = []
         self.stuck: BaseException | None = None  # set by the watchdog while a step overruns
+        self.draining = False  # no new items come here (LocalBackend.drain)
+        self._control: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run between steps
+
+    def between_steps(self, action: Callable[[], None]) -> None:
+        """Run `action` on this worker's thread before its next step (it owns the executor)."""
+        self._control.put(action)
+        self.wake.set()
+
+    def release(self, item: WorkItem) -> bool:
+        """On this worker's thread: hand `item` back (its executor let go of it, or never
+        saw it) so that it can go to another instance."""
+        if item in self.active:
+            if not self.executor.export(item) and id(item) in {id(i) for i in self._stepped}:
+                return False
+            self.active.remove(item)
+            return True
+        return False
+
+    def _run_control(self) -> None:
+        while True:
+            try:
+                action = self._control.get_nowait()
+            except queue.Empty:
+                return
+            action()
 
     def submit(self, item: WorkItem) -> None:
         stuck = self.stuck
@@ -104,6 +130,7 @@ class _Worker(threading.Thread):
         batching = self.node.batching
         limit = batching.max_batch if self.executor.continuous else 4 * batching.max_batch
         while not self.stopping:
+            self._run_control()
             self._admit(limit)
             if not self.executor.continuous and 0 < len(self.active) < batching.max_batch:
                 # Give a batch a moment to fill: requests arriving together run together.
@@ -231,7 +258,7 @@ class Admission:
         self.close()
 
 
-class LocalBackend(Admission):
+class LocalBackend(Migration, Admission):
     """Executes a RuntimePlan in this process."""
 
     def __init__(self, plan: RuntimePlan, *, max_inflight: int = 256, on_load: LoadHook | None = None,
@@ -271,8 +298,9 @@ class LocalBackend(Admission):
         return [w for found in self.instances.values() for w in found]
 
     def _enqueue(self, node: StageNode, item: WorkItem) -> None:
-        """To the stage's least loaded instance (a request's item stays where it went)."""
-        workers = self.instances[node.name]
+        """To the stage's least loaded instance (a request's item stays where it went, unless
+        it migrates); an instance being drained takes nothing new."""
+        workers = [w for w in self.instances[node.name] if not w.draining] or self.instances[node.name]
         worker = workers[0] if len(workers) == 1 else min(workers, key=lambda w: w.load())
         worker.submit(item)
 

@@ -6,7 +6,9 @@ bounded loops, and the pipeline's inputs and outputs. Nodes are listed in
 dependency order. It is plain JSON, versioned; a newer version is refused.
 Version 2 added `StageNode.program`, set only in a bundle's plan; version 3 added
 `Instance.ep`; version 4 added `StageNode.kernels`; version 5 the `checkpoint` program form;
-version 6 `StageNode.resources` (the planner's dtype and memory budgets) and `Instance.cores`.
+version 6 `StageNode.resources` (the planner's dtype and memory budgets) and `Instance.cores`;
+version 7 `StageNode.settings_of` (the prefill half of a split LLM stage, whose `kv` edge feeds
+its decode half).
 Older plans load as they are: a stage without resources runs as before (its params' dtype,
 an unbounded KV pool, the process's threads).
 """
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from omnigraph.names import NAME_PATTERN, REF_PATTERN
 
-PLAN_VERSION = 6
+PLAN_VERSION = 7
 # Names in a plan become file names (outputs), process and actor names: a plan from a
 # bundle is untrusted, so every one is a plain name (see omnigraph/names.py).
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=200)]
@@ -122,6 +124,9 @@ class StageNode(_Model):
     resources: StageResources = Field(default_factory=StageResources)
     program: StageProgram | None = None  # bundles only
     kernels: StageKernels | None = None  # when compiled with fusion (compile_plan(kernels_dir=…))
+    # The stage whose per-request settings this one reads: a split LLM's prefill half reads
+    # those addressed to the stage the spec named (its decode half keeps that name).
+    settings_of: Name | None = None
 
 
 class RouteNode(_Model):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from dataclasses import replace
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -38,21 +39,24 @@ from omnigraph.passes.sim.rules import _ar_fracs, _event_budget, _scale, shared_
 from omnigraph.passes.sim.state import Job, Replica, Req, Run, Stage, Task
 from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API lives here too)
     BatchTime, Latency, RequestReport, SimEdge, SimPipeline, SimReport, SimRequest, SimStage,
-    SimulationError, Span, StageReport, StepTime, burst_arrivals, latency, poisson_arrivals, validate,
+    SimulationError, Slo, Span, StageReport, StepTime, burst_arrivals, latency, parse_slo, poisson_arrivals, validate,
 )
 
 
 def simulate(pipeline: SimPipeline, requests: Sequence[SimRequest], *, slo_s: float | None = None,
-             max_events: int | None = None, trace: bool = False) -> SimReport:
+             max_events: int | None = None, trace: bool = False, slo: Slo | None = None) -> SimReport:
     """Serve `requests` on `pipeline`, event by event, and report what happened; with `trace`,
-    every step each replica ran too (report.spans: for a timeline)."""
+    every step each replica ran too (report.spans: for a timeline). Goodput counts the
+    requests that meet `slo` (TTFT, TPOT, end to end), or end within `slo_s` seconds."""
     if slo_s is not None and not slo_s > 0:
         raise SimulationError(f"the SLO must be a positive number of seconds, not {slo_s!r}")
+    if slo_s is not None:
+        slo = replace(slo or Slo(), e2e_s=slo_s)
     if not requests:
         raise SimulationError("no requests to simulate")
     sim = _Sim(pipeline, requests, max_events)
     sim.spans = [] if trace else None
-    out = sim.run(slo_s)
+    out = sim.run(slo)
     return dataclasses.replace(out, spans=sim.spans) if sim.spans else out
 
 
@@ -91,7 +95,7 @@ class _Sim:
         self.dirty: dict[Stage, None] = {}
 
     # -- the loop --------------------------------------------------------------------
-    def run(self, slo_s: float | None) -> SimReport:
+    def run(self, slo: Slo | None) -> SimReport:
         for req in self.requests:
             self._at(req.spec.arrival_s, "arrive", req)
         while self.heap:
@@ -123,7 +127,7 @@ class _Sim:
         if stuck:
             raise SimulationError(f"{len(stuck)} request(s) never finished (first: {stuck[0]}); "
                                   "a stage waits on an input nothing produces")
-        return self._report(slo_s)
+        return self._report(slo)
 
     def _at(self, t: float, kind: str, payload: Any) -> None:
         heapq.heappush(self.heap, (t, next(self.seq), kind, payload))
@@ -292,8 +296,12 @@ class _Sim:
         """One more token out of an AR task: a chunk at each boundary, done at the last."""
         task.generated += 1
         total = task.work.decode_steps + 1  # the prefill writes the first token
-        if task.generated == 1 and task.stage.text and task.req.ttft is None:
-            task.req.ttft = self.now - task.req.spec.arrival_s
+        if task.generated == 1:
+            task.first_token = self.now
+            if task.stage.text and task.req.ttft is None:
+                task.req.ttft = self.now - task.req.spec.arrival_s
+        if task.generated == total and total > 1 and task.stage.text:
+            task.req.tpot = (self.now - task.first_token) / (total - 1)
         size = task.stage.spec.chunk_tokens
         if task.generated == total or (size and task.generated % size == 0):
             self._emit(task)
@@ -337,8 +345,8 @@ class _Sim:
             run.version += 1
             self._at(self.now + run.remaining / run.rate, "run", (run, run.version))
 
-    def _report(self, slo_s: float | None) -> SimReport:
-        return report(self.requests, self.stages, self.now, self.events, slo_s)
+    def _report(self, slo: Slo | None) -> SimReport:
+        return report(self.requests, self.stages, self.now, self.events, slo)
 
 
 def _timed(stage: Stage, what: str, fn: Callable[..., float] | None, *args: Any) -> float:

@@ -32,7 +32,8 @@ from typing import Any
 from omnigraph.kinds import KINDS, settings
 from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, StageWork
 from omnigraph.passes.sim.engine import (
-    SimEdge, SimPipeline, SimReport, SimRequest, SimStage, SimulationError, burst_arrivals, poisson_arrivals, simulate,
+    SimEdge, SimPipeline, SimReport, SimRequest, SimStage, SimulationError, Slo, burst_arrivals, poisson_arrivals,
+    simulate,
 )
 from omnigraph.passes.planner.work_rules import chunk_tokens
 from omnigraph.passes.planner.workload import sample_shapes
@@ -84,7 +85,7 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
         node = st.node
         inst = node.instances[0]
         device, link, inter = _device(target, node.name, inst.devices)
-        cost = _Costs(stage_cost, node.kind, profiles[name], inst.tp, device, link, inter)
+        cost = CostTimes(stage_cost, node.kind, profiles[name], inst.tp, device, link, inter)
         stages.append(_sim_stage(graph, st, batch_time=cost.batch, prefill_time=cost.prefill, step_time=cost.step))
 
     def works(shape: RequestShape, rng: random.Random) -> dict[str, StageWork]:
@@ -140,12 +141,12 @@ def sim_pipeline_from_measurements(plan: RuntimePlan, measured: dict[str, StageT
 
 def simulate_plan(plan: RuntimePlan, target: Target, mix: list[RequestShape], *, rate: float | None = None,
                   requests: int = 200, seed: int = 0, slo_s: float | None = None, trace: bool = False,
-                  **options: Any) -> SimReport:
+                  slo: Slo | None = None, **options: Any) -> SimReport:
     """A plan timed by the cost rules under Poisson arrivals at `rate` (None or 0: a burst).
     `options` go to sim_pipeline_from_plan (route_weights, loop_iters, device_capacity)."""
     pipeline, work_fn = sim_pipeline_from_plan(plan, target, mix, **options)
     arrivals = poisson_arrivals(rate, requests, seed) if rate else burst_arrivals(requests)
-    return simulate(pipeline, make_requests(work_fn, mix, arrivals, seed), slo_s=slo_s, trace=trace)
+    return simulate(pipeline, make_requests(work_fn, mix, arrivals, seed), slo_s=slo_s, trace=trace, slo=slo)
 
 
 def make_requests(work_fn: WorkFn, mix: list[RequestShape], arrivals: Sequence[float],
@@ -268,7 +269,7 @@ def _device(target: Target, stage: str, devices: list[str]) -> tuple[Device, flo
     return found[0][1], link, inter
 
 
-class _Costs:
+class CostTimes:
     """A stage's step times from the cost rules, cached by batch and (bucketed) size."""
 
     def __init__(self, stage_cost: Callable[..., Any], kind: str, profile: Any, tp: int,

@@ -23,6 +23,62 @@ class SimulationError(OmnigraphError):
 
 
 @dataclass(frozen=True)
+class Slo:
+    """Latency targets a request must meet to count towards goodput (None: no target):
+    time to first token, time per output token after it (DistServe's pair), end to end."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+
+    def met(self, r: RequestReport) -> bool:
+        return ((self.ttft_s is None or (r.ttft_s is not None and r.ttft_s <= self.ttft_s))
+                and (self.tpot_s is None or r.tpot_s is None or r.tpot_s <= self.tpot_s)
+                and (self.e2e_s is None or r.jct_s <= self.e2e_s))
+
+    @property
+    def token_targets(self) -> bool:
+        return self.ttft_s is not None or self.tpot_s is not None
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v:g}" for k, v in (("ttft", self.ttft_s), ("tpot", self.tpot_s), ("e2e", self.e2e_s))
+                 if v is not None]
+        return ",".join(parts)
+
+
+def parse_slo(text: str | float | None) -> Slo | None:
+    """`--slo`: seconds end to end (`5`), or targets by name (`ttft=0.5,tpot=0.05[,e2e=20]`)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return Slo(e2e_s=_positive(float(text), "e2e"))
+    fields = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
+    if "=" not in text:
+        return Slo(e2e_s=_positive(_number(text, "e2e"), "e2e"))
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        name = name.strip().lower()
+        if name not in fields:
+            raise SimulationError(f"--slo: unknown target '{name}' (targets: ttft, tpot, e2e, in seconds)")
+        out[fields[name]] = _positive(_number(value, name), name)
+    return Slo(**out)
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        return float(text.strip().removesuffix("s"))
+    except ValueError:
+        raise SimulationError(f"--slo: {name} must be seconds, not {text.strip()!r}") from None
+
+
+def _positive(x: float, name: str) -> float:
+    if not (x > 0 and math.isfinite(x)):
+        raise SimulationError(f"--slo: {name} must be a positive number of seconds, not {x!r}")
+    return x
+
+
+@dataclass(frozen=True)
 class SimStage:
     name: str
     mode: Literal["batch", "ar"] = "batch"
@@ -103,6 +159,7 @@ class RequestReport:
     finish_s: float
     ttft_s: float | None
     ttfa_s: float | None
+    tpot_s: float | None = None  # the text stage's time per output token after the first
 
     @property
     def jct_s(self) -> float:
@@ -114,7 +171,7 @@ class SimReport:
     requests: int
     makespan_s: float  # first arrival to last completion
     throughput: float  # completed requests per second over the makespan
-    goodput: float  # those within slo_s per second (= throughput without an SLO)
+    goodput: float  # those meeting the SLO per second (= throughput without an SLO)
     slo_s: float | None
     jct: Latency
     ttft: Latency | None
@@ -123,6 +180,9 @@ class SimReport:
     per_request: list[RequestReport]
     events: int
     spans: list[Span] = field(default_factory=list)  # with simulate(trace=True): every step run
+    tpot: Latency | None = None
+    slo: Slo | None = None  # the targets goodput counted (slo_s is its e2e)
+    attainment: float = 1.0  # the share of requests that met them
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the summary and per-stage figures (not the per-request list)."""
@@ -130,7 +190,8 @@ class SimReport:
         return {
             "requests": self.requests, "makespan_s": round(self.makespan_s, 6),
             "throughput_req_s": round(self.throughput, 6), "goodput_req_s": round(self.goodput, 6),
-            "slo_s": self.slo_s, "jct_s": lat(self.jct), "ttft_s": lat(self.ttft), "ttfa_s": lat(self.ttfa),
+            "slo_s": self.slo_s, "slo": str(self.slo) if self.slo else None, "attainment": round(self.attainment, 6),
+            "jct_s": lat(self.jct), "ttft_s": lat(self.ttft), "tpot_s": lat(self.tpot), "ttfa_s": lat(self.ttfa),
             "stages": {name: {"replicas": s.replicas, "utilisation": round(s.utilisation, 6),
                               "mean_queue_wait_s": round(s.mean_queue_wait_s, 6),
                               "mean_batch": round(s.mean_batch, 4), "jobs": s.jobs}

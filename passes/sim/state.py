@@ -21,6 +21,7 @@ class Req:
     finish: float | None = None
     ttft: float | None = None
     ttfa: float | None = None
+    tpot: float | None = None
 
 
 @dataclass(eq=False)
@@ -41,6 +42,7 @@ class Task:
     # ar mode
     generated: int = 0
     context: float = 0.0
+    first_token: float = 0.0
 
 
 @dataclass(eq=False)

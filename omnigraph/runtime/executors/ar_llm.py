@@ -23,6 +23,11 @@ and `hidden` (for each generated token, the last layer's state that predicted it
 [n_tokens, hidden]). A streamed port gets a chunk per step (text: per
 `stream_chunk`); any other is emitted whole at the end.
 
+Split stages (`phase`, set by the planner's split-prefill-decode): a `prefill` instance
+prefills and hands each request on whole through its `kv` port (kv_handoff.py); a `decode`
+instance takes those into its pool and generates from the first token on. A running request
+can also leave for another instance of the stage (`export` / migration, LocalBackend.migrate).
+
 Sampling (temperature > 0) draws from a generator per request. With `seed` set it is
 seeded from the seed and the prompt, so a request samples the same text whatever
 ran before it or beside it; without one, from the request id.
@@ -33,7 +38,6 @@ import hashlib
 import inspect
 import math
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,7 +45,10 @@ import torch
 from omnigraph.kinds import ArLlmParams
 from omnigraph.runtime.executor import Executor, WorkItem
 from omnigraph.runtime.executors.cpu_linear import pack_linears
+from omnigraph.runtime.executors.kv_handoff import model_fingerprint
 from omnigraph.runtime.executors.kv_pool import KvPool, Seq
+from omnigraph.runtime.executors.llm_moves import KvMoves
+from omnigraph.runtime.executors.llm_request import MOVED, STATE, LlmRequest
 from omnigraph.runtime.executors.llm_inputs import (context_embeddings, device_memory, eos_ids, gather_streams,
                                                      prompt_tokens)
 from omnigraph.runtime.executors.llm_batch import choose_token, forward_rows
@@ -50,40 +57,10 @@ from omnigraph.runtime.executors.llm_loading import load_causal_lm
 from omnigraph.runtime.executors.llm_text import TextStream
 from omnigraph.runtime.fused_stage import fused_entry
 
-_STATE = "ar_llm"  # key of a request's _Request in WorkItem.state
 UNPLANNED_POOL_SHARE = 0.25  # of the device's memory, for a KV pool the plan did not size
 
 
-@dataclass
-class _Request:
-    item: WorkItem
-    prompt: torch.Tensor  # token ids [len], or embeddings [len, hidden] with the context
-    ids: list[int] | None  # the prompt's token ids when it is only tokens (prefix caching)
-    settings: ArLlmParams  # the stage's params with this request's own over them
-    text: TextStream
-    generator: torch.Generator | None
-    order: int  # admission order: the latest is preempted first
-    seq: Seq = field(default_factory=Seq)
-    tokens: list[int] = field(default_factory=list)
-    hidden: list[torch.Tensor] = field(default_factory=list)
-
-    @property
-    def alive(self) -> bool:
-        return not self.item.dead
-
-    def todo(self, embed: Any) -> torch.Tensor:
-        """The positions still to compute: its prompt and the tokens it wrote (after a
-        preemption), minus those the pool already holds."""
-        if self.ids is not None:
-            ids = self.ids + self.tokens
-            return torch.tensor(ids[self.seq.length:], device=self.prompt.device)
-        whole = self.prompt
-        if self.tokens:
-            whole = torch.cat([whole, embed(torch.tensor(self.tokens, device=whole.device)).to(whole.dtype)])
-        return whole[self.seq.length:]
-
-
-class ArLlmExecutor(Executor):
+class ArLlmExecutor(KvMoves, Executor):
 
     def load(self) -> None:
         params = {k: v for k, v in self.params.items() if k != "tokenizer"}  # see llm_loading
@@ -98,9 +75,10 @@ class ArLlmExecutor(Executor):
         self.max_positions: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.modality = {b.port: b.modality for b in self.node.inputs}
         self.calls: LlmCalls = self._fused_calls() or ModuleCalls(self.model)
+        self.fingerprint = model_fingerprint(self.model)
         self.pool = self._pool()
-        self._waiting: deque[_Request] = deque()  # admitted, not (or no longer) in the pool
-        self._running: list[_Request] = []  # their KV in the pool
+        self._waiting: deque[LlmRequest] = deque()  # admitted, not (or no longer) in the pool
+        self._running: list[LlmRequest] = []  # their KV in the pool
         self._admitted = 0
         self._packed = False
 
@@ -152,7 +130,7 @@ class ArLlmExecutor(Executor):
             self._pack_once()
             self._drop_ended()
             live = [i for i in items if not i.dead]
-            arrived = self._arrive([i for i in live if _STATE not in i.state])
+            arrived = self._arrive([i for i in live if STATE not in i.state])
             admitted = self._admit()
             writable = [r for r in self._running if not r.item.done and all(r.item.writable(p) for p in r.item.streams)]
             if writable:
@@ -181,6 +159,12 @@ class ArLlmExecutor(Executor):
         stream in wait, gathered without blocking the batch). True when any arrived or failed."""
         moved = False
         for item in items:
+            came = item.state.pop(MOVED, None)
+            if isinstance(came, LlmRequest):  # migrated here from another instance
+                item.state[STATE] = came
+                self._adopt(came)
+                moved = True
+                continue
             try:
                 if not gather_streams(item, self.modality):
                     continue
@@ -189,15 +173,17 @@ class ArLlmExecutor(Executor):
                 item.fail(exc)
                 moved = True
                 continue
-            item.state[_STATE] = req
+            item.state[STATE] = req
             self._waiting.append(req)
             moved = True
         return moved
 
-    def _request(self, item: WorkItem) -> _Request:
+    def _request(self, item: WorkItem) -> LlmRequest:
         # This request's own params (temperature, max_new_tokens, stop …, validated when it
         # was submitted) over the stage's: requests with different settings share the batch.
         settings = self.settings.model_copy(update=item.settings) if item.settings else self.settings
+        if self.settings.phase == "decode":
+            return self._handed_over(item, settings)
         ids = prompt_tokens(item.inputs["prompt"], self.tokenizer, settings, self.frame)
         embeds = context_embeddings(item.inputs.get("context"), self.embed, self.model.dtype, self.takes_embeds,
                                     type(self.model).__name__)
@@ -207,17 +193,21 @@ class ArLlmExecutor(Executor):
         if self.max_positions is not None and len(prompt) > self.max_positions:
             raise ValueError(f"the prompt has {len(prompt)} positions; the model takes {self.max_positions}")
         self._admitted += 1
-        return _Request(item, prompt, ids if embeds is None else None, settings, self._text_stream(settings),
+        return LlmRequest(item, prompt, ids if embeds is None else None, settings, self._text_stream(settings),
                         self._generator(item, ids, settings), self._admitted,
                         Seq(tokens=[] if embeds is None else None))
 
     def _admit(self) -> bool:
         """Move waiting requests into the pool, first come first served, while their blocks
         fit (a shared prefix first), and prefill them. True when any moved (or failed)."""
-        ready: list[_Request] = []
+        ready: list[LlmRequest] = []
         moved = False
         while self._waiting and len(self._running) + len(ready) < self.settings.max_batch:
             req = self._waiting[0]
+            if req.handoff is not None:
+                if not self._take_handoff(req):
+                    break
+                continue
             if req.ids is not None and req.seq.length == 0:
                 self.pool.share_prefix(req.seq, req.ids + req.tokens)
             todo = len(req.todo(self.embed))
@@ -237,20 +227,21 @@ class ArLlmExecutor(Executor):
             self._prefill(ready)
         return moved or bool(ready)
 
-    def _prefill(self, reqs: list[_Request]) -> None:
+    def _prefill(self, reqs: list[LlmRequest]) -> None:
         """Prefill in groups that can share a forward: ids or embeddings, and one cached length."""
-        groups: dict[tuple[bool, int], list[_Request]] = {}
+        groups: dict[tuple[bool, int], list[LlmRequest]] = {}
         for req in reqs:
             groups.setdefault((req.ids is None, req.seq.length), []).append(req)
         for group in groups.values():
             self._prefill_group(group)
 
-    def _prefill_group(self, group: list[_Request]) -> None:
+    def _prefill_group(self, group: list[LlmRequest]) -> None:
         inputs = [r.todo(self.embed) for r in group]
         lengths = [r.seq.length for r in group]
+        want_hidden = (self.settings.prefill_hidden if self.settings.phase == "prefill"
+                       else any(r.item.wants("hidden") for r in group))
         try:
-            fwd = forward_rows(self.calls, self.pool, [r.seq for r in group], inputs,
-                               any(r.item.wants("hidden") for r in group))
+            fwd = forward_rows(self.calls, self.pool, [r.seq for r in group], inputs, want_hidden)
         except Exception as exc:
             for req, length in zip(group, lengths):
                 req.seq.length = length
@@ -265,13 +256,16 @@ class ArLlmExecutor(Executor):
             if req.seq.tokens is not None:
                 req.seq.tokens = (req.ids or []) + req.tokens
                 self.pool.publish(req.seq)
+            if self.settings.phase == "prefill":
+                self._hand_on(req, fwd.logits[row], None if fwd.hidden is None else fwd.hidden[row])
+                continue
             self._running.append(req)
             try:
                 self._accept(req, fwd.logits[row], None if fwd.hidden is None else fwd.hidden[row])
             except Exception as exc:
                 req.item.fail(exc)
 
-    def _decode(self, reqs: list[_Request]) -> None:
+    def _decode(self, reqs: list[LlmRequest]) -> None:
         rows = self._make_room(reqs)
         if not rows:
             return
@@ -292,7 +286,7 @@ class ArLlmExecutor(Executor):
             except Exception as exc:
                 req.item.fail(exc)
 
-    def _make_room(self, reqs: list[_Request]) -> list[_Request]:
+    def _make_room(self, reqs: list[LlmRequest]) -> list[LlmRequest]:
         """The requests that get a slot for their next token; when the pool is full, the
         latest admitted running requests are preempted until the rest fit."""
         rows = sorted(reqs, key=lambda r: r.order)
@@ -307,7 +301,7 @@ class ArLlmExecutor(Executor):
                 out.append(req)
         return out
 
-    def _preempt(self, req: _Request, count: bool = True) -> None:
+    def _preempt(self, req: LlmRequest, count: bool = True) -> None:
         """Free a running request's blocks; it waits at the front to be recomputed."""
         self.pool.release(req.seq)
         if req.seq.tokens is not None:
@@ -320,7 +314,7 @@ class ArLlmExecutor(Executor):
             self.pool.stats.preemptions += 1
 
     # -- tokens out ----------------------------------------------------------------------
-    def _accept(self, req: _Request, logits: torch.Tensor, hidden: torch.Tensor | None) -> None:
+    def _accept(self, req: LlmRequest, logits: torch.Tensor, hidden: torch.Tensor | None) -> None:
         s = req.settings
         token = choose_token(logits, s.temperature, s.top_k, s.top_p, req.generator)
         if token in self.eos:
@@ -334,7 +328,7 @@ class ArLlmExecutor(Executor):
         self._publish(req, final=req.text.stopped or len(req.tokens) >= s.max_new_tokens or full,
                       token=token, hidden=hidden)
 
-    def _publish(self, req: _Request, final: bool, token: int | None = None,
+    def _publish(self, req: LlmRequest, final: bool, token: int | None = None,
                  hidden: torch.Tensor | None = None) -> None:
         """Chunks for the streamed ports; at the end, the whole values of the others."""
         item = req.item

@@ -172,3 +172,32 @@ class KvPool:
         """Pool slots of positions start..stop-1 of `seq`."""
         bt = self.block_tokens
         return [seq.blocks[p // bt] * bt + p % bt for p in range(start, stop)]
+
+    # -- hand-over (prefill → decode, migration) ----------------------------------------------
+    def read(self, seq: Seq) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of `seq`'s cached keys and values, per layer [length, heads, dim]: what
+        another instance's pool takes back with `write` (kv_handoff.py)."""
+        slots = torch.tensor(self.slots(seq, 0, seq.length), dtype=torch.long, device=self.device)
+        keys, values = [], []
+        for k, v in zip(self.keys, self.values):
+            if k is None or v is None:
+                raise RuntimeError("a KV layer was never written: nothing to hand over")
+            keys.append(k[slots].clone())
+            values.append(v[slots].clone())
+        return keys, values
+
+    def write(self, seq: Seq, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Put positions 0..n-1 of an empty `seq` (whose blocks already hold room for them:
+        grow) from another pool's `read`."""
+        if len(keys) != len(self.keys):
+            raise ValueError(f"the handed-over KV has {len(keys)} layers; this model has {len(self.keys)}")
+        n = keys[0].shape[0]
+        slots = torch.tensor(self.slots(seq, 0, n), dtype=torch.long, device=self.device)
+        for i, (k, v) in enumerate(zip(keys, values)):
+            pool_k, pool_v = self.layer(i, k.shape[1], k.shape[2])
+            if pool_k.shape[1:] != k.shape[1:]:
+                raise ValueError(f"the handed-over KV has {tuple(k.shape[1:])} heads x dim per layer; "
+                                 f"this pool holds {tuple(pool_k.shape[1:])}")
+            pool_k.index_copy_(0, slots, k.to(self.device, pool_k.dtype))
+            pool_v.index_copy_(0, slots, v.to(self.device, pool_v.dtype))
+        seq.length = n
