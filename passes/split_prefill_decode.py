@@ -182,9 +182,13 @@ def split(op: StageOp, prefill: int, decode: int, note: str) -> StageOp:
     if par is not None:
         pre.properties["parallel"] = _with_replicas(par, prefill)
         op.properties["parallel"] = _with_replicas(par, decode)
-    if plan is not None:
-        pre.properties["plan"] = _with_split(plan, f"prefill of '{name}': {note}")
-        op.properties["plan"] = _with_split(plan, f"decode of '{name}': {note}")
+    if plan is not None:  # each half's rate: the whole replica's, had it only that part to do
+        first, total = max(plan.first_output_s, 1e-9), max(plan.latency_s, 1e-9)
+        pre.properties["plan"] = _with_split(plan, f"prefill of '{name}': {note}", plan.rate * total / first,
+                                             first)
+        op.properties["plan"] = _with_split(plan, f"decode of '{name}': {note}",
+                                            plan.rate * total / max(total - first, 1e-9), total)
+    pre.results[0].name_hint = f"{pre_name}_kv"
     Rewriter.insert_op(pre, _before(op))
     op.operands = [pre.results[0]]
     op.properties["in_ports"] = ArrayAttr([StringAttr("kv")])
@@ -206,8 +210,11 @@ def _with_replicas(par: ParallelAttr, replicas: int) -> ParallelAttr:
     return ParallelAttr(tp=par.get("tp"), pp=par.get("pp"), dp=par.get("dp"), ep=par.get("ep"), replicas=replicas)
 
 
-def _with_split(plan: PlanAttr, note: str) -> PlanAttr:
-    return PlanAttr(**{**plan.as_dict(), "split": note})
+def _with_split(plan: PlanAttr, note: str, rate: float | None = None, latency: float | None = None) -> PlanAttr:
+    values = {**plan.as_dict(), "split": note}
+    if rate is not None:
+        values.update(rate=rate, latency_s=latency)
+    return PlanAttr(**values)
 
 
 __all__ = ["SplitPrefillDecodePass", "kv_type", "parse_split", "split"]

@@ -308,6 +308,26 @@ def tensor_parallel(requests: int = 4) -> dict[str, Any]:
 
 
 @scenario
+def split_prefill_decode(requests: int = 4) -> dict[str, Any]:
+    """A split LLM stage on Ray (the prefill actor hands each request's KV to the decode actor
+    through the object store) against the whole stage on LocalBackend."""
+    from omnigraph.api import compile_plan
+    from omnigraph.runtime.local import LocalBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = compile_plan(tiny_llm_spec(Path(tmp), tokens=24))
+        split = compile_plan(tiny_llm_spec(Path(tmp), tokens=24), None,
+                             plan_options={"split-prefill-decode": {"split": "llm=1:1"}})
+    prompts = [{"prompt": f"question {i}"} for i in range(requests)]
+    with LocalBackend(whole) as local:
+        expected = run_all(local, prompts)
+    with ray_backend(split) as remote:
+        got = [h.result(WAIT_S) for h in [remote.submit(p) for p in prompts]]
+        stages = sorted(remote.instances)
+    return {"stages": stages, "same_as_whole": [g == e for g, e in zip(got, expected)]}
+
+
+@scenario
 def serve_over_ray(requests: int = 3) -> dict[str, Any]:
     """`omnigraph serve` on the Ray backend, on loopback: chat (whole and streamed) and the run
     endpoint answer what LocalBackend answers; a client that leaves mid-stream cancels."""

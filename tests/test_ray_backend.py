@@ -219,3 +219,9 @@ def test_cli_backend_errors(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "cannot reach a Ray cluster at 127.0.0.1:1" in err and "ray start --head" in err
     assert len(err.strip().splitlines()) <= 2
+
+
+def test_split_prefill_decode_on_ray_gives_the_whole_stages_tokens(ray_session: RaySession) -> None:
+    answer = ray_session.run("split_prefill_decode", requests=4)
+    assert answer["stages"] == ["llm", "llm_prefill"]
+    assert answer["same_as_whole"] == [True] * 4

@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="let --emit bundle / --dump-kernels replace a bundle "
                    "or kernel dump omnigraph wrote before (never anything else)")
     p.add_argument("--pass-pipeline", help="comma-separated passes (default: verify,infer-types, then "
-                   "estimate-cost,plan-parallel,place-devices,plan-memory with --target)")
+                   "estimate-cost,plan-parallel,split-prefill-decode,place-devices,plan-cores,plan-memory with --target)")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass to stderr")
     p.add_argument("--generic", action="store_true", help="print IR in MLIR's generic form")
     p.set_defaults(func=cmd_compile)

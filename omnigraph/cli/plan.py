@@ -22,9 +22,7 @@ def planning_options(mix: str | None, slo: Any = None, headroom: float | None = 
                      split: str | None = None) -> dict[str, dict[str, Any]]:
     """Pass options from the planning flags: the mix and end-to-end target for plan-parallel;
     TTFT/TPOT targets and --split for split-prefill-decode."""
-    from omnigraph.passes.sim.sim_types import Slo, parse_slo
-
-    slo = slo if isinstance(slo, Slo) or slo is None else parse_slo(slo)
+    slo = as_slo(slo)
     opts: dict[str, Any] = {}
     if mix:
         opts["mix"] = mix
@@ -36,6 +34,13 @@ def planning_options(mix: str | None, slo: Any = None, headroom: float | None = 
     if split or (slo is not None and slo.token_targets):
         out["split-prefill-decode"] = {"slo": str(slo) if slo else "", "split": split or "", "mix": mix or ""}
     return out
+
+
+def as_slo(slo: Any) -> Any:
+    """An Slo from what callers pass: None, seconds end to end, the --slo text, or an Slo."""
+    from omnigraph.passes.sim.sim_types import Slo, parse_slo
+
+    return slo if isinstance(slo, Slo) or slo is None else parse_slo(slo)
 
 
 def slo_arg(text: str) -> Any:
@@ -64,6 +69,7 @@ def plan_spec(spec: str, target: str, mix: str | None = None, slo: Any = None,
     from omnigraph.target import load_target
 
     load_target(target)  # an unknown target fails here, with the list of known ones
+    slo = as_slo(slo)
     started = time.perf_counter()
     comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo, split=split))
     report = placement_report(comp.module)
@@ -140,6 +146,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     counted = sorted({r["counted"] for r in report["stages"]})
     console.print("params " + "; ".join(_HOW[c] for c in counted if c in _HOW))
+    for r in report["stages"]:
+        if r.get("split") and not r["split"].startswith("decode of"):
+            console.print(f"split {r['stage']}: {r['split'].removeprefix('prefill of ')}")
     for r in report["stages"]:
         if r["counted"] == "guess":
             console.print(f"[bold yellow]warning:[/] stage {r['stage']}: {r['note']}")

@@ -62,9 +62,9 @@ def simulate_command(plan_path: str, *, target: str | None, rate: float | None, 
         from omnigraph.draw.figures import check_output
 
         check_output(timeline)  # a wrong suffix fails before simulating
-    from omnigraph.passes.sim.sim_types import Slo, parse_slo
+    from omnigraph.cli.plan import as_slo
 
-    slo = slo if isinstance(slo, Slo) or slo is None else parse_slo(slo)
+    slo = as_slo(slo)
     shapes = parse_mix(mix)
     plan = _load_plan(plan_path, target, mix, slo, split)
     tgt = load_target(target or plan.target or "cpu-local")

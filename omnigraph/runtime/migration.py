@@ -25,6 +25,9 @@ class Migration:
         one), with its KV cache where the stage keeps one: it goes on there, its tokens the
         same as if it had stayed. False when it is not at the stage or cannot move now."""
         workers = self._stage_workers(stage)
+        if to is not None and not 0 <= to < len(workers):
+            raise ValueError(f"instance {to} is not another instance of stage '{stage}' "
+                             f"(instances 0..{len(workers) - 1})")
         source = next((w for w in workers if any(i.request_id == request_id for i in w.active)), None)
         if source is None:
             return False

@@ -40,6 +40,7 @@ def placement_report(module: ModuleOp) -> dict[str, Any]:
             "kv_budget": mem.get("kv") if mem.get("kv") else None,
             "latency_s": p["latency_s"], "first_output_s": p["first_output_s"],
             "rate_per_replica": p["rate"], "visits": p["visits"],
+            "split": p["split"] or None,  # split-prefill-decode's decision (and why), when it judged
             # How its size was known: meta (counted on an instance), file (a weights file's
             # header), config (formulas over its sizes) or guess (nothing to go on).
             "params": cost.get("params"), "counted": cost.get("source", "config"), "note": cost.get("note", ""),

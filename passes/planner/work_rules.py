@@ -114,7 +114,10 @@ def _projector(w: WorkInput) -> StageWork:
 def _ar_llm(w: WorkInput) -> StageWork:
     """AR LLM: prefill = prompt + context tokens; it writes min(max_new_tokens, reply_tokens)
     for the user's prompt, or min(max_new_tokens, upstream tokens x speech_tokens_per_text_token)
-    when another AR stage feeds it (a talker). The prefill writes the first token."""
+    when another AR stage feeds it (a talker). The prefill writes the first token. The decode
+    half of a split stage does the work its prefill half was given (it reads the KV edge)."""
+    if w.params.get("phase") == "decode" and w.inputs:
+        return w.inputs[0]
     ar_up = [u for u in w.inputs if u.decode_steps > 0]
     context = sum(u.out_tokens for u in w.inputs if u.decode_steps == 0)
     context += w.feed_tokens([m for m in w.feeds if m not in ("text", "tokens")])

@@ -78,6 +78,8 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
     from omnigraph.passes.planner.arch_profile import profile_stage
     from omnigraph.passes.planner.cost_rules import stage_cost, stage_work
 
+    from omnigraph.passes.sim.split_goodput import LlmTimes
+
     graph = plan_graph(plan, loop_iters)
     profiles = {name: profile_stage(st.node.kind, st.node.model, st.node.params) for name, st in graph.stages.items()}
     stages = []
@@ -86,12 +88,19 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
         inst = node.instances[0]
         device, link, inter = _device(target, node.name, inst.devices)
         cost = CostTimes(stage_cost, node.kind, profiles[name], inst.tp, device, link, inter)
-        stages.append(_sim_stage(graph, st, batch_time=cost.batch, prefill_time=cost.prefill, step_time=cost.step))
+        prefill = cost.prefill
+        if _phase(node) == "decode":  # its "prefill" is taking the KV over from the prefill half
+            prefill = LlmTimes(cost.prefill, cost.step, profiles[name].kv_bytes_per_token, link).handover
+        stages.append(_sim_stage(graph, st, batch_time=cost.prefill if _phase(node) == "prefill" else cost.batch,
+                                 prefill_time=prefill, step_time=cost.step))
 
     def works(shape: RequestShape, rng: random.Random) -> dict[str, StageWork]:
         out: dict[str, StageWork] = {}
         for name in graph.choose(rng, route_weights or {}):
             st = graph.stages[name]
+            if _phase(st.node) == "decode":  # the request as the whole stage would see it
+                out[name] = next(out[p] for p, _ in st.reads if p in out)
+                continue
             inputs = [out[p] for p, _ in st.reads if p in out]
             feeds = [plan.inputs[i].modality for i in st.inputs if i in plan.inputs]
             base = stage_work(st.node.kind, st.node.params, profiles[name], shape, inputs, feeds)
@@ -205,9 +214,15 @@ def _curve(points: Sequence[tuple[float, float]], min_count: int = 3) -> Callabl
 
 # -- shared pieces ---------------------------------------------------------------------------
 
+def _phase(node: Any) -> str:
+    """`prefill` / `decode` for the halves of a split LLM stage, else `whole`."""
+    return str(node.params.get("phase", "whole"))
+
+
 def _sim_stage(graph: StageGraph, st: FlatStage, **timing: Any) -> SimStage:
     node = st.node
-    ar = KINDS[node.kind].traits.autoregressive
+    # A prefill half runs batches of prompts and hands each on: a batch stage.
+    ar = KINDS[node.kind].traits.autoregressive and _phase(node) != "prefill"
     streams_out = any(s and not KINDS[graph.stages[c].node.kind].traits.autoregressive
                       for c, other in graph.stages.items() for p, s in other.reads if p == node.name)
     chunk = chunk_tokens(node.params) if ar and streams_out else 0
