@@ -68,12 +68,9 @@ def replayed(text: str, rate: float) -> dict:
 
 
 def measured() -> dict:
-    from test_ar_llm import CONFIG, SPEC as TINY, prompts
+    from test_ar_llm import prompts, write_tiny
 
-    folder = Path(tempfile.mkdtemp())
-    path = folder / "tiny.og"
-    config = ", ".join(f"{k}: {v}" for k, v in CONFIG.items())
-    path.write_text(TINY.format(prompt="tokens", config=config, params="max_new_tokens: 48, stream_chunk: token"))
+    path = write_tiny(Path(tempfile.mkdtemp()), "max_new_tokens: 48, stream_chunk: token")
     whole = omnigraph.compile_plan(path)
     split = omnigraph.compile_plan(path, None, plan_options={"split-prefill-decode": {"split": "llm=1:1"}})
     two = whole.model_copy(deep=True)

@@ -109,17 +109,19 @@ def plan_here(spec: SpecSource, on_note: Callable[[str], None] | None = None) ->
 def load(spec: SpecSource, *, target: str | None = "local", on_load: LoadHook | None = None,
          trust_code: bool = False, backend: str = "local", address: str | None = None,
          device_resource: str | None = None, step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S,
-         max_inflight: int = 256) -> Pipeline:
+         max_inflight: int = 256, mixes: str | None = None, replan: str | None = None) -> Pipeline:
     """Compile (if needed) and load a pipeline: a spec file, a bundle (a directory or a .ogb
     file, run without the compiler; `trust_code` lets it run the Python it carries) or a plan.
     A spec is planned for `target`: by default `local`, this machine (the dtype its devices
     compute fast, their cores, the KV pool its memory holds); None runs it unplanned.
     `backend="ray"` runs it on a Ray cluster at `address` (see Pipeline). A stage step that
     runs longer than `step_timeout` seconds fails its requests (None: no limit). At most
-    `max_inflight` requests run at once (submit blocks, or with block=False raises QueueFull)."""
+    `max_inflight` requests run at once (submit blocks, or with block=False raises QueueFull).
+    `mixes` plans one variant per request mix (a plan family) and `replan` ("" for the default
+    policy, or `window=5,hold=3,margin=0.2`) switches between them as the load shifts."""
     options: dict[str, Any] = {"on_load": on_load, "backend": backend, "address": address,
                                "device_resource": device_resource, "step_timeout": step_timeout,
-                               "max_inflight": max_inflight}
+                               "max_inflight": max_inflight, "replan": replan}
     if isinstance(spec, RuntimePlan):
         return Pipeline(spec, **options)
     from omnigraph.runtime.bundle import is_bundle, open_bundle
@@ -127,7 +129,12 @@ def load(spec: SpecSource, *, target: str | None = "local", on_load: LoadHook | 
     if not isinstance(spec, (str, Path)) or not is_bundle(spec):
         from omnigraph.target import LOCAL
 
-        plan = plan_here(spec) if target == LOCAL else compile_plan(spec, target)
+        if mixes:  # one plan per operating point, switched at run time (`replan`)
+            from omnigraph.plan_family import compile_family, split_mixes
+
+            plan = compile_family(spec, target or LOCAL, split_mixes(mixes))
+        else:
+            plan = plan_here(spec) if target == LOCAL else compile_plan(spec, target)
         return Pipeline(plan, **options)
     bundle = open_bundle(spec)
     try:

@@ -40,11 +40,16 @@ pipeline tiny(prompt: {prompt}) -> (ids: tokens, answer: text) {{
 """
 
 
-def tiny_plan(tmp_path: Path, params: str, prompt: str = "tokens") -> RuntimePlan:
+def write_tiny(folder: Path, params: str, prompt: str = "tokens") -> Path:
+    """The tiny LLM spec with these params, written to folder/tiny.og."""
     config = ", ".join(f"{k}: {v}" for k, v in CONFIG.items())
-    path = tmp_path / "tiny.og"
+    path = folder / "tiny.og"
     path.write_text(SPEC.format(prompt=prompt, config=config, params=params))
-    return omnigraph.compile_plan(path)
+    return path
+
+
+def tiny_plan(tmp_path: Path, params: str, prompt: str = "tokens") -> RuntimePlan:
+    return omnigraph.compile_plan(write_tiny(tmp_path, params, prompt))
 
 
 def with_params(plan: RuntimePlan, **params: Any) -> RuntimePlan:

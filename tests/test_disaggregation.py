@@ -21,17 +21,14 @@ from omnigraph.passes.sim.split_goodput import LlmTimes, judge_split  # noqa: E4
 from omnigraph.passes.planner.cost_types import RequestShape, StageWork  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_ar_llm import CONFIG, SPEC, prompts  # noqa: E402
+from test_ar_llm import prompts, write_tiny  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = {"split-prefill-decode": {"split": "llm=1:1"}}
 
 
 def tiny(tmp_path: Path, params: str = "max_new_tokens: 24, stream_chunk: token") -> Path:
-    path = tmp_path / "tiny.og"
-    config = ", ".join(f"{k}: {v}" for k, v in CONFIG.items())
-    path.write_text(SPEC.format(prompt="tokens", config=config, params=params))
-    return path
+    return write_tiny(tmp_path, params)
 
 
 def greedy(plan: omnigraph.RuntimePlan, inputs: list[torch.Tensor], **settings: dict) -> list[list[int]]:

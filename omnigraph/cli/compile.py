@@ -26,6 +26,9 @@ def register(sub: Any) -> None:
     p.add_argument("--mix", help="request mix the planner optimises for (with --target)")
     p.add_argument("--slo", type=slo_arg, help=SLO_HELP + " (with --target)")
     p.add_argument("--split", help=SPLIT_HELP + " (with --target)")
+    p.add_argument("--mixes", help="with --target --emit plan: a plan family, one plan per request mix "
+                   "(chat,image,long; or 'chat;chat:0.5,long:0.5'), each checked by the simulator; "
+                   "serve it with --replan")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     p.add_argument("--force", action="store_true", help="let --emit bundle / --dump-kernels replace a bundle "
                    "or kernel dump omnigraph wrote before (never anything else)")
@@ -57,10 +60,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
         with working(f"capturing and fusing the stages of {args.spec} into Triton kernels …"):
             return kernels_command(args.spec, args.target, options, args.emit == "kernels", args.dump_kernels,
                                    args.output, force=args.force)
+    if args.mixes and (args.emit != "plan" or not args.target):
+        raise OmnigraphError("--mixes plans a family: use it with --target and --emit plan",
+                             hint="then serve or run it with --replan")
     if args.emit == "plan":
         from omnigraph.api import compile_plan
 
-        plan = compile_plan(args.spec, args.target, plan_options=options)
+        if args.mixes:
+            from omnigraph.plan_family import compile_family, split_mixes
+
+            with working(f"planning {args.spec} once per mix and simulating each plan …"):
+                plan = compile_family(args.spec, args.target, split_mixes(args.mixes), options)
+        else:
+            plan = compile_plan(args.spec, args.target, plan_options=options)
         write(plan.to_json(), args.output)
         return 0
     if args.emit == "bundle":

@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
                    help="on SIGINT/SIGTERM, how long requests in flight may finish (default 30)")
     p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB", help="largest request body (default 32)")
     p.add_argument("--trust-code", action="store_true", help="let a bundle run the Python code it carries")
+    p.add_argument("--mixes", help="plan one variant per request mix (chat,image,long; or 'chat;chat:0.5,long:0.5')")
+    p.add_argument("--replan", nargs="?", const="", metavar="POLICY",
+                   help="switch between the --mixes plans as the observed load shifts (window=5,hold=3,margin=0.2)")
     p.add_argument("--config", metavar="FILE", help="options from a YAML file (keys as the long flags); flags win")
     p.set_defaults(func=_cmd, option_defaults=option_defaults(p))
 
@@ -57,10 +60,11 @@ def _cmd(args: Any) -> int:
         from omnigraph.api import plan_here
 
         spec: Any = args.spec
-        if target == "local" and args.target is None:  # this machine, else unplanned with a note
+        if target == "local" and args.target is None and not args.mixes:  # this machine, else unplanned
             spec = plan_here(args.spec, lambda note: _say(f"[yellow]note:[/] {note}"))
         return omnigraph.load(spec, target=target, trust_code=args.trust_code, backend=args.backend,
-                              address=args.address, max_inflight=args.max_queue)
+                              address=args.address, max_inflight=args.max_queue, mixes=args.mixes,
+                              replan=args.replan)
 
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), timeout_s=args.timeout or None)
     options = ServeOptions(host=args.host, port=args.port, api_key=api_key, grace_s=args.grace, limits=limits,

@@ -56,9 +56,10 @@ _TIMING_RECORDS = 100_000  # per stage: a long-running server keeps the latest o
 
 
 class _Worker(threading.Thread):
-    def __init__(self, node: StageNode, executor: Executor, instance: int = 0) -> None:
-        super().__init__(name=f"omnigraph-{node.name}" + (f"-{instance}" if instance else ""), daemon=True)
+    def __init__(self, node: StageNode, executor: Executor, index: int = 0, instance: Instance | None = None) -> None:
+        super().__init__(name=f"omnigraph-{node.name}" + (f"-{index}" if index else ""), daemon=True)
         self.node = node
+        self.instance = instance  # the plan's instance it runs (a plan switch keeps the ones it still wants)
         self.executor = executor
         self.inbox: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
         self.wake = threading.Event()
@@ -280,10 +281,11 @@ class LocalBackend(Migration, Admission):
                         loaded.executor.close()  # e.g. the rank processes of a TP stage loaded before
                     restore_torch_threads(self._threads)
                     raise StageLoadError(node.name, node.model, exc) from exc
-                self.instances.setdefault(node.name, []).append(_Worker(node, executor, index))
+                self.instances.setdefault(node.name, []).append(_Worker(node, executor, index, instance))
             if on_load:
                 on_load(node.name, "done")
         self.workers = {name: found[0] for name, found in self.instances.items()}  # each stage's first
+        self.variant = plan.family[0].name if plan.family else None  # the family's plan running (replan.py)
         self.engine = Engine(plan, self._enqueue, self._waker)
         self.max_inflight = max_inflight
         self._slots = threading.BoundedSemaphore(max_inflight)

@@ -24,11 +24,17 @@ class Pipeline:
 
     def __init__(self, plan: RuntimePlan, *, on_load: LoadHook | None = None, max_inflight: int = 256,
                  backend: str = "local", address: str | None = None, device_resource: str | None = None,
-                 step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S) -> None:
+                 step_timeout: float | None = DEFAULT_STEP_TIMEOUT_S, replan: str | None = None) -> None:
         self.plan = plan
+        policy = _replan_policy(plan, backend, replan)
         self.backend: Any = _backend(plan, backend, address, device_resource, on_load=on_load,
                                      max_inflight=max_inflight, step_timeout=step_timeout)
         self.on_close: list[Callable[[], None]] = []  # e.g. deleting an unpacked bundle
+        self.replanner: Any = None  # switches between the plan's family as the load shifts (replan.py)
+        if policy is not None:
+            from omnigraph.runtime.replan import Replanner
+
+            self.replanner = Replanner(self.backend, policy).start()
 
     def submit(self, inputs: dict[str, Any], *, timeout: float | None = None,
                settings: dict[str, dict[str, Any]] | None = None, block: bool = True) -> RequestHandle:
@@ -74,6 +80,8 @@ class Pipeline:
                            for name, instances in self.backend.contract().items()}}
 
     def close(self) -> None:
+        if self.replanner is not None:
+            self.replanner.close()
         self.backend.close()
         while self.on_close:
             self.on_close.pop()()
@@ -83,6 +91,24 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _replan_policy(plan: RuntimePlan, backend: str, replan: str | None) -> Any:
+    """The policy `replan` asks for (None: the plan stays as compiled), checked before loading."""
+    if replan is None:
+        return None
+    from omnigraph.runtime.replan import ReplanPolicy
+
+    if backend != "local":
+        raise OmnigraphError("--replan switches plans on the local backend; on Ray, instances are not yet "
+                             "added and removed at run time", hint="leave out --replan, or --backend local")
+    if len(plan.family) < 2:
+        raise OmnigraphError("--replan needs a plan family to switch between",
+                             hint="plan one per request mix: --target T --mixes chat,image,long")
+    try:
+        return ReplanPolicy.parse(replan)
+    except ValueError as exc:
+        raise OmnigraphError(str(exc)) from None
 
 
 def _backend(plan: RuntimePlan, backend: str, address: str | None, device_resource: str | None,

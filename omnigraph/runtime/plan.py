@@ -8,7 +8,7 @@ Version 2 added `StageNode.program`, set only in a bundle's plan; version 3 adde
 `Instance.ep`; version 4 added `StageNode.kernels`; version 5 the `checkpoint` program form;
 version 6 `StageNode.resources` (the planner's dtype and memory budgets) and `Instance.cores`;
 version 7 `StageNode.settings_of` (the prefill half of a split LLM stage, whose `kv` edge feeds
-its decode half).
+its decode half) and `RuntimePlan.family` (plans for other request mixes, switched at run time).
 Older plans load as they are: a stage without resources runs as before (its params' dtype,
 an unbounded KV pool, the process's threads).
 """
@@ -152,6 +152,23 @@ class LoopNode(_Model):
 Node = StageNode | RouteNode | LoopNode
 
 
+class PlanVariant(_Model):
+    """One plan of a family (`compile --mixes`): the same stages, instances and batches chosen
+    for another operating point (a request mix). The runtime switches between them as the
+    load shifts (runtime/replan.py); the plan's own nodes are the first variant's."""
+
+    name: Name
+    mix: str  # the request mix it was planned for
+    rate: float = Field(ge=0)  # requests/s it sustains on that mix (the planner's prediction)
+    simulated_rate: float | None = Field(None, ge=0)  # what the simulator served of it
+    # The simulator's check: requests/s it serves of each family mix, offered at that mix's
+    # planned load. An operating point is served by the variant that serves it best (which
+    # need not be the one planned for it, where the planner's model and the simulator differ).
+    serves: dict[str, float] = Field(default_factory=dict)
+    instances: dict[Name, list[Instance]]  # per stage
+    max_batch: dict[Name, int] = Field(default_factory=dict)  # per stage, where it differs
+
+
 class RuntimePlan(_Model):
     version: int = PLAN_VERSION
     pipeline: Name
@@ -162,6 +179,21 @@ class RuntimePlan(_Model):
     nodes: list[Annotated[Node, Field(discriminator="type")]]
     # Directories searched for `py:` modules (the spec's own folder), after sys.path.
     module_paths: list[str] = Field(default_factory=list)
+    family: list[PlanVariant] = Field(default_factory=list)  # plans for other mixes (compile --mixes)
+
+    def best_for(self, mix: str) -> PlanVariant:
+        """The variant the simulator found serving `mix` best (else the one planned for it)."""
+        checked = [v for v in self.family if mix in v.serves]
+        if checked:
+            return max(checked, key=lambda v: v.serves[mix])
+        return next(v for v in self.family if v.mix == mix)
+
+    def variant(self, name: str) -> PlanVariant:
+        found = next((v for v in self.family if v.name == name), None)
+        if found is None:
+            raise ValueError(f"plan '{self.pipeline}' has no variant '{name}' "
+                             f"(variants: {', '.join(v.name for v in self.family) or 'none'})")
+        return found
 
     def to_json(self) -> str:
         """The plan as JSON (every field written, so readers need no defaults)."""

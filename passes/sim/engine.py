@@ -37,6 +37,7 @@ from typing import Any
 from omnigraph.passes.sim.report import report
 from omnigraph.passes.sim.rules import _ar_fracs, _event_budget, _scale, shared_speed  # noqa: F401
 from omnigraph.passes.sim.state import Job, Replica, Req, Run, Stage, Task
+from omnigraph.passes.sim.switching import PlanSwitch, apply_switch
 from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API lives here too)
     BatchTime, Latency, RequestReport, SimEdge, SimPipeline, SimReport, SimRequest, SimStage,
     SimulationError, Slo, Span, StageReport, StepTime, burst_arrivals, latency, parse_slo, poisson_arrivals, validate,
@@ -44,7 +45,8 @@ from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API live
 
 
 def simulate(pipeline: SimPipeline, requests: Sequence[SimRequest], *, slo_s: float | None = None,
-             max_events: int | None = None, trace: bool = False, slo: Slo | None = None) -> SimReport:
+             max_events: int | None = None, trace: bool = False, slo: Slo | None = None,
+             switches: Sequence[PlanSwitch] = ()) -> SimReport:
     """Serve `requests` on `pipeline`, event by event, and report what happened; with `trace`,
     every step each replica ran too (report.spans: for a timeline). Goodput counts the
     requests that meet `slo` (TTFT, TPOT, end to end), or end within `slo_s` seconds."""
@@ -56,6 +58,8 @@ def simulate(pipeline: SimPipeline, requests: Sequence[SimRequest], *, slo_s: fl
         raise SimulationError("no requests to simulate")
     sim = _Sim(pipeline, requests, max_events)
     sim.spans = [] if trace else None
+    for sw in switches:  # a plan family switching replicas mid-run (sim/switching.py)
+        sim._at(sw.at_s, "switch", sw)
     out = sim.run(slo)
     return dataclasses.replace(out, spans=sim.spans) if sim.spans else out
 
@@ -114,6 +118,10 @@ class _Sim:
             elif kind == "enqueue":
                 stage, item = payload
                 self._enqueue(stage, item, handed_off=True)
+            elif kind == "switch":
+                apply_switch(self, payload)
+            elif kind == "ready":
+                self.dirty[payload] = None
             elif kind == "fill":
                 stage, token = payload
                 if stage.fill_token == token:
@@ -212,14 +220,14 @@ class _Sim:
     def _dispatch(self, stage: Stage) -> None:
         if stage.spec.mode == "ar":
             for rep in stage.replicas:
-                if not rep.busy and (rep.running or stage.queue):
+                if not rep.busy and (rep.running or (stage.queue and rep.admits(self.now))):
                     self._ar_iteration(stage, rep)
             return
         spec = stage.spec
         for rep in stage.replicas:
             if not stage.queue:
                 break
-            if rep.busy:
+            if rep.busy or not rep.admits(self.now):
                 continue
             if len(stage.queue) < spec.max_batch and spec.max_wait_s > 0 and not stage.fill_ready:
                 if stage.fill_token is None:  # give the batch a moment to fill
@@ -251,7 +259,7 @@ class _Sim:
 
     def _ar_iteration(self, stage: Stage, rep: Replica) -> None:
         """Admit and prefill what fits, then one decode step for everything running."""
-        room = stage.spec.max_batch - len(rep.running)
+        room = stage.spec.max_batch - len(rep.running) if rep.admits(self.now) else 0
         admitted = [stage.queue.popleft() for _ in range(min(room, len(stage.queue)))]
         if admitted:
             for task in admitted:

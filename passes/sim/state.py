@@ -59,6 +59,11 @@ class Replica:
     devices: tuple[str, ...]
     busy: bool = False
     running: list[Task] = field(default_factory=list)  # ar mode
+    ready_at: float = 0.0  # a replica a plan switch added serves from then (it loads first)
+    retired: bool = False  # a switch took it away: it finishes what it runs, takes nothing new
+
+    def admits(self, now: float) -> bool:
+        return not self.retired and now >= self.ready_at
 
 
 @dataclass(eq=False)
