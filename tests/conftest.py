@@ -1,8 +1,31 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+
+_DEFAULT_THREADS: list[int] = []  # torch's thread count before any test or fixture ran
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    _DEFAULT_THREADS.append(torch.get_num_threads())
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_reset() -> None:
+    """torch's intra-op thread count is process-wide, and a pipeline sets it from its plan's
+    cores; one a module-scoped server loaded on another thread is not always put back. Every
+    test starts from the session's count, so what ran before it cannot change its numerics
+    (f32 sums split over another number of threads round differently)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and _DEFAULT_THREADS and torch.get_num_threads() != _DEFAULT_THREADS[0]:
+        torch.set_num_threads(_DEFAULT_THREADS[0])
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
