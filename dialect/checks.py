@@ -205,6 +205,10 @@ def check_parallel(op: Operation, where: str, params: dict[str, Any]) -> None:
         raise OmniVerifyError(f"{where}: tp={tp} and its {kv_heads} KV heads do not divide one "
                               f"another (KV heads are split or replicated across TP ranks)", op,
                               field=("parallel", "tp"))
+    layers = _first(config, "num_hidden_layers", "num_layers", "n_layer")
+    if layers is not None and par.get("pp") > layers:
+        raise OmniVerifyError(f"{where}: pp={par.get('pp')} is more pipeline stages than its {layers} layers", op,
+                              field=("parallel", "pp"))
     if ep > 1 and experts is None:
         raise OmniVerifyError(f"{where}: ep={ep} on a stage with no experts", op, field=("parallel", "ep"))
     if experts is not None and experts % ep:

@@ -287,7 +287,7 @@ KINDS: dict[str, StageKind] = {
             (Port("text", ("text",)), Port("tokens", ("tokens",)), Port("hidden", _EMB)),
             ArLlmParams,
             Traits(autoregressive=True, kv_cache=True, streams=frozenset({"text", "tokens"}), continuous=True,
-                   shardable_tp=True, gated_mlp=True, requires=frozenset({"transformers"}),
+                   shardable_tp=True, shardable_pp=True, gated_mlp=True, requires=frozenset({"transformers"}),
                    bundle_forms=frozenset({"file", "weights", "checkpoint"}), batches=(1, 2, 4, 8, 16, 32, 64), file_role="gguf",
                    request_params=frozenset({"max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed",
                                              "system", "history"})),

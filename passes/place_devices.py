@@ -1,7 +1,9 @@
 """`place-devices`: put every replica group on concrete devices; `#omni.place<[…]>`.
 
 A replica of tp x pp x ep devices stays inside one NVLink domain of one node (its
-collectives run at NVLink speed). Groups go biggest first, each into the domain with the
+collectives run at NVLink speed); a pipeline-parallel replica that no domain holds is placed
+stage group by stage group, each group of tp x ep ranks inside one domain, the groups over
+nodes (only the hidden state crosses between them). Groups go biggest first, each into the domain with the
 least room that still holds it (best fit), which packs power-of-two groups into
 power-of-two domains without holes. Ties go to the domain where the stage's producers sit,
 so neighbouring stages share a node. Stages that plan-parallel marked `shared` are colocated:
@@ -75,15 +77,23 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
     groups.sort(key=lambda g: (-g[0], g[1]))
     for size, _, st, dtype in groups:
         near = {n for pred, _ in st.preds for n in home.get(pred, ())}
-        fit = [d for d in doms if d.type == dtype and len(d.free) >= size]
-        if not fit:
-            raise IRError(f"stage '{st.name}': no NVLink domain of {target.target} has {size} free "
-                          f"{dtype} devices left for a replica",
-                          hint="lower its tp, or give the target larger NVLink domains")
-        best = min(fit, key=lambda d: (len(d.free), d.node not in near))
-        placed[st.name] += best.free[:size]
-        del best.free[:size]
-        home.setdefault(st.name, set()).add(best.node)
+        pp = st.op.parallel.get("pp")
+        # A replica stays in one domain when one holds it; a pipeline-parallel one that no
+        # domain holds goes stage group by stage group, each group (its TP ranks) in one domain.
+        whole = any(d.type == dtype and len(d.free) >= size for d in doms)
+        parts = [size] if whole or pp == 1 else [size // pp] * pp
+        for part in parts:
+            fit = [d for d in doms if d.type == dtype and len(d.free) >= part]
+            if not fit:
+                what = "a replica" if len(parts) == 1 else f"a pipeline stage's {part} ranks"
+                raise IRError(f"stage '{st.name}': no NVLink domain of {target.target} has {part} free "
+                              f"{dtype} devices left for {what}",
+                              hint="lower its tp, or give the target larger NVLink domains")
+            best = min(fit, key=lambda d: (len(d.free), d.node not in near))
+            placed[st.name] += best.free[:part]
+            del best.free[:part]
+            home.setdefault(st.name, set()).add(best.node)
+            near.add(best.node)
     for key, count in pools.items():  # each shared pool on devices of its own
         dtype = key.split("#")[0]
         free = [dev for d in doms if d.type == dtype for dev in d.free]

@@ -73,15 +73,16 @@ def instances(op: StageOp, first_device: str) -> list[Instance]:
     par = op.parallel
     tp = par.get("tp") if par is not None else 1
     ep = par.get("ep") if par is not None else 1
+    pp = par.get("pp") if par is not None else 1
     cores = op.cores.as_list() if op.cores is not None else None
     if op.place is None:
-        return [Instance(devices=_rank_slots(first_device, max(tp, ep)), tp=tp, ep=ep)]
+        return [Instance(devices=_rank_slots(first_device, max(tp, ep) * pp), tp=tp, ep=ep, pp=pp)]
     devices = [d.data for d in op.place.devices.data]
     replicas = par.get("replicas") if par is not None else 1
-    if replicas <= 0 or len(devices) % replicas:
-        return [Instance(devices=devices, tp=tp, ep=ep, cores=cores)]  # hand-written IR: one instance on them all
+    if replicas <= 0 or len(devices) % replicas:  # hand-written IR: one instance on them all
+        return [Instance(devices=devices, tp=tp, ep=ep, pp=pp, cores=cores)]
     g = len(devices) // replicas
-    return [Instance(devices=devices[i * g:(i + 1) * g], tp=tp, ep=ep, cores=cores) for i in range(replicas)]
+    return [Instance(devices=devices[i * g:(i + 1) * g], tp=tp, ep=ep, pp=pp, cores=cores) for i in range(replicas)]
 
 
 def _rank_slots(first: str, ranks: int) -> list[str]:

@@ -87,8 +87,8 @@ def run_all(pipe: Any, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [pipe.submit(i).result(WAIT_S) for i in inputs]  # one at a time: the same order of work
 
 
-def tiny_llm_spec(tmp: Path, *, tp: int = 1, tokens: int = 16, extra: str = "") -> Path:
-    path = tmp / f"llm_tp{tp}_{tokens}.yaml"
+def tiny_llm_spec(tmp: Path, *, tp: int = 1, tokens: int = 16, extra: str = "", pp: int = 1) -> Path:
+    path = tmp / f"llm_tp{tp}_pp{pp}_{tokens}.yaml"
     path.write_text(f"""
 pipeline: tiny_llm
 inputs: {{prompt: text}}
@@ -98,7 +98,7 @@ stages:
     kind: ar_llm
     model: "transformers:LlamaForCausalLM"
     inputs: [prompt]
-    parallel: {{tp: {tp}}}
+    parallel: {{tp: {tp}, pp: {pp}}}
     params:
       weights: random
       max_new_tokens: {tokens}
@@ -325,6 +325,25 @@ def split_prefill_decode(requests: int = 4) -> dict[str, Any]:
         got = [h.result(WAIT_S) for h in [remote.submit(p) for p in prompts]]
         stages = sorted(remote.instances)
     return {"stages": stages, "same_as_whole": [g == e for g, e in zip(got, expected)]}
+
+
+@scenario
+def pipeline_parallel(requests: int = 4) -> dict[str, Any]:
+    """A pp=2 ar_llm on Ray (a rank actor per pipeline stage) against pp=1 on LocalBackend."""
+    from omnigraph.api import compile_plan
+    from omnigraph.runtime.local import LocalBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        one = compile_plan(tiny_llm_spec(Path(tmp), tokens=24))
+        two = compile_plan(tiny_llm_spec(Path(tmp), tokens=24, pp=2))
+    prompts = [{"prompt": f"question {i}"} for i in range(requests)]
+    with LocalBackend(one) as local:
+        expected = run_all(local, prompts)
+    with ray_backend(two) as remote:
+        got = [h.result(WAIT_S) for h in [remote.submit(p) for p in prompts]]
+        inst = remote.instances["llm"][0]
+        ranks = 1 + len(inst.followers)
+    return {"ranks": ranks, "same_as_pp1": [g == e for g, e in zip(got, expected)]}
 
 
 @scenario

@@ -157,8 +157,8 @@ def test_tp_must_divide_heads() -> None:
 
 
 # A kind that could split everything: the cost rules' own limits, apart from what the runtime
-# runs today (an ar_llm's experts and layers are not split yet: kinds.py says so, and the
-# planner offers neither).
+# runs today (an ar_llm's experts are not split yet: kinds.py says so, and the
+# planner does not offer ep for it).
 EVERYTHING = Traits(autoregressive=True, kv_cache=True, shardable_tp=True, shardable_ep=True, shardable_pp=True,
                     batches=(1, 8, 32))
 
@@ -177,7 +177,8 @@ def test_ep_only_for_moe_and_groups_inside_a_domain() -> None:
 def test_pipeline_parallel_only_to_fit() -> None:
     p = profile("qwen3_omni_moe", "thinker")  # 63 GB: fits one H200, not one L40S
     assert {c.pp for c in enumerate_configs("ar_llm", p, [8], 8, H200, traits=EVERYTHING)} == {1}
-    assert {c.pp for c in enumerate_configs("ar_llm", p, [1], 8, L40S)} == {1}  # not run yet: not offered
+    pps = {c.pp for c in enumerate_configs("ar_llm", p, [1], 8, L40S)}  # the runtime splits an LLM's layers
+    assert 1 in pps and 2 in pps
     pps = {c.pp for c in enumerate_configs("ar_llm", p, [1], 8, L40S, traits=EVERYTHING)}
     assert 1 in pps and 2 in pps and 48 % max(pps) == 0
 
@@ -288,8 +289,8 @@ def test_fits_and_the_hint_for_a_stage_that_fits_nowhere() -> None:
     assert usable_bytes(L40S) < 48 << 30
     hint = infeasibility_hint("ar_llm", p, work, L40S, [8], 1)
     assert "2 devices, the target has 1" in hint and "fp8" in hint and "at least" in hint
-    alone = infeasibility_hint("ar_llm", p, work, L40S, [1], 1)  # no NVLink pair: tp cannot help
-    assert "fp8" in alone and "devices" not in alone
+    alone = infeasibility_hint("ar_llm", p, work, L40S, [1], 1)  # no NVLink pair: tp cannot help, pp can
+    assert "fp8" in alone and "tp=1 pp=2" in alone
     assert infeasibility_hint("ar_llm", p, work, H200, [8], 8) == ""
 
 

@@ -38,8 +38,12 @@ def test_pinned_replicas_are_kept(tmp_path: Path) -> None:
     assert [(i.tp, len(i.devices)) for i in both.instances] == [(2, 2), (2, 2)]
 
 
+def test_a_pinned_pipeline_split_is_kept() -> None:
+    pass
+
+
 @pytest.mark.parametrize(("parallel", "message"), [("dp: 2", "copies of a stage are `replicas`"),
-                                                   ("pp: 2", "not pipeline-parallel")])
+                                                   ("pp: 3", "more pipeline stages than its 2 layers")])
 def test_pins_the_runtime_cannot_run_are_refused_where_they_are(tmp_path: Path, parallel: str, message: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(spec(tmp_path, parallel))]) == 2

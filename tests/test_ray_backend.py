@@ -225,3 +225,9 @@ def test_split_prefill_decode_on_ray_gives_the_whole_stages_tokens(ray_session: 
     answer = ray_session.run("split_prefill_decode", requests=4)
     assert answer["stages"] == ["llm", "llm_prefill"]
     assert answer["same_as_whole"] == [True] * 4
+
+
+def test_pipeline_parallel_instance_on_ray(ray_session: RaySession) -> None:
+    answer = ray_session.run("pipeline_parallel", requests=4)
+    assert answer["ranks"] == 2
+    assert answer["same_as_pp1"] == [True] * 4

@@ -8,7 +8,8 @@ Version 2 added `StageNode.program`, set only in a bundle's plan; version 3 adde
 `Instance.ep`; version 4 added `StageNode.kernels`; version 5 the `checkpoint` program form;
 version 6 `StageNode.resources` (the planner's dtype and memory budgets) and `Instance.cores`;
 version 7 `StageNode.settings_of` (the prefill half of a split LLM stage, whose `kv` edge feeds
-its decode half) and `RuntimePlan.family` (plans for other request mixes, switched at run time).
+its decode half), `RuntimePlan.family` (plans for other request mixes, switched at run time)
+and `Instance.pp` (pipeline stages of an instance's layers; before it, a pp plan ran as one group).
 Older plans load as they are: a stage without resources runs as before (its params' dtype,
 an unbounded KV pool, the process's threads).
 """
@@ -55,11 +56,14 @@ class Batching(_Model):
 
 class Instance(_Model):
     """One copy of a stage: its ranks run on `devices` (in rank order), tensor-parallel over
-    `tp` of them or, for a moe stage, expert-parallel over `ep`."""
+    `tp` of them or, for a moe stage, expert-parallel over `ep`; with `pp` > 1, its layers
+    split into `pp` consecutive groups (pipeline stages), each on max(tp, ep) ranks: rank
+    r is stage r // max(tp, ep)."""
 
     devices: list[str] = Field(min_length=1)
     tp: int = Field(1, ge=1)
     ep: int = Field(1, ge=1)
+    pp: int = Field(1, ge=1)
     # On a CPU device: the cores this instance computes on (its intra-op threads, and its
     # process's affinity where it has a process of its own); None: the process's default.
     cores: list[Annotated[int, Field(ge=0)]] | None = None
@@ -67,7 +71,7 @@ class Instance(_Model):
     @property
     def ranks(self) -> int:
         """Processes this instance runs as (one per rank; 1 runs in the backend's own process)."""
-        return max(self.tp, self.ep)
+        return max(self.tp, self.ep) * self.pp
 
 
 class StageProgram(_Model):

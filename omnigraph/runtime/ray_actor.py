@@ -117,7 +117,7 @@ class StageActor:
             comm = RankComm(self._rendezvous, 0, self.device, store=self._store)
             inner = executor_class(self.node.kind)(self.node, ctx)
             inner.load()
-            shard_executor(inner, comm)
+            shard_executor(inner, comm, self.instance)
             self.executor = SpmdLeader(inner, comm, RayFollowers(followers))
         else:
             self.executor = executor_class(self.node.kind)(self.node, ctx)
@@ -282,6 +282,7 @@ class RankActor:
                  seed: int, module_paths: list[str], threads: int, cores: list[int] | None = None) -> None:
         _setup(module_paths, threads, cores)
         self.node = StageNode.model_validate_json(node_json)
+        self.instance = self.node.instances[instance]
         self.rank, self.rendezvous, self.device, self.seed = rank, rendezvous, placed(device), seed
         self.cores = cores
         self.mirror = Mirror()
@@ -292,7 +293,7 @@ class RankActor:
         executor = executor_class(self.node.kind)(self.node, ExecContext(device=self.device, seed=self.seed,
                                                                           cores=self.cores))
         executor.load()
-        shard_executor(executor, comm)
+        shard_executor(executor, comm, self.instance)
         self.executor = executor
         return True
 

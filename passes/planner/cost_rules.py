@@ -264,12 +264,13 @@ def tp_allowed(profile: ArchProfile, tp: int) -> bool:
 
 def enumerate_configs(kind: str, profile: ArchProfile, device_counts: Sequence[int], max_devices: int,
                       device: Device, batches: Sequence[int] | None = None,
-                      traits: Traits | None = None) -> list[ParallelConfig]:
+                      traits: Traits | None = None, pinned_pp: int | None = None) -> list[ParallelConfig]:
     """Every (tp, pp, ep, batch) a stage may run at: tp divides the heads, ep divides the
     experts (MoE only), the TP x EP group fits in one NVLink domain (the largest of
     `device_counts`), pp divides the layers, a replica uses at most `max_devices`.
     Memory is checked by `fits`; but pp > 1 is offered only where half as many stages would
-    not hold the weights, since in this model pipelining never beats tensor parallelism."""
+    not hold the weights, since in this model pipelining never beats tensor parallelism (or
+    where the spec pins it: `pinned_pp`)."""
     domain = max(1, max(device_counts, default=1))
     p = profile
     traits = traits or (KINDS[kind].traits if kind in KINDS else None)  # only degrees the kind can honour
@@ -283,8 +284,11 @@ def enumerate_configs(kind: str, profile: ArchProfile, device_counts: Sequence[i
             if group > domain or group > max_devices:
                 continue
             pps = _divisors(max(1, p.layers), max_devices // group) if p.layers else [1]
+            if pinned_pp is not None:
+                pps = [pinned_pp] if pinned_pp * group <= max_devices else []
             for pp in pps if traits is None or traits.shardable_pp else [1]:
-                if pp > 1 and _weights_fit(p, ParallelConfig(tp=tp, ep=ep, pp=_next_lower(p.layers, pp)), device):
+                if pp > 1 and pinned_pp is None and _weights_fit(p, ParallelConfig(tp=tp, ep=ep,
+                                                                                    pp=_next_lower(p.layers, pp)), device):
                     continue
                 for b in batches or (traits.batches if traits is not None and traits.batches else OTHER_BATCHES):
                     configs.append(ParallelConfig(tp=tp, pp=pp, ep=ep, batch=b))

@@ -101,7 +101,7 @@ def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape]
         dtype = planned_dtype(st.kind, st.model, st.params, dt.device)
         on_type = at_dtype(profile, dtype)
         for cfg in enumerate_configs(st.kind, on_type, [dt.domain], dt.count, dt.device,
-                                     batches=_batches(st)):
+                                     batches=_batches(st), pinned_pp=pinned.get("pp")):
             if any(getattr(cfg, k) != v for k, v in pinned.items()):
                 continue
             costs = [stage_cost(st.kind, on_type, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
@@ -118,19 +118,15 @@ def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape]
 
 def pinned_degrees(st: FlatStage) -> dict[str, int]:
     """The degrees a spec asked for (`parallel: {tp: 2, replicas: 3}`), which the planner keeps;
-    1 is the default, so only a degree above it pins anything. Degrees the runtime cannot run
-    (pp: pipeline parallelism is costed, not yet run; dp: say replicas) are refused, by stage."""
+    1 is the default, so only a degree above it pins anything (dp is refused, by stage: copies of
+    a stage are `replicas`; pp on a kind that cannot split its layers, by the dialect's checks)."""
     par = st.op.parallel
     if par is None or st.op.plan is not None:  # planned already: these are the planner's own
         return {}
-    if par.get("pp") > 1:
-        raise IRError(f"stage '{st.name}': parallel pp={par.get('pp')} is not run yet: pipeline parallelism is "
-                      f"costed by the planner but the runtime does not split layers over ranks",
-                      hint="use tp (tensor parallelism) instead, or leave pp out")
     if par.get("dp") > 1:
         raise IRError(f"stage '{st.name}': parallel dp={par.get('dp')}: copies of a stage are `replicas` here",
                       hint=f"write parallel: {{replicas: {par.get('dp')}}}")
-    return {k: par.get(k) for k in ("tp", "ep", "replicas") if par.get(k) > 1}
+    return {k: par.get(k) for k in ("tp", "pp", "ep", "replicas") if par.get(k) > 1}
 
 
 def _batches(st: FlatStage) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ class PagedStep:
 
     def __init__(self, pool: KvPool, seqs: list[Seq], new: list[int]) -> None:
         self.pool = pool
+        self.seqs, self.new = seqs, new  # kept for `rows` (micro-batches of a pipeline-parallel stage)
         device = pool.device
         self.width = max(s.length for s in seqs)  # cached positions, left-padded
         self.new_width = max(new)
@@ -43,6 +44,10 @@ class PagedStep:
         # Each row's positions: its own, whatever the padding around it.
         self.positions = torch.tensor([[max(0, s.length + i - (self.new_width - n)) for i in range(self.new_width)]
                                        for s, n in zip(seqs, new)], dtype=torch.long, device=device)
+
+    def rows(self, lo: int, hi: int) -> PagedStep:
+        """The same forward for rows lo..hi-1 alone (before any of it has run)."""
+        return PagedStep(self.pool, self.seqs[lo:hi], self.new[lo:hi])
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Write the new positions' keys and values [rows, heads, new, dim] into their slots."""

@@ -79,6 +79,46 @@ class RankComm:
                              f"({_brief(exc)})") from exc
         return tensor
 
+    def subgroup(self, members: list[int], tag: str) -> RankComm:
+        """A group of some of the ranks (this one among them): a pipeline stage's tensor-
+        parallel ranks, on the same store under its own prefix."""
+        sub = object.__new__(RankComm)
+        sub.rank, sub.world, sub.device, sub._store = members.index(self.rank), len(members), self.device, self._store
+        timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        store = dist.PrefixStore(tag, self._store)
+        if self.device.startswith("cuda"):
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            sub.group = dist.ProcessGroupNCCL(store, sub.rank, sub.world, opts)
+        else:
+            opts = dist.ProcessGroupGloo._Options()
+            opts._timeout = timeout
+            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=node_address())]
+            sub.group = dist.ProcessGroupGloo(store, sub.rank, sub.world, opts)
+        return sub
+
+    def send(self, tensor: torch.Tensor, dst: int) -> dist.Work:
+        """Start sending `tensor` to rank `dst` (wait on the result before reusing it)."""
+        return self._p2p(lambda: self.group.send([tensor], dst, 0), f"send to rank {dst}")
+
+    def recv(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        """Receive into `tensor` from rank `src`."""
+        self._p2p(lambda: self.group.recv([tensor], src, 0).wait(), f"receive from rank {src}")
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor, root: int) -> torch.Tensor:
+        """`root`'s tensor on every rank, in place."""
+        opts = dist.BroadcastOptions()
+        opts.rootRank = root
+        self._p2p(lambda: self.group.broadcast([tensor], opts).wait(), f"broadcast from rank {root}")
+        return tensor
+
+    def _p2p(self, start, what: str):  # noqa: ANN001, ANN202 - a Work, or what wait() gives
+        try:
+            return start()
+        except RuntimeError as exc:
+            raise RankFailed(f"a {what} between the instance's ranks failed: a rank is gone ({_brief(exc)})") from exc
+
     def close(self) -> None:
         try:
             self.group.shutdown()

@@ -63,7 +63,7 @@ class LocalFollowers:
                 cores = rank_cores(instance, rank)
                 proc = spawn.Process(target=_follower_main, name=f"omnigraph-{node.name}-rank{rank}", daemon=True,
                                      args=(node.model_dump_json(), rank, rendezvous, device, ctx.seed, module_paths,
-                                           len(cores) if cores else threads, theirs, cores))
+                                           len(cores) if cores else threads, theirs, cores, index))
                 self.conns.append(ours)
                 proc.start()
                 theirs.close()
@@ -149,7 +149,7 @@ def _start_ranks(node: StageNode, ctx: ExecContext, module_paths: list[str],
         inner = executor_class(node.kind)(node, ExecContext(device=device, seed=ctx.seed, planned=ctx.planned,
                                                            cores=rank_cores(instance, 0)))
         inner.load()
-        shard_executor(inner, comm)
+        shard_executor(inner, comm, instance)
         followers.wait_ready(JOIN_TIMEOUT_S)
     except BaseException:
         followers.close()
@@ -308,7 +308,8 @@ def _capture(make: Any) -> Any:
 
 
 def _follower_main(node_json: str, rank: int, rendezvous: Rendezvous, device: str, seed: int,
-                   module_paths: list[str], threads: int, conn: Connection, cores: list[int] | None = None) -> None:
+                   module_paths: list[str], threads: int, conn: Connection, cores: list[int] | None = None,
+                   index: int = 0) -> None:
     for path in module_paths:
         if path not in sys.path:
             sys.path.append(path)
@@ -319,7 +320,7 @@ def _follower_main(node_json: str, rank: int, rendezvous: Rendezvous, device: st
         comm = RankComm(rendezvous, rank, device)
         executor: Executor = executor_class(node.kind)(node, ExecContext(device=device, seed=seed, cores=cores))
         executor.load()
-        shard_executor(executor, comm)
+        shard_executor(executor, comm, node.instances[index])
     except BaseException as exc:
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))

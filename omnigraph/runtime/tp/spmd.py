@@ -41,18 +41,32 @@ class Followers(Protocol):
 
 def check_shardable(node: StageNode, instance: Instance) -> None:
     """Fail before any rank starts if this stage cannot run on `instance.ranks` ranks."""
-    problem = KINDS[node.kind].parallel_problem(instance.tp, instance.ep)
+    problem = KINDS[node.kind].parallel_problem(instance.tp, instance.ep, instance.pp)
     if problem is not None:
         raise ValueError(problem)
 
 
-def shard_executor(executor: Executor, comm: RankComm) -> None:
+def shard_executor(executor: Executor, comm: RankComm, instance: Instance | None = None) -> None:
     """Replace the loaded executor's model by this rank's shard of it (unfused: the
-    captured graphs are the whole model's)."""
+    captured graphs are the whole model's): its pipeline stage's layers (pp), then its
+    tensor-parallel or expert-parallel slice of them, over its stage's ranks."""
     executor.unfuse()
     model = getattr(executor, "model", None)
     if model is None:
         raise ValueError(f"a {executor.node.kind} executor without a torch model cannot be sharded")
+    instance = instance or executor.node.instances[0]
+    if instance.pp > 1:
+        from omnigraph.runtime.tp.pipeline import PipeComm, PipelineCalls, shard_pipeline
+
+        width = max(instance.tp, instance.ep)
+        pipe = PipeComm(comm, instance.pp, width)
+        shard_pipeline(model, pipe)
+        if not hasattr(executor, "calls"):
+            raise ValueError(f"pp={instance.pp}: {executor.node.kind} stages are not pipeline-parallel")
+        executor.calls = PipelineCalls(model, pipe)  # type: ignore[attr-defined]
+        if width == 1:
+            return
+        comm = comm.subgroup([pipe.stage * width + i for i in range(width)], f"pp-stage{pipe.stage}/")
     if KINDS[executor.node.kind].traits.shardable_ep:
         from omnigraph.runtime.tp.experts import shard_experts
 
