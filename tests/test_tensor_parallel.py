@@ -28,8 +28,8 @@ LLAMA = """{hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_a
            num_key_value_heads: 2, vocab_size: 512, max_position_embeddings: 512, tie_word_embeddings: true}"""
 
 
-def llm_spec(tmp_path: Path, tp: int, max_new_tokens: int = 12) -> Path:
-    path = tmp_path / f"llm{tp}_{max_new_tokens}.yaml"
+def llm_spec(tmp_path: Path, tp: int, max_new_tokens: int = 12, pp: int = 1) -> Path:
+    path = tmp_path / f"llm{tp}_{pp}_{max_new_tokens}.yaml"
     path.write_text(f"""
 pipeline: tp_llm
 inputs: {{prompt: text}}
@@ -41,7 +41,7 @@ stages:
     kind: ar_llm
     model: "transformers:LlamaForCausalLM"
     inputs: [prompt]
-    parallel: {{tp: {tp}}}
+    parallel: {{tp: {tp}, pp: {pp}}}
     params: {{weights: random, max_new_tokens: {max_new_tokens}, chat: false, config: {LLAMA}}}
 """)
     return path

@@ -141,7 +141,7 @@ class ArLlmExecutor(KvMoves, Executor):
     def _pack_once(self) -> None:
         """On a CPU, the linear layers' weights repacked for oneDNN (cpu_linear.py) before the
         first forward: after any sharding, never for the compiler's own loads."""
-        if not self._packed and self.ctx.optimize and isinstance(self.calls, ModuleCalls):
+        if not self._packed and self.ctx.optimize and not isinstance(self.calls, FusedCalls):  # pp ranks too
             pack_linears(self.model)
         self._packed = True
 

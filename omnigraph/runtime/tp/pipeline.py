@@ -8,14 +8,16 @@ its own embeddings; stage s < last sends its last layer's output on. Each rank's
 fills only its own layers' entries, with the block tables every rank computes alike (the
 ranks step the same executor on the same requests: spmd.py).
 
-A step's batch is cut into micro-batches: while stage 1 runs micro-batch 1, stage 0 runs
+A prefill's batch is cut into micro-batches: while stage 1 runs micro-batch 1, stage 0 runs
 micro-batch 2 (sends do not wait for the receiver), so p stages idle only (p-1)/(m+p-1) of
-the step, not (p-1)/p. At the end of the step the last stage's final hidden states (one per
+the step, not (p-1)/p. A decode step runs whole: it is bound by reading the weights, which
+every micro-batch would read again. At the end of the step the last stage's final hidden states (one per
 row) go to every rank, and every rank computes the same logits from them: all ranks choose
 the same tokens.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -26,6 +28,12 @@ from omnigraph.runtime.executors.paged_cache import PagedStep
 from omnigraph.runtime.tp.comm import RankComm
 
 MICRO_BATCHES = 4  # per step, at most (never more than its rows)
+# Below this many new tokens a forward is bound by reading the stage's weights (a decode step),
+# and every micro-batch reads them again: it runs whole. Measured on this CPU
+# (benchmarks/pipeline_parallel.py): at decode, 2 / 4 / 8 micro-batches took 1.2x / 1.7x / 3.1x
+# the time of one.
+MICRO_BATCH_TOKENS = 512
+MICRO_BATCHES_ENV = "OMNIGRAPH_PP_MICRO_BATCHES"  # a benchmark's knob (every rank reads the same environment)
 
 
 class PipeComm:
@@ -129,15 +137,18 @@ class PipelineCalls:
     """LlmCalls (llm_calls.py) for a pipeline-parallel model: the batch in micro-batches
     through this rank's stage, then the last stage's hidden states to every rank."""
 
-    def __init__(self, model: nn.Module, comm: PipeComm, micro_batches: int = MICRO_BATCHES) -> None:
+    def __init__(self, model: nn.Module, comm: PipeComm, micro_batches: int | None = None) -> None:
         self.base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         self.head = model.get_output_embeddings()
-        self.comm, self.micro = comm, micro_batches
+        self.comm = comm
+        forced = micro_batches or int(os.environ.get(MICRO_BATCHES_ENV, 0))
+        self.micro, self.forced = max(1, forced or MICRO_BATCHES), bool(forced)
         self._cache_kwarg = cache_kwarg(self.base)
 
     def forward(self, inputs: torch.Tensor, step: PagedStep, want_hidden: bool) -> Forward:
         rows = inputs.shape[0]
-        parts = min(rows, self.micro)
+        compute_bound = rows * inputs.shape[1] >= MICRO_BATCH_TOKENS
+        parts = min(rows, self.micro) if compute_bound or self.forced else 1
         bounds = [rows * i // parts for i in range(parts + 1)]
         name = "input_ids" if inputs.dim() == 2 else "inputs_embeds"
         last = []
