@@ -26,19 +26,15 @@ REQUESTS, TOKENS, PP = 16, 24, 2
 
 
 def spec(folder: Path, pp: int, tokens: int = TOKENS) -> Path:
+    import yaml
+
+    llm = {"kind": "ar_llm", "model": "transformers:LlamaForCausalLM", "inputs": ["prompt"], "parallel": {"pp": pp},
+           "params": {"weights": "random", "max_new_tokens": tokens, "chat": False, "max_batch": REQUESTS,
+                      "config": yaml.safe_load(LLAMA)}}
     path = folder / f"pp{pp}_{tokens}.yaml"
-    path.write_text(f"""
-pipeline: pp_bench
-inputs: {{prompt: text}}
-outputs: {{reply: {{from: llm.text, modality: text}}}}
-stages:
-  llm:
-    kind: ar_llm
-    model: "transformers:LlamaForCausalLM"
-    inputs: [prompt]
-    parallel: {{pp: {pp}}}
-    params: {{weights: random, max_new_tokens: {tokens}, chat: false, max_batch: {REQUESTS}, config: {LLAMA}}}
-""")
+    path.write_text(yaml.safe_dump({"pipeline": "pp_bench", "inputs": {"prompt": "text"},
+                                    "outputs": {"reply": {"from": "llm.text", "modality": "text"}},
+                                    "stages": {"llm": llm}}))
     return path
 
 
