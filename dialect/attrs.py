@@ -129,8 +129,11 @@ class PlanAttr(ParametrizedAttribute):
         # split-prefill-decode's decision for an AR stage under TTFT/TPOT targets, and why
         # ("": not considered); the two halves of a split stage both say it.
         "split": str,
+        # A shared stage whose weights stay in host memory and are loaded onto its device when
+        # it runs (its pool's stages do not fit there together).
+        "swap": bool,
     }
-    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": "", "pool": "", "split": ""}  # fields IR from before them may leave out
+    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": "", "pool": "", "split": "", "swap": False}  # fields IR from before them may leave out
     values: ArrayAttr[Attribute]
 
     def __init__(self, **values: Any) -> None:

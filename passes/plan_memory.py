@@ -5,7 +5,9 @@ transformer block's intermediates packed by liveness — arena.py — as the cos
 it when they checked the config fits); double-buffered inputs
 from its producers; then the KV-cache pool, sized from whatever is left (split between the
 AR stages on the device in proportion to what their planned batch needs, as vLLM gives the
-rest of gpu_memory_utilization to its KV blocks). When a device is short, the cold share of
+rest of gpu_memory_utilization to its KV blocks). Stages the planner set to swap keep their
+weights in host memory: the device holds one swap slot as large as the largest of them. When
+a device is short, the cold share of
 a MoE stage's routed experts moves to host memory (`offload`) before anything fails; if
 that is not enough either, the error says what the device holds and what is missing.
 """
@@ -32,6 +34,7 @@ class StageMemory:
     arena: int
     buffers: int
     offload: int = 0
+    swap: bool = False  # its weights live in host memory, loaded into the device's swap slots
 
 
 @dataclass
@@ -42,7 +45,11 @@ class DeviceMemory:
 
     @property
     def used(self) -> int:
-        return sum(m.weights + m.kv + m.arena + m.buffers for m in self.stages.values())
+        """Bytes taken: the resident stages' weights, everyone's KV, arena and buffers, and one
+        swap slot as large as the largest swapped stage's weights (the stage that runs)."""
+        resident = sum(m.weights for m in self.stages.values() if not m.swap)
+        swapped = max((m.weights for m in self.stages.values() if m.swap), default=0)
+        return resident + swapped + sum(m.kv + m.arena + m.buffers for m in self.stages.values())
 
 
 def _needs(st: FlatStage) -> StageMemory:
@@ -50,7 +57,7 @@ def _needs(st: FlatStage) -> StageMemory:
     # The cost rules sized the activation arena (arena.py: one block's buffers packed by
     # liveness, over the tokens of its largest forward) when they checked the config fits.
     return StageMemory(weights=p.weights_per_device, kv=p.kv_per_device, arena=p.activations,
-                       buffers=2 * p.batch * p.in_bytes, offload=p.offload)
+                       buffers=2 * p.batch * p.in_bytes, offload=p.offload, swap=p.swap)
 
 
 def plan_memory(stages: list[FlatStage], target: Target) -> dict[str, DeviceMemory]:
@@ -63,7 +70,7 @@ def plan_memory(stages: list[FlatStage], target: Target) -> dict[str, DeviceMemo
         need = _needs(st)
         for dev in dict.fromkeys(d.data for d in st.op.place.devices.data):
             mem = devices.setdefault(dev, DeviceMemory(dev, usable[kind_of[dev]]))
-            mem.stages[st.name] = StageMemory(need.weights, need.kv, need.arena, need.buffers, need.offload)
+            mem.stages[st.name] = StageMemory(need.weights, need.kv, need.arena, need.buffers, need.offload, need.swap)
     by_name = {st.name: st for st in stages}
     for mem in devices.values():
         _fit(mem, by_name)

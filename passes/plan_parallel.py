@@ -16,6 +16,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from omnigraph.dialect.attrs import ParallelAttr, PlanAttr
 from omnigraph.errors import IRError
+from omnigraph.kinds import KINDS
 from omnigraph.passes.planner.plan_explain import no_fit, no_plan
 from omnigraph.passes.planner.plan_milp import solve
 from omnigraph.passes.planner.cost_types import StageWork
@@ -74,7 +75,8 @@ def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float 
             raise no_fit(st, works[st.name], target.target, types, misfits)
         in_bytes = sum(max(w.out_bytes for w in works[p]) for p, _ in st.preds)
         choices.append(StageChoices(st.name, st.visits, tuple(options), tuple(st.preds),
-                                    pinned_degrees(st).get("replicas"), in_bytes))
+                                    pinned_degrees(st).get("replicas"), in_bytes,
+                                    swappable=not KINDS[st.kind].traits.continuous))
     return Problem(PlanProblem(tuple(choices), tuple(t.pool() for t in types), slo, headroom),
                    stages, works, types, target, mix)
 
@@ -85,7 +87,14 @@ def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
     built = build_problem(module, target, mix, slo, headroom)
     solution, _ = refine(built)
     if solution is None:
-        raise no_plan(built.problem, target.target, built.types)
+        # Stages that share a device and do not fit on it together may still take turns:
+        # their weights in host memory, each loaded when it runs (costed by the host link).
+        resident = built.problem
+        built.problem = replace(resident, swap=frozenset(t.type for t in built.types))
+        solution, _ = refine(built)
+        if solution is None:
+            raise no_plan(resident, target.target, built.types)
+        solution.swap = True
     return solution, built.stages, built.works
 
 
@@ -210,4 +219,5 @@ def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str,
             "pipeline_rate": solution.throughput,
             "solver": solution.solver,
             "dtype": sp.option.dtype,
+            "swap": solution.swap and sp.shared and not KINDS[st.kind].traits.continuous,
         })

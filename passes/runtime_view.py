@@ -59,11 +59,13 @@ def resources(op: StageOp) -> StageResources:
     """What the planner gave each instance: its dtype (plan-parallel) and memory (plan-memory).
     An unplanned stage gets none: it runs at its params' dtype with an unbounded KV pool."""
     dtype = (op.plan.dtype or None) if op.plan is not None else None
+    swap = bool(op.plan.swap) if op.plan is not None else False
     if op.mem is None:
-        return StageResources(dtype=dtype)
+        return StageResources(dtype=dtype, swap=swap)
     mem = op.mem
     kv = mem.get("kv") if KINDS[op.kind.data].traits.kv_cache else None
-    return StageResources(dtype=dtype, weights_bytes=mem.get("weights"), kv_bytes=kv, arena_bytes=mem.get("arena"))
+    return StageResources(dtype=dtype, weights_bytes=mem.get("weights"), kv_bytes=kv, arena_bytes=mem.get("arena"),
+                          swap=swap)
 
 
 def instances(op: StageOp, first_device: str) -> list[Instance]:

@@ -42,6 +42,8 @@ def _configure_output(args: argparse.Namespace) -> None:
     verbose = getattr(args, "verbose", 0)
     if common.QUIET:
         os.environ["OMNIGRAPH_QUIET"] = "1"  # library progress bars too (GGUF dequantisation)
+    else:  # a command run in the same process after a quiet one speaks again
+        os.environ.pop("OMNIGRAPH_QUIET", None)
     level = logging.ERROR if common.QUIET else logging.WARNING if verbose == 0 else logging.INFO
     logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

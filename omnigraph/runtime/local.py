@@ -8,6 +8,7 @@ wherever its work is; in-flight work for it is dropped at the next step.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import queue
 import threading
@@ -24,6 +25,7 @@ from omnigraph.runtime.executor import ExecContext, Executor, WorkItem
 from omnigraph.runtime.migration import Migration
 from omnigraph.runtime.plan import Instance, RuntimePlan, StageNode
 from omnigraph.runtime.stage_loader import load_executor
+from omnigraph.runtime.swap import park, swap_slots
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S, StepWatchdog
 
 LoadHook = Callable[[str, str], None]  # (stage, event: "start" | "done")
@@ -74,6 +76,7 @@ class _Worker(threading.Thread):
         self._stepping: list[WorkItem] = []
         self.stuck: BaseException | None = None  # set by the watchdog while a step overruns
         self.draining = False  # no new items come here (LocalBackend.drain)
+        self.slot: Any = None  # its device's SwapSlot when its stage swaps weights (swap.py)
         self._control: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run between steps
 
     def between_steps(self, action: Callable[[], None]) -> None:
@@ -150,7 +153,8 @@ class _Worker(threading.Thread):
             new = sum(id(i) not in seen for i in self.active)
             batch = len(self.active) if self.executor.continuous else min(len(self.active), batching.max_batch)
             ids = tuple(i.request_id for i in self.active[:batch])
-            progressed = self._step()
+            with self.slot.hold(self.executor) if self.slot is not None else contextlib.nullcontext():
+                progressed = self._step()
             elapsed = time.monotonic() - self._last_start
             self.busy_seconds += elapsed
             if progressed:
@@ -281,6 +285,7 @@ class LocalBackend(Migration, Admission):
                         loaded.executor.close()  # e.g. the rank processes of a TP stage loaded before
                     restore_torch_threads(self._threads)
                     raise StageLoadError(node.name, node.model, exc) from exc
+                park(executor)
                 self.instances.setdefault(node.name, []).append(_Worker(node, executor, index, instance))
             if on_load:
                 on_load(node.name, "done")
@@ -291,6 +296,7 @@ class LocalBackend(Migration, Admission):
         self._slots = threading.BoundedSemaphore(max_inflight)
         self.engine.on_end.append(lambda r: self._slots.release())
         self._closed = False
+        swap_slots(self.all_workers())
         for worker in self.all_workers():
             worker.start()
         self.deadlines = Deadlines(self.engine)

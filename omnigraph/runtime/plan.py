@@ -104,6 +104,9 @@ class StageResources(_Model):
     kv_bytes: int | None = Field(None, ge=0)
     arena_bytes: int | None = Field(None, ge=0)
     kv_block_tokens: int = Field(16, ge=1, le=4096)
+    # Its weights stay in host memory and move onto its device for its steps, one swapped
+    # stage at a time per device (the planner's choice when they do not fit there together).
+    swap: bool = False
 
 
 class StageKernels(_Model):

@@ -41,6 +41,7 @@ def placement_report(module: ModuleOp) -> dict[str, Any]:
             "latency_s": p["latency_s"], "first_output_s": p["first_output_s"],
             "rate_per_replica": p["rate"], "visits": p["visits"],
             "split": p["split"] or None,  # split-prefill-decode's decision (and why), when it judged
+            "swap": p["swap"],  # its weights in host memory, loaded onto its shared device when it runs
             # How its size was known: meta (counted on an instance), file (a weights file's
             # header), config (formulas over its sizes) or guess (nothing to go on).
             "params": cost.get("params"), "counted": cost.get("source", "config"), "note": cost.get("note", ""),

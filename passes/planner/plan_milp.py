@@ -53,7 +53,7 @@ def prune(problem: PlanProblem) -> PlanProblem:
             if not dominated:
                 kept.append(o)
         stages.append(replace(st, options=tuple(kept)))
-    return PlanProblem(tuple(stages), problem.pools, problem.latency_target_s, problem.headroom)
+    return replace(problem, stages=tuple(stages))
 
 
 @contextlib.contextmanager
@@ -118,11 +118,12 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
         if st.replicas is not None:  # pinned by the spec: exactly that many, each its own
             m += r[s, i] == st.replicas * y[s, i]
         elif o.devices == 1:
-            big = st.visits / (o.shared_rate * h) * x_ub
+            per_request = st.visits * (1 / (o.shared_rate * h) + problem.swap_seconds(st, o))
+            big = per_request * x_ub
             for k in range(K[o.device_type]):
                 z[s, i, k] = m.add_variable(f"z_{s}_{i}_{k}", cat="Binary")
                 w[s, i, k] = m.add_variable(f"w_{s}_{i}_{k}", 0)
-                m += w[s, i, k] >= st.visits / (o.shared_rate * h) * X - big * (1 - z[s, i, k])
+                m += w[s, i, k] >= per_request * X - big * (1 - z[s, i, k])
             pooled = pulp.lpSum(z[s, i, k] for k in range(K[o.device_type]))
             m += pooled <= y[s, i]
             m += r[s, i] <= most * (y[s, i] - pooled)
@@ -144,8 +145,18 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
         for k in range(K[t]):
             members = [(s, i) for s, i in of_type if (s, i, k) in z]
             m += pulp.lpSum(w[s, i, k] for s, i in members) <= S[t, k]
-            m += (pulp.lpSum(_pooled_bytes(problem.stages[s], problem.stages[s].options[i]) * z[s, i, k]
-                             for s, i in members) <= pool.memory_bytes)
+            if t in problem.swap:  # swapped weights in host memory: the device holds one stage's at a time
+                slot = m.add_variable(f"slot_{t}_{k}", 0)
+                held = []
+                for s, i in members:
+                    st, o = problem.stages[s], problem.stages[s].options[i]
+                    weights = o.cost.weight_bytes_per_device if problem.swaps(st, o) else 0
+                    m += slot >= weights * z[s, i, k]
+                    held.append((_pooled_bytes(st, o) - weights) * z[s, i, k])
+                m += pulp.lpSum(held) + slot <= pool.memory_bytes
+            else:
+                m += (pulp.lpSum(_pooled_bytes(problem.stages[s], problem.stages[s].options[i]) * z[s, i, k]
+                                 for s, i in members) <= pool.memory_bytes)
             for s, i in members:
                 m += S[t, k] >= z[s, i, k]
             if k:  # pools of a type are interchangeable: order them, largest first

@@ -51,6 +51,9 @@ class StageChoices:
     preds: tuple[tuple[str, bool], ...] = ()  # (producer stage, stream edge)
     replicas: int | None = None  # the spec pinned this many dedicated replicas (None: the planner's choice)
     in_bytes: int = 0  # the largest hand-off it reads: plan-memory keeps 2 x batch of them per device
+    # Its weights may wait in host memory between its batches (not a continuous-batching stage,
+    # whose running requests and KV cache keep the device every step).
+    swappable: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,25 @@ class PlanProblem:
     pools: tuple[DevicePool, ...]
     latency_target_s: float | None = None
     headroom: float = 1.0  # highest utilisation a stage may be planned at
+    # Device types whose shared pools keep their stages' weights in host memory and load the
+    # one that runs into a single slot (its load takes the device's time), over `host_gb_s`.
+    swap: frozenset[str] = frozenset()
+    host_gb_s: float = 55.0
 
     def pool(self, device_type: str) -> DevicePool:
         return next(p for p in self.pools if p.type == device_type)
+
+    def swaps(self, st: StageChoices, option: Option) -> bool:
+        """Whether `st` at `option`, in a shared pool, keeps its weights in host memory."""
+        return st.swappable and option.device_type in self.swap
+
+    def swap_seconds(self, st: StageChoices, option: Option) -> float:
+        """Device-seconds a request of `option` spends loading its weights when its pool swaps:
+        one load per batch, shared by the batch."""
+        if not self.swaps(st, option):
+            return 0.0
+        load = option.cost.weight_bytes_per_device / (self.host_gb_s * 1e9)
+        return load / max(1, option.cost.config.batch)
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,7 @@ class PlanSolution:
     solver: str
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    swap: bool = False  # its shared pools swap their stages' weights from host memory
 
     @property
     def devices_used(self) -> int:
@@ -135,7 +155,7 @@ def throughput_of(problem: PlanProblem, plan: dict[str, StagePlan], shared_devic
         mu = sp.option.cost.throughput * problem.headroom
         if sp.shared:
             rate = sp.option.shared_rate * problem.headroom
-            load[sp.pool_key] = load.get(sp.pool_key, 0.0) + st.visits / rate
+            load[sp.pool_key] = load.get(sp.pool_key, 0.0) + st.visits * (1 / rate + problem.swap_seconds(st, sp.option))
         else:
             x = min(x, sp.replicas * mu / st.visits)
     for dtype, per_request in load.items():

@@ -94,6 +94,7 @@ class _Sim:
         self.events = 0
         self.max_events = max_events or _event_budget(requests, pipeline)
         self.device_runs: dict[str, list[Run]] = {}
+        self.swapped: dict[str, Stage] = {}  # per device, the swapped stage whose weights it holds
         # Stages with new work or a free server: dispatched once every event at this instant is
         # in, so that requests arriving together are batched together.
         self.dirty: dict[Stage, None] = {}
@@ -318,6 +319,12 @@ class _Sim:
     def _start_run(self, stage: Stage, rep: Replica, seconds: float, on_done: Callable[[], None],
                    requests: tuple[int, ...] = (), what: str = "batch") -> None:
         rep.busy = True
+        if stage.spec.swap_s and rep.devices:  # its weights come onto the device first, unless they are there
+            if any(self.swapped.get(d) is not stage for d in rep.devices):
+                seconds += stage.spec.swap_s
+                stage.swaps += 1
+            for d in rep.devices:
+                self.swapped[d] = stage
         run = Run(stage, rep, seconds, on_done, started=self.now, since=self.now, requests=requests, what=what)
         if rep.devices:
             self._reshare(rep.devices, add=run)

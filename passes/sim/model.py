@@ -31,6 +31,7 @@ from typing import Any
 
 from omnigraph.kinds import KINDS, settings
 from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, StageWork
+from omnigraph.passes.planner.offload import HOST_LINK_GB_S
 from omnigraph.passes.sim.engine import (
     SimEdge, SimPipeline, SimReport, SimRequest, SimStage, SimulationError, Slo, burst_arrivals, poisson_arrivals,
     simulate,
@@ -80,19 +81,24 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
 
     from omnigraph.passes.sim.split_goodput import LlmTimes
 
+    from omnigraph.passes.planner.precision import at_dtype
+
     graph = plan_graph(plan, loop_iters)
-    profiles = {name: profile_stage(st.node.kind, st.node.model, st.node.params) for name, st in graph.stages.items()}
+    # The profiles and configs the planner costed: at the stage's planned dtype, with its pp and ep.
+    profiles = {name: at_dtype(profile_stage(st.node.kind, st.node.model, st.node.params), st.node.resources.dtype)
+                for name, st in graph.stages.items()}
     stages = []
     for name, st in graph.stages.items():
         node = st.node
         inst = node.instances[0]
         device, link, inter = _device(target, node.name, inst.devices)
-        cost = CostTimes(stage_cost, node.kind, profiles[name], inst.tp, device, link, inter)
+        cost = CostTimes(stage_cost, node.kind, profiles[name], inst.tp, device, link, inter, pp=inst.pp, ep=inst.ep)
         prefill = cost.prefill
         if _phase(node) == "decode":  # its "prefill" is taking the KV over from the prefill half
             prefill = LlmTimes(cost.prefill, cost.step, profiles[name].kv_bytes_per_token, link).handover
-        stages.append(_sim_stage(graph, st, batch_time=cost.prefill if _phase(node) == "prefill" else cost.batch,
-                                 prefill_time=prefill, step_time=cost.step))
+        swap_s = profiles[name].param_bytes / (inst.tp * HOST_LINK_GB_S * 1e9) if node.resources.swap else 0.0
+        stages.append(replace(_sim_stage(graph, st, batch_time=cost.prefill if _phase(node) == "prefill" else cost.batch,
+                                         prefill_time=prefill, step_time=cost.step), swap_s=swap_s))
 
     def works(shape: RequestShape, rng: random.Random) -> dict[str, StageWork]:
         out: dict[str, StageWork] = {}
@@ -288,13 +294,13 @@ class CostTimes:
     """A stage's step times from the cost rules, cached by batch and (bucketed) size."""
 
     def __init__(self, stage_cost: Callable[..., Any], kind: str, profile: Any, tp: int,
-                 device: Device, link: float, inter: bool) -> None:
+                 device: Device, link: float, inter: bool, pp: int = 1, ep: int = 1) -> None:
         self.stage_cost, self.kind, self.profile = stage_cost, kind, profile
-        self.tp, self.device, self.link, self.inter = tp, device, link, inter
+        self.tp, self.pp, self.ep, self.device, self.link, self.inter = tp, pp, ep, device, link, inter
         self._latency = lru_cache(maxsize=4096)(self._latency_uncached)
 
     def _latency_uncached(self, work: StageWork, batch: int) -> float:
-        cfg = ParallelConfig(tp=self.tp, batch=batch)
+        cfg = ParallelConfig(tp=self.tp, pp=self.pp, ep=self.ep, batch=batch)
         return self.stage_cost(self.kind, self.profile, work, cfg, self.device, self.link, self.inter).latency_s
 
     def batch(self, works: Sequence[StageWork]) -> float:

@@ -90,6 +90,9 @@ class SimStage:
     chunk_tokens: int = 0  # ar mode: a streamed chunk every this many tokens (0: one, at the end)
     max_wait_s: float = 0.0  # batch mode: how long a free server waits for a batch to fill
     placement: tuple[tuple[str, ...], ...] = ()  # per replica, the devices it runs on (empty: its own)
+    # Its weights live in host memory: a run on a device whose last swapped stage was another
+    # first loads them, this many seconds (plan `swap`).
+    swap_s: float = 0.0
 
 
 @dataclass(frozen=True)

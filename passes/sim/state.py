@@ -78,6 +78,7 @@ class Stage:
     jobs: int = 0
     batches: int = 0
     batched: int = 0
+    swaps: int = 0  # runs that first loaded its weights (a swapped stage)
     text: bool = False
     audio: bool = False
     outputs: bool = False
