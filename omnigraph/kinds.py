@@ -54,6 +54,13 @@ class Params(BaseModel):
     weights: Literal["random"] | None = None
     # Load a checkpoint's pickled .bin weights when it has no safetensors (pickles can run code).
     allow_pickle: bool = False
+    # Placement pins, as vLLM-Omni's stage configs give them (`devices`, `gpu_memory_utilization`):
+    # the planner puts the stage on exactly these target devices (`node0:gpu1`; several stages
+    # may pin one device and share it), and gives it at most this share of each one's memory
+    # (weights, activations and its KV pool). The planner plans everything else around them.
+    devices: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+:[A-Za-z0-9_]+$")]] | None = \
+        Field(None, min_length=1)
+    memory_share: float | None = Field(None, gt=0, le=1)
 
 
 class EncoderParams(Params):

@@ -6,7 +6,8 @@ stage group by stage group, each group of tp x ep ranks inside one domain, the g
 nodes (only the hidden state crosses between them). Groups go biggest first, each into the domain with the
 least room that still holds it (best fit), which packs power-of-two groups into
 power-of-two domains without holes. Ties go to the domain where the stage's producers sit,
-so neighbouring stages share a node. Stages that plan-parallel marked `shared` are colocated:
+so neighbouring stages share a node. A stage whose spec pins its devices gets exactly those (first). Stages that plan-parallel marked
+`shared` are colocated:
 one instance on each device of their type's shared pool, taken from what the groups left.
 
 `#omni.place` lists the devices of all replicas back to back, in rank order:
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from omnigraph.dialect.attrs import PlaceAttr, PlanAttr
 from omnigraph.errors import IRError
 from omnigraph.passes.compilation import Compilation, CompilerPass
+from omnigraph.passes.planner.pins import device_pin
 from omnigraph.passes.stage_graph import FlatStage, stage_graph
 from omnigraph.target import Target
 
@@ -65,15 +67,21 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
     groups = []  # (size, order, stage, type)
     pools: dict[str, int] = {}
     plans = {st.name: plan_of(st) for st in stages}
+    pins = {st.name: pin for st in stages if (pin := device_pin(st, target)) is not None}
     for order, st in enumerate(stages):
         p = plans[st.name]
+        if st.name in pins:  # the spec chose its devices (several stages may share one)
+            continue
         if p.shared:
             pools[_pool(p)] = st.op.parallel.get("replicas")
             continue
         for _ in range(st.op.parallel.get("replicas")):
             groups.append((p.devices_per_replica, order, st, p.device_type))
-    placed: dict[str, list[str]] = {st.name: [] for st in stages}
-    home: dict[str, set[str]] = {}  # nodes a stage landed on
+    placed: dict[str, list[str]] = {st.name: list(pins[st.name].devices) if st.name in pins else [] for st in stages}
+    home: dict[str, set[str]] = {name: {d.split(":")[0] for d in pin.devices} for name, pin in pins.items()}
+    pinned = {d for pin in pins.values() for d in pin.devices}
+    for dom in doms:
+        dom.free = [d for d in dom.free if d not in pinned]
     groups.sort(key=lambda g: (-g[0], g[1]))
     for size, _, st, dtype in groups:
         near = {n for pred, _ in st.preds for n in home.get(pred, ())}

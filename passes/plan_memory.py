@@ -35,6 +35,7 @@ class StageMemory:
     buffers: int
     offload: int = 0
     swap: bool = False  # its weights live in host memory, loaded into the device's swap slots
+    share: float | None = None  # the spec's memory_share: at most this part of the device is its
 
 
 @dataclass
@@ -56,8 +57,10 @@ def _needs(st: FlatStage) -> StageMemory:
     p = plan_of(st)
     # The cost rules sized the activation arena (arena.py: one block's buffers packed by
     # liveness, over the tokens of its largest forward) when they checked the config fits.
+    share = st.params.get("memory_share")
     return StageMemory(weights=p.weights_per_device, kv=p.kv_per_device, arena=p.activations,
-                       buffers=2 * p.batch * p.in_bytes, offload=p.offload, swap=p.swap)
+                       buffers=2 * p.batch * p.in_bytes, offload=p.offload, swap=p.swap,
+                       share=float(share) if share else None)
 
 
 def plan_memory(stages: list[FlatStage], target: Target) -> dict[str, DeviceMemory]:
@@ -70,7 +73,8 @@ def plan_memory(stages: list[FlatStage], target: Target) -> dict[str, DeviceMemo
         need = _needs(st)
         for dev in dict.fromkeys(d.data for d in st.op.place.devices.data):
             mem = devices.setdefault(dev, DeviceMemory(dev, usable[kind_of[dev]]))
-            mem.stages[st.name] = StageMemory(need.weights, need.kv, need.arena, need.buffers, need.offload, need.swap)
+            mem.stages[st.name] = StageMemory(need.weights, need.kv, need.arena, need.buffers, need.offload, need.swap,
+                                              need.share)
     by_name = {st.name: st for st in stages}
     for mem in devices.values():
         _fit(mem, by_name)
@@ -96,8 +100,22 @@ def _fit(mem: DeviceMemory, stages: dict[str, FlatStage]) -> None:
         raise IRError(f"device {mem.device} is {short / GIB:.1f} GiB short: it holds {held} of "
                       f"{mem.usable / GIB:.1f} GiB usable",
                       hint="give plan-parallel a smaller max_batch, or a target with more devices")
-    want = {n: m.kv for n, m in mem.stages.items() if m.kv > 0}
+    for n, m in mem.stages.items():  # a stage with a memory share: its part of the device, no more
+        if m.share is None:
+            continue
+        cap = int(m.share * mem.usable)
+        own = m.weights + m.kv + m.arena + m.buffers
+        if own > cap:
+            raise IRError(f"stage '{n}': memory_share {m.share:g} gives it {cap / GIB:.1f} GiB of {mem.device}; "
+                          f"it needs {own / GIB:.1f} GiB", hint="raise its memory_share, or lower its max_batch")
+        if m.kv > 0:
+            m.kv += cap - own  # its KV pool takes the rest of its share, as vLLM's gpu_memory_utilization
+    want = {n: m.kv for n, m in mem.stages.items() if m.kv > 0 and m.share is None}
     spare = mem.usable - mem.used
+    if spare < 0:
+        shared = ", ".join(f"'{n}' {m.share:g}" for n, m in mem.stages.items() if m.share is not None)
+        raise IRError(f"device {mem.device}: the memory shares ({shared}) leave the other stages on it "
+                      f"{spare / GIB:.1f} GiB", hint="lower the shares")
     total = sum(want.values())
     for n, kv in want.items():
         mem.stages[n].kv += int(spare * kv / total)

@@ -17,6 +17,7 @@ from xdsl.dialects.builtin import ModuleOp
 from omnigraph.dialect.attrs import ParallelAttr, PlanAttr
 from omnigraph.errors import IRError
 from omnigraph.kinds import KINDS
+from omnigraph.passes.planner.pins import device_pin, pinned_counts
 from omnigraph.passes.planner.plan_explain import no_fit, no_plan
 from omnigraph.passes.planner.plan_milp import solve
 from omnigraph.passes.planner.cost_types import StageWork
@@ -70,15 +71,23 @@ def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float 
     works = stage_works(stages, shapes)
     choices = []
     for st in stages:
-        options, misfits = stage_options(st, works[st.name], shapes, types)
+        pin = device_pin(st, target)
+        options, misfits = stage_options(st, works[st.name], shapes, types, pin)
         if not options:
+            if pin is not None:
+                raise IRError(f"stage '{st.name}': no configuration of it runs on its pinned devices "
+                              f"{', '.join(pin.devices)}" + (f" within memory_share {st.params['memory_share']}"
+                                                            if st.params.get("memory_share") else ""),
+                              where=f"stage '{st.name}'", hint="pin more devices, or a larger memory_share")
             raise no_fit(st, works[st.name], target.target, types, misfits)
         in_bytes = sum(max(w.out_bytes for w in works[p]) for p, _ in st.preds)
         choices.append(StageChoices(st.name, st.visits, tuple(options), tuple(st.preds),
                                     pinned_degrees(st).get("replicas"), in_bytes,
-                                    swappable=not KINDS[st.kind].traits.continuous))
-    return Problem(PlanProblem(tuple(choices), tuple(t.pool() for t in types), slo, headroom),
-                   stages, works, types, target, mix)
+                                    swappable=not KINDS[st.kind].traits.continuous,
+                                    pinned_devices=len(pin.devices) if pin else 0))
+    taken = pinned_counts(stages, target)
+    pools = tuple(replace(t.pool(), count=t.pool().count - taken.get(t.type, 0)) for t in types)
+    return Problem(PlanProblem(tuple(choices), pools, slo, headroom), stages, works, types, target, mix)
 
 
 def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,

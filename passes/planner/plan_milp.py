@@ -95,8 +95,12 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     pools = {p.type: p for p in problem.pools}
     h = problem.headroom
     # An upper bound on X: every device of a stage's best type on that stage alone.
+    def most(st: StageChoices, o: Option) -> int:
+        """Replicas it may have: what its pinned devices or its type's pool hold."""
+        return (st.pinned_devices or pools[o.device_type].count) // o.devices
+
     x_ub = min(
-        max(o.cost.throughput * h * (pools[o.device_type].count // o.devices) for o in st.options) / st.visits
+        max(o.cost.throughput * h * most(st, o) for o in st.options) / st.visits
         for st in problem.stages
     )
     if x_ub <= 0:
@@ -112,10 +116,12 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     w: dict[tuple[int, int, int], Any] = {}  # its device-seconds per second there
     for s, i in idx:
         st, o = problem.stages[s], problem.stages[s].options[i]
-        most = pools[o.device_type].count // o.devices
-        r[s, i] = m.add_variable(f"r_{s}_{i}", 0, most, cat="Integer")
-        m += r[s, i] <= most * y[s, i]
-        if st.replicas is not None:  # pinned by the spec: exactly that many, each its own
+        cap = most(st, o)
+        r[s, i] = m.add_variable(f"r_{s}_{i}", 0, cap, cat="Integer")
+        m += r[s, i] <= cap * y[s, i]
+        if st.pinned_devices:  # pinned on devices of its own choosing: its replicas tile them
+            m += r[s, i] * o.devices == st.pinned_devices * y[s, i]
+        elif st.replicas is not None:  # pinned by the spec: exactly that many, each its own
             m += r[s, i] == st.replicas * y[s, i]
         elif o.devices == 1:
             per_request = st.visits * (1 / (o.shared_rate * h) + problem.swap_seconds(st, o))
@@ -126,7 +132,7 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
                 m += w[s, i, k] >= per_request * X - big * (1 - z[s, i, k])
             pooled = pulp.lpSum(z[s, i, k] for k in range(K[o.device_type]))
             m += pooled <= y[s, i]
-            m += r[s, i] <= most * (y[s, i] - pooled)
+            m += r[s, i] <= cap * (y[s, i] - pooled)
             m += r[s, i] >= y[s, i] - pooled
         else:
             m += r[s, i] >= y[s, i]
@@ -138,8 +144,9 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
         shared = pulp.lpSum(v for (zs, _, _), v in z.items() if zs == s)
         m += (pulp.lpSum(st.options[i].cost.throughput * h * r[s, i] for _, i in ks)
               >= st.visits * X - st.visits * x_ub * shared)
-    for t, pool in pools.items():
-        of_type = [k for k in idx if problem.stages[k[0]].options[k[1]].device_type == t]
+    for t, pool in pools.items():  # pinned stages' devices left the pool before (pinned_counts)
+        of_type = [k for k in idx if problem.stages[k[0]].options[k[1]].device_type == t
+                   and not problem.stages[k[0]].pinned_devices]
         m += (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in of_type)
               + pulp.lpSum(S[t, k] for k in range(K[t])) <= pool.count)
         for k in range(K[t]):
@@ -165,8 +172,8 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     if problem.latency_target_s is not None:
         _latency_constraints(m, problem, y)
 
-    devices_used = (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in idx)
-                    + pulp.lpSum(S.values()))
+    devices_used = (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in idx
+                               if not problem.stages[s].pinned_devices) + pulp.lpSum(S.values()))
     solver = _solver(time_limit)
     m.setObjective(X)
     if _solve(m, solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:

@@ -54,6 +54,7 @@ class StageChoices:
     # Its weights may wait in host memory between its batches (not a continuous-batching stage,
     # whose running requests and KV cache keep the device every step).
     swappable: bool = True
+    pinned_devices: int = 0  # the spec pins it on this many devices (its replicas tile them); 0: none
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, St
 from omnigraph.passes.planner.offload import with_offload
 from omnigraph.passes.planner.work_rules import chunked, stream_chunks
 from omnigraph.passes.planner.plan_problem import DevicePool, Option
+from omnigraph.passes.planner.pins import DevicePin
 from omnigraph.passes.planner.precision import at_dtype, planned_dtype
 from omnigraph.passes.stage_graph import FlatStage
 from omnigraph.errors import IRError
@@ -91,22 +92,30 @@ def mixed_cost(costs: list[StageCost], mix: list[RequestShape]) -> StageCost:
 
 
 def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape],
-                  types: list[DeviceType]) -> tuple[list[Option], list[tuple[DeviceType, StageCost]]]:
-    """(options that fit, the smallest config per device type that did not) for one stage."""
+                  types: list[DeviceType], pin: DevicePin | None = None) -> tuple[list[Option], list[tuple[DeviceType, StageCost]]]:
+    """(options that fit, the smallest config per device type that did not) for one stage; with
+    `pin`, only configs whose replicas tile exactly the pinned devices (and their share of memory)."""
     profile = profile_stage(st.kind, st.model, st.params)
     options: list[Option] = []
     misfits: list[tuple[DeviceType, StageCost]] = []
     pinned = {k: v for k, v in pinned_degrees(st).items() if k != "replicas"}  # per config; replicas: the MILP
+    replicas = pinned_degrees(st).get("replicas")
+    share = float(st.params.get("memory_share") or 1.0)
     for dt in types:
+        if pin is not None and dt.type != pin.type:
+            continue
         dtype = planned_dtype(st.kind, st.model, st.params, dt.device)
         on_type = at_dtype(profile, dtype)
         for cfg in enumerate_configs(st.kind, on_type, [dt.domain], dt.count, dt.device,
                                      batches=_batches(st), pinned_pp=pinned.get("pp")):
             if any(getattr(cfg, k) != v for k, v in pinned.items()):
                 continue
+            if pin is not None and (len(pin.devices) % cfg.devices
+                                    or (replicas and replicas * cfg.devices != len(pin.devices))):
+                continue
             costs = [stage_cost(st.kind, on_type, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
             cost = mixed_cost(costs, mix)
-            if fits(cost, dt.device):
+            if fits(cost, dt.device) and cost.mem_per_device <= share * dt.usable_bytes:
                 options.append(Option(cost, dt.type, dtype=dtype or ""))
                 continue
             misfits.append((dt, cost))
