@@ -128,7 +128,7 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
         solution.throughput = throughput_of(rerated, _same_options(rerated, solution), solution.shared_devices)
         if best is None or solution.throughput > best.throughput * (1 + 1e-6):
             best, best_problem = solution, rerated
-        if rerated == problem or _pooled(solution):  # several pools: time-limited solves, one round
+        if rerated == problem or _pooled(solution) or problem.swap:  # hard MILPs: one round
             break
         problem = rerated
     return best, best_problem
