@@ -132,3 +132,15 @@ def test_the_command_line_plans_a_family_and_explains_misuse(capsys: pytest.Capt
     with pytest.raises(SystemExit) as exit_:
         main(["compile", spec, "--target", "h100x8", "--slo", "ttft=1,tpot=fast"])
     assert exit_.value.code == 2 and "tpot must be seconds" in capsys.readouterr().err
+
+
+def test_a_variant_that_cannot_load_leaves_the_plan_serving(tmp_path: Path) -> None:
+    plan = tiny_family(tmp_path)
+    broken = plan.variant("two").model_copy(deep=True)
+    broken.instances["llm"][1] = broken.instances["llm"][1].model_copy(update={"devices": ["node0:gpu7"],
+                                                                               "tp": 3})  # tp 3 of 4 heads
+    with omnigraph.load(plan) as pipe:
+        with pytest.raises(Exception):
+            switch(pipe.backend, broken)
+        assert len(pipe.backend.instances["llm"]) == 1 and pipe.backend.variant == "one"
+        assert pipe.run({"prompt": prompts()[0]})["ids"].numel() > 0

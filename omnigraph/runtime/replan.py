@@ -15,6 +15,7 @@ by more than `margin` (hysteresis: a burst does not flap the plan).
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from omnigraph.runtime.plan import Instance, PlanVariant
 
 if TYPE_CHECKING:
     from omnigraph.runtime.local import LocalBackend, _Worker
+
+log = logging.getLogger(__name__)
 
 IDLE_DEMAND = 0.05  # instances' worth of work below which a stage does not decide anything
 STOP_WAIT_S = 120.0  # at most this long for a drained instance's unmovable work to finish
@@ -79,13 +82,18 @@ def switch(backend: LocalBackend, variant: PlanVariant) -> int:
             raise ValueError(f"variant '{variant.name}' names stage '{stage}', which the plan does not have")
         current = list(backend.instances[stage])
         keep, add = _match(current, wanted)
-        fresh = []
-        for inst in add:  # load before anything is taken away
-            alone = node.model_copy(update={"instances": [inst]})  # the executor sees its own instance first
-            executor = load_executor(alone, instance_context(inst), backend.plan.module_paths, 0)
-            worker = _Worker(node, executor, len(current) + len(fresh), inst)
-            worker.start()
-            fresh.append(worker)
+        fresh: list[_Worker] = []
+        try:
+            for inst in add:  # load before anything is taken away
+                alone = node.model_copy(update={"instances": [inst]})  # the executor sees its own instance first
+                executor = load_executor(alone, instance_context(inst), backend.plan.module_paths, 0)
+                worker = _Worker(node, executor, len(current) + len(fresh), inst)
+                worker.start()
+                fresh.append(worker)
+        except BaseException:
+            for worker in fresh:  # nothing of this stage changes: the old instances serve on
+                _stop(worker)
+            raise
         leaving = [w for w in current if w not in keep]
         backend.instances[stage] = current + fresh  # the new ones take work from now on
         for worker in leaving:
@@ -130,6 +138,7 @@ class Replanner:
     on_switch: Callable[[Switch], None] | None = None
     history: list[Switch] = field(default_factory=list)
     scores: list[dict[str, float]] = field(default_factory=list)  # per window, each variant's score
+    errors: list[str] = field(default_factory=list)  # switches that failed (the plan stayed)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -151,7 +160,11 @@ class Replanner:
 
     def _run(self) -> None:
         while not self._stop.wait(self.policy.window_s):
-            self.step(self._demand())
+            try:
+                self.step(self._demand())
+            except Exception as exc:  # a variant that cannot load: keep serving on what runs now
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                log.warning("omnigraph: re-planning failed, the plan stays as it is: %s", exc)
 
     def step(self, demand: dict[str, float]) -> Switch | None:
         """One window: score the variants on `demand` and switch when the policy says so."""
