@@ -35,11 +35,14 @@ class Migration:
         done: Future[bool] = Future()
 
         def move() -> None:
-            item = next((i for i in source.active if i.request_id == request_id), None)
-            ok = item is not None and source.release(item)
-            if ok:
-                target.submit(item)
-            done.set_result(ok)
+            try:
+                item = next((i for i in source.active if i.request_id == request_id), None)
+                ok = item is not None and source.release(item)
+                if ok:
+                    target.submit(item)
+                done.set_result(ok)
+            except Exception as exc:  # the worker goes on; the caller hears why
+                done.set_exception(exc)
 
         source.between_steps(move)
         return done.result(timeout)
@@ -59,18 +62,21 @@ class Migration:
 
         def move_all() -> None:
             moved = 0
-            while True:
-                try:
-                    waiting = source.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                self._target(workers, source, None).submit(waiting)
-                moved += 1
-            for item in list(source.active):
-                if source.release(item):
-                    self._target(workers, source, None).submit(item)
+            try:
+                while True:
+                    try:
+                        waiting = source.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._target(workers, source, None).submit(waiting)
                     moved += 1
-            done.set_result(moved)
+                for item in list(source.active):
+                    if source.release(item):
+                        self._target(workers, source, None).submit(item)
+                        moved += 1
+                done.set_result(moved)
+            except Exception as exc:  # the worker goes on; the caller hears why
+                done.set_exception(exc)
 
         source.between_steps(move_all)
         return done.result(timeout)
