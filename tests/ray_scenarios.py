@@ -347,6 +347,43 @@ def pipeline_parallel(requests: int = 4) -> dict[str, Any]:
 
 
 @scenario
+def plan_switch(requests: int = 12) -> dict[str, Any]:
+    """A plan family on Ray: one LLM instance -> two -> one under a stream of requests; none
+    lost or failed, the same text as one instance alone."""
+    import threading
+
+    from omnigraph.api import compile_plan
+    from omnigraph.runtime.plan import PlanVariant
+    from omnigraph.runtime.replan import switch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = compile_plan(tiny_llm_spec(Path(tmp), tokens=24))
+    inst = plan.nodes[0].instances[0]
+    plan.family = [PlanVariant(name="one", mix="chat", rate=1, instances={"llm": [inst]}),
+                   PlanVariant(name="two", mix="long", rate=1, instances={"llm": [inst, inst]})]
+    prompts = [{"prompt": f"question {i % 4}"} for i in range(requests)]
+    with ray_backend(plan) as remote:
+        expected = [remote.submit(p).result(WAIT_S) for p in prompts[:4]]
+        handles: list[Any] = []
+
+        def stream() -> None:
+            for p in prompts:
+                handles.append(remote.submit(p))
+                time.sleep(0.05)
+
+        feeder = threading.Thread(target=stream)
+        feeder.start()
+        switch(remote, plan.variant("two"))
+        counts = [len(remote.instances["llm"])]
+        switch(remote, plan.variant("one"))
+        counts.append(len(remote.instances["llm"]))
+        feeder.join()
+        got = [h.result(WAIT_S) for h in handles]
+    return {"instances": counts, "requests": len(got),
+            "same": [g == expected[i % 4] for i, g in enumerate(got)], "variant": remote.variant}
+
+
+@scenario
 def serve_over_ray(requests: int = 3) -> dict[str, Any]:
     """`omnigraph serve` on the Ray backend, on loopback: chat (whole and streamed) and the run
     endpoint answer what LocalBackend answers; a client that leaves mid-stream cancels."""

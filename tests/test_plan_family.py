@@ -96,8 +96,6 @@ def test_replan_is_refused_without_a_family_or_on_ray(tmp_path: Path) -> None:
     plan = tiny_family(tmp_path)
     with pytest.raises(OmnigraphError, match="family"):
         omnigraph.load(plan.model_copy(update={"family": []}), replan="")
-    with pytest.raises(OmnigraphError, match="local backend"):
-        omnigraph.load(plan, replan="", backend="ray")
     with pytest.raises(OmnigraphError, match="unknown setting 'windw'"):
         omnigraph.load(plan, replan="windw=3")
     with omnigraph.load(plan, replan="window=60,hold=2") as pipe:

@@ -231,3 +231,9 @@ def test_pipeline_parallel_instance_on_ray(ray_session: RaySession) -> None:
     answer = ray_session.run("pipeline_parallel", requests=4)
     assert answer["ranks"] == 2
     assert answer["same_as_pp1"] == [True] * 4
+
+
+def test_a_plan_switch_on_ray_loses_and_fails_nothing(ray_session: RaySession) -> None:
+    answer = ray_session.run("plan_switch", requests=12)
+    assert answer["instances"] == [2, 1] and answer["variant"] == "one"
+    assert answer["requests"] == 12 and answer["same"] == [True] * 12

@@ -313,8 +313,11 @@ class LocalBackend(Migration, Admission):
         worker.submit(item)
 
     def _waker(self, node: StageNode) -> Callable[[], None]:
-        workers = self.instances[node.name]
-        return workers[0].wake.set if len(workers) == 1 else lambda: [w.wake.set() for w in workers]
+        def wake() -> None:  # the stage's instances at the time (a plan switch replaces them)
+            for w in self.instances[node.name]:
+                w.wake.set()
+
+        return wake
 
     def stats(self) -> dict[str, float]:
         """Seconds each stage's workers spent computing (all its instances)."""

@@ -99,9 +99,6 @@ def _replan_policy(plan: RuntimePlan, backend: str, replan: str | None) -> Any:
         return None
     from omnigraph.runtime.replan import ReplanPolicy
 
-    if backend != "local":
-        raise OmnigraphError("--replan switches plans on the local backend; on Ray, instances are not yet "
-                             "added and removed at run time", hint="leave out --replan, or --backend local")
     if len(plan.family) < 2:
         raise OmnigraphError("--replan needs a plan family to switch between",
                              hint="plan one per request mix: --target T --mixes chat,image,long")

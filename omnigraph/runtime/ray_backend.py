@@ -22,7 +22,7 @@ from omnigraph.runtime.engine import Engine, Request
 from omnigraph.runtime.executor import WorkItem
 from omnigraph.runtime.local import Admission, LoadHook, RequestHandle, StageLoadError, StepTiming
 from omnigraph.runtime.watchdog import DEFAULT_STEP_TIMEOUT_S
-from omnigraph.runtime.plan import LoopNode, RouteNode, RuntimePlan, StageNode
+from omnigraph.runtime.plan import LoopNode, PlanVariant, RouteNode, RuntimePlan, StageNode
 from omnigraph.runtime.ray_cluster import (
     Placement,
     connect,
@@ -69,6 +69,7 @@ class RayBackend(Admission):
         connect(address, plan, self.resource)
         self.placement: Placement | None = None
         self.instances: dict[str, list[RayInstance]] = {}
+        self.variant = plan.family[0].name if plan.family else None  # the family's plan running (replan.py)
         self._closed = False
         try:
             self.placement = place(plan, self.resource)
@@ -115,6 +116,45 @@ class RayBackend(Admission):
             if on_load:
                 on_load(node.name, "done")
 
+    # -- plan switches (replan.py) -------------------------------------------------------
+    def switch_variant(self, variant: PlanVariant, drain_timeout: float = LOAD_TIMEOUT_S) -> int:
+        """Run `variant`'s instances: new actors load and serve first, then the instances it
+        has no place for take no new work, finish what they hold and stop. Returns 0: Ray
+        instances do not hand running requests over (they finish where they are)."""
+        import ray
+        import time
+
+        assert self.placement is not None
+        for stage, wanted in variant.instances.items():
+            node = next(n for n in self.plan.stages() if n.name == stage)
+            current = list(self.instances[stage])
+            keep, add = [], list(wanted)
+            for inst in current:
+                if inst.instance in add and inst.state != "dead":
+                    add.remove(inst.instance)
+                    keep.append(inst)
+            fresh = [RayInstance(node.model_copy(update={"instances": [i]}), 0, self.placement, _remote_classes(),
+                                 list(self.plan.module_paths), _driver_reads(self.plan), _torch_threads(),
+                                 step_timeout=self.step_timeout) for i in add]
+            try:
+                ray.get([ref for inst in fresh for ref in inst.launch()], timeout=LOAD_TIMEOUT_S)
+            except BaseException:
+                for inst in fresh:
+                    inst.kill()
+                raise
+            for inst in fresh:
+                inst.serve()
+            leaving = [inst for inst in current if inst not in keep]
+            self.instances[stage] = keep + fresh  # new work goes to these from now on
+            deadline = time.monotonic() + drain_timeout
+            while any(inst.load for inst in leaving) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for inst in leaving:
+                inst.close(timeout=5)
+            node.instances = [inst.instance for inst in self.instances[stage]]
+        self.variant = variant.name
+        return 0
+
     # -- requests ------------------------------------------------------------------------
     def _enqueue(self, node: StageNode, item: WorkItem) -> None:
         instances = self.instances[node.name]
@@ -123,10 +163,9 @@ class RayBackend(Admission):
 
     def _waker(self, node: StageNode) -> Callable[[], None]:
         """A stream this stage reads got a chunk: its instances' links forward it."""
-        instances = self.instances[node.name]
 
-        def wake() -> None:
-            for inst in instances:
+        def wake() -> None:  # the stage's instances at the time (a plan switch replaces them)
+            for inst in self.instances[node.name]:
                 inst.wake.set()
 
         return wake

@@ -175,6 +175,12 @@ def place(plan: RuntimePlan, resource: str) -> Placement:
     ranks_on: dict[str, int] = {}
     for *_, device in plan_devices(plan):
         ranks_on[device] = ranks_on.get(device, 0) + 1
+    for variant in plan.family[1:]:  # a plan switch starts a variant's actors before the old ones go
+        for found in variant.instances.values():
+            for inst in found:
+                for rank in range(inst.ranks):
+                    device = inst.devices[rank % len(inst.devices)]
+                    ranks_on[device] = ranks_on.get(device, 0) + 1
     nodes: dict[str, list[str]] = {}
     for device in ranks_on:
         nodes.setdefault(device.rpartition(":")[0] or "node0", []).append(device)

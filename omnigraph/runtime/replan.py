@@ -7,6 +7,10 @@ instances load and start first, then the instances the new variant has no place 
 drained (their running requests migrate with their KV cache, migration.py; what cannot move
 finishes where it is) and stopped.
 
+On Ray (RayBackend.switch_variant) new actors load and serve first; the actors the new
+variant has no place for take no new work, finish what they hold and stop (the placement
+groups hold room for every variant's actors).
+
 `Replanner` decides when. Every `window_s` it measures each stage's demand, the busy seconds
 its instances spent per second of wall time (how many instances' worth of work it needs
 now), and scores every variant by its tightest stage: min over stages of instances / demand.
@@ -69,8 +73,11 @@ class Switch:
     moved: int  # requests migrated off removed instances
 
 
-def switch(backend: LocalBackend, variant: PlanVariant) -> int:
-    """Make `backend` run `variant`'s instances; returns how many requests migrated."""
+def switch(backend: Any, variant: PlanVariant) -> int:
+    """Make `backend` run `variant`'s instances; returns how many requests migrated. On Ray
+    (RayBackend.switch_variant) the new actors load first and the old ones finish their work."""
+    if hasattr(backend, "switch_variant"):
+        return backend.switch_variant(variant)
     from omnigraph.runtime.local import _Worker, instance_context
     from omnigraph.runtime.stage_loader import load_executor
 
@@ -142,7 +149,7 @@ class Replanner:
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
-        self._busy: dict[int, float] = {}
+        self._busy: dict[str, float] = {}
         self._streak: tuple[str, int] = ("", 0)
         self._thread = threading.Thread(target=self._run, name="omnigraph-replan", daemon=True)
 
@@ -190,18 +197,17 @@ class Replanner:
         return done
 
     def _demand(self) -> dict[str, float]:
-        """Busy seconds per second of wall time, per stage, since the last call."""
+        """Busy seconds per second of wall time, per stage, since the last call (the backend's
+        stats, either backend; a window in which instances left counts from what remains)."""
         now = time.monotonic()
         last = getattr(self, "_last", now)
         self._last = now
+        busy = self.backend.stats()
         out: dict[str, float] = {}
-        for stage, workers in self.backend.instances.items():
-            busy = 0.0
-            for w in workers:
-                before = self._busy.get(id(w), 0.0)
-                self._busy[id(w)] = w.busy_seconds
-                busy += w.busy_seconds - before
-            out[stage] = busy / (now - last) if now > last else 0.0
+        for stage, seconds in busy.items():
+            spent = max(0.0, seconds - self._busy.get(stage, 0.0))
+            self._busy[stage] = seconds
+            out[stage] = spent / (now - last) if now > last else 0.0
         return out
 
 
