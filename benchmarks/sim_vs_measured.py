@@ -143,10 +143,26 @@ def serve_waves(backend: LocalBackend, inputs: dict[str, Any], sizes: Sequence[i
 def _run(backend: LocalBackend, name: str, handles: list[Any], t0: float) -> MeasuredRun:
     submitted = [h.request.submitted for h in handles]
     finished = [h.request.finished_at for h in handles]
-    steps = {stage: [(s.batch, s.new, s.seconds, s.started - t0) for s in rows]
-             for stage, rows in backend.stage_timings().items()}
+    timings = backend.stage_timings()
+    steps = {stage: [(s.batch, s.new, s.seconds, s.started - t0) for s in rows] for stage, rows in timings.items()}
     return MeasuredRun(name, [s - t0 for s in submitted], len(handles) / (max(finished) - min(submitted)),
-                       statistics.mean(f - s for f, s in zip(finished, submitted)), steps)
+                       statistics.mean(f - s for f, s in zip(finished, submitted)), steps,
+                       _waits(handles, timings))
+
+
+def _waits(handles: list[Any], timings: dict[str, list[Any]]) -> dict[str, list[float]]:
+    """Per stage, each request's wait from the engine dispatching it to the first step that ran it."""
+    out: dict[str, list[float]] = {}
+    for stage, rows in timings.items():
+        first: dict[int, float] = {}
+        for row in rows:
+            for rid in row.requests:
+                first[rid] = min(first.get(rid, row.started), row.started)
+        for h in handles:
+            timing = h.request.timings.get(stage)
+            if timing is not None and h.request.id in first:
+                out.setdefault(stage, []).append(first[h.request.id] - timing.dispatched)
+    return out
 
 
 def measure(name: str, reps: int, quiet: Quiet) -> tuple[RuntimePlan, list[MeasuredRun], list[MeasuredRun],
@@ -180,7 +196,8 @@ def compare(plan: RuntimePlan, cal: Any, runs: list[MeasuredRun]) -> dict[str, A
     for name in dict.fromkeys(r.name for r in runs):
         group = [r for r in runs if r.name == name]
         thr, jct = median_of(group)
-        sim = replay(plan, cal.timings, cal.capacity, group[0].arrivals, cal.handoff_s)
+        sim = replay(plan, cal.timings, cal.capacity, group[0].arrivals, cal.handoff_s,
+                     stage_handoff_s=cal.stage_handoff_s)
         out[name] = {
             "measured": {"throughput_req_s": round(thr, 3), "mean_jct_s": round(jct, 5),
                          "throughput_range": [round(min(r.throughput for r in group), 3),
@@ -217,6 +234,8 @@ def main() -> None:
         "runs_discarded_for_foreign_load": quiet.discarded, "noisy_runs_kept": quiet.noisy_kept,
         "max_foreign_cores": args.max_foreign,
         "device_capacity": capacity, "handoff_s": handoff,
+        "stage_handoff_ms": {name: {k: round(1e3 * v, 3) for k, v in cal.stage_handoff_s.items()}
+                             for name, cal in zip(measured, cals)},
         "fit_error": {f"C={c} handoff={1e3 * h:g}ms": round(e, 4) for (c, h), e in cals[0].errors.items()},
         "examples": {},
     }
@@ -268,7 +287,12 @@ def _write_section(result: dict[str, Any]) -> None:
                   f"calibration runs the fit is off by up to {max(fit):.0%}. "
                   f"{result['runs_discarded_for_foreign_load']} runs were thrown away and rerun because other "
                   f"processes used more than {result['max_foreign_cores']} of a core meanwhile "
-                  f"({result['noisy_runs_kept']} kept after {ATTEMPTS} tries).", ""]
+                  f"({result['noisy_runs_kept']} kept after {ATTEMPTS} tries).", "",
+              "Calibrated per stage: each stage's step times, and its own hand-off (a request's wait from "
+              "dispatch to its first step, measured on the calibration runs, less the batch fill window the "
+              "simulator models), in ms: " + "; ".join(
+                  f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in stages.items())
+                  for name, stages in result.get("stage_handoff_ms", {}).items()) + ".", ""]
     path = RESULTS / "results.md"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Recorded benchmark results\n"
     start = text.find(SECTION)

@@ -353,3 +353,18 @@ pipeline chain(prompt: text) -> (out: text) {
             assert [r.started for r in rows] == sorted(r.started for r in rows)
         pipe.backend.clear_stage_timings()
         assert pipe.backend.stage_timings() == {"a": [], "b": []}
+
+
+def test_a_stage_waits_its_own_hand_off_and_calibration_measures_it() -> None:
+    from omnigraph.api import compile_plan
+    from omnigraph.passes.sim.calibrate import MeasuredRun, stage_handoffs
+
+    a = SimStage("a", "batch", 1, 1, batch_time=lambda ws: 1.0, handoff_s=0.25)
+    pipe = SimPipeline([a], [], {"x": ["a"]}, ["a"], handoff_s=0.0)
+    report = simulate(pipe, [SimRequest(0, 0.0, {"a": StageWork(tokens=1)})])
+    assert report.jct.mean == pytest.approx(1.25)
+    plan = compile_plan(Path(__file__).resolve().parent.parent / "examples/tiny/vision_chat_tiny.yaml")
+    fill = next(n for n in plan.stages() if n.name == "vision").batching.max_wait_ms / 1000
+    run = MeasuredRun("r", [0.0], 1.0, 1.0, waits={"vision": [fill + 0.001, fill + 0.003, 5.0], "llm": [0.002]})
+    got = stage_handoffs(plan, [run])  # a queueing wait (5 s) is not a hand-off; the fill window is modelled
+    assert got["vision"] == pytest.approx(0.002) and got["llm"] == pytest.approx(0.002)

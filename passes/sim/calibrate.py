@@ -10,8 +10,10 @@ C itself is the value whose simulation best reproduces the calibration runs'
 throughput and mean JCT. A runtime's hand-off delay (from a stage's inputs being in to
 its worker picking the work up) can be fitted the same way (`handoffs`), but on
 LocalBackend it is a fraction of a millisecond that the fit cannot tell from noise
-(tried: it picked the grid's edge), so by default it is held at 0. Runs used to
-calibrate should not be the runs used to judge.
+(tried: it picked the grid's edge), so by default it is held at 0. Per stage, the hand-off is
+measured instead (stage_handoffs: each request's wait from dispatch to its first step, when
+short), and the simulator delays each stage's work by its own. Runs used to calibrate should
+not be the runs used to judge.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import bisect
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from omnigraph.kinds import KINDS
 from omnigraph.passes.sim.model import StageTimings, make_requests, sim_pipeline_from_measurements
 from omnigraph.passes.sim.engine import SimReport, SimulationError, shared_speed, simulate
 from omnigraph.passes.planner.workload import parse_mix
@@ -29,6 +32,7 @@ from omnigraph.runtime.plan import RuntimePlan
 Step = tuple[int, int, float, float]  # batch, new, seconds, started (any clock, one per run)
 CAPACITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5)
 HANDOFFS = (0.0,)  # seconds; see the module's docstring
+LIGHT_WAIT_S = 0.02  # a wait shorter than this is the runtime's hand-off, not a queue
 
 
 @dataclass
@@ -40,6 +44,9 @@ class MeasuredRun:
     throughput: float  # completed / (last completion - first arrival)
     mean_jct_s: float
     steps: dict[str, list[Step]] = field(default_factory=dict)
+    # Per stage, each request's wait from its inputs being in (the engine dispatching it) to the
+    # first step that ran it: the runtime's hand-off, measured, not fitted (stage_handoffs).
+    waits: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +55,20 @@ class Calibration:
     handoff_s: float
     timings: dict[str, StageTimings]
     errors: dict[tuple[float, float], float]  # (capacity, handoff) -> sum of squared log ratios
+    stage_handoff_s: dict[str, float] = field(default_factory=dict)  # per stage, measured (see MeasuredRun.waits)
+
+
+def stage_handoffs(plan: RuntimePlan, runs: Sequence[MeasuredRun], busy_below: float = LIGHT_WAIT_S) -> dict[str, float]:
+    """Per stage, the median wait of a request from dispatch to its first step, over the waits
+    short enough to be the runtime's own delay (a worker's wake-up) rather than queueing behind
+    busy steps, less the batch fill window the simulator already models: the calibration's
+    per-stage hand-off."""
+    fill = {n.name: 0.0 if KINDS[n.kind].traits.continuous else n.batching.max_wait_ms / 1000 for n in plan.stages()}
+    merged: dict[str, list[float]] = {}
+    for run in runs:
+        for stage, waits in run.waits.items():
+            merged.setdefault(stage, []).extend(w for w in waits if 0 <= w <= busy_below)
+    return {stage: max(0.0, statistics.median(w) - fill.get(stage, 0.0)) for stage, w in merged.items() if w}
 
 
 def deshare(steps: dict[str, list[Step]], capacity: float) -> dict[str, list[tuple[int, int, float]]]:
@@ -92,11 +113,13 @@ def calibrate_many(cases: Sequence[tuple[RuntimePlan, Sequence[MeasuredRun]]],
     for c in capacities:
         fitted[c] = [timings_at(runs, c) for _, runs in cases]
         for h in handoffs:
-            errors[(c, h)] = sum(_error(replay(plan, timings, c, group[0].arrivals, h), group)
+            errors[(c, h)] = sum(_error(replay(plan, timings, c, group[0].arrivals, h, stage_handoff_s=stage_handoffs(plan, runs)),
+                                        group)
                                  for (plan, runs), timings in zip(cases, fitted[c])
                                  for group in _by_name(runs).values())
     best_c, best_h = min(errors, key=lambda key: errors[key])
-    return [Calibration(best_c, best_h, t, errors) for t in fitted[best_c]]
+    return [Calibration(best_c, best_h, t, errors, stage_handoffs(plan, runs))
+            for t, (plan, runs) in zip(fitted[best_c], cases)]
 
 
 def timings_at(runs: Sequence[MeasuredRun], capacity: float) -> dict[str, StageTimings]:
@@ -108,10 +131,13 @@ def timings_at(runs: Sequence[MeasuredRun], capacity: float) -> dict[str, StageT
 
 
 def replay(plan: RuntimePlan, timings: dict[str, StageTimings], capacity: float,
-           arrivals: Sequence[float], handoff_s: float = 0.0, seed: int = 0) -> SimReport:
-    """Simulate the plan, timed by `timings`, under the given arrivals."""
+           arrivals: Sequence[float], handoff_s: float = 0.0, seed: int = 0,
+           stage_handoff_s: dict[str, float] | None = None) -> SimReport:
+    """Simulate the plan, timed by `timings` (and per-stage hand-offs), under the given arrivals."""
     pipeline, work_fn = sim_pipeline_from_measurements(plan, timings, device_capacity=capacity,
                                                        handoff_s=handoff_s)
+    if stage_handoff_s:
+        pipeline.stages = [replace(st, handoff_s=stage_handoff_s.get(st.name, 0.0)) for st in pipeline.stages]
     mix = parse_mix(None)  # measured step times do not depend on request sizes
     return simulate(pipeline, make_requests(work_fn, mix, arrivals, seed))
 

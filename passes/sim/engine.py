@@ -185,8 +185,9 @@ class _Sim:
             self._enqueue(stage, Job(task, work, self.now, arrived - j))
 
     def _enqueue(self, stage: Stage, item: Job | Task, handed_off: bool = False) -> None:
-        if self.p.handoff_s > 0 and not handed_off:
-            self._at(self.now + self.p.handoff_s, "enqueue", (stage, item))
+        delay = self.p.handoff_s if stage.spec.handoff_s is None else stage.spec.handoff_s
+        if delay > 0 and not handed_off:
+            self._at(self.now + delay, "enqueue", (stage, item))
             return
         if isinstance(item, Job):
             item.ready_at = self.now

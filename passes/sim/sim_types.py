@@ -93,6 +93,7 @@ class SimStage:
     # Its weights live in host memory: a run on a device whose last swapped stage was another
     # first loads them, this many seconds (plan `swap`).
     swap_s: float = 0.0
+    handoff_s: float | None = None  # its own hand-off delay (a calibration's), else the pipeline's
 
 
 @dataclass(frozen=True)
