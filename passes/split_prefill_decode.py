@@ -56,6 +56,7 @@ class SplitPrefillDecodePass(CompilerPass):
     slo: str = ""  # "ttft=0.5,tpot=0.05": split where the simulator says goodput under it is higher
     split: str = ""  # "llm=1:3,…": split these stages so, whatever the simulator says
     mix: str = ""  # the request mix plan-parallel planned for
+    headroom: float = 0.9  # the utilisation plan-parallel planned at (its option of the same name)
 
     def run(self, comp: Compilation) -> None:
         pins = parse_split(self.split)
@@ -82,6 +83,7 @@ class SplitPrefillDecodePass(CompilerPass):
                 split(st.op, *pins[name], note=f"pinned: prefill {pins[name][0]} + decode {pins[name][1]}")
             elif slo is not None:
                 self._judge(st, works[name], slo, target)
+        _restate_rate(comp, self.headroom)
 
     def _judge(self, st: FlatStage, works: list, slo: Slo, target) -> None:  # noqa: ANN001
         op = st.op
@@ -104,6 +106,19 @@ class SplitPrefillDecodePass(CompilerPass):
             split(op, verdict.prefill, replicas - verdict.prefill, note=verdict.describe())
         else:
             op.properties["plan"] = _with_split(plan, verdict.describe())
+
+
+def _restate_rate(comp: Compilation, headroom: float) -> None:
+    """The plan's predicted throughput with its split stages as split: no more than each half's
+    replicas sustain at the utilisation the plan is made for (`headroom`)."""
+    ops = [op for op in comp.module.walk() if isinstance(op, StageOp) and op.plan is not None and op.parallel]
+    rate = min((op.plan.pipeline_rate for op in ops), default=0.0)
+    for op in ops:
+        if params_of(op).get("phase", "whole") != "whole":
+            rate = min(rate, headroom * op.plan.rate * op.parallel.get("replicas") / max(op.plan.visits, 1e-9))
+    for op in ops:
+        if op.plan.pipeline_rate != rate:
+            op.properties["plan"] = PlanAttr(**{**op.plan.as_dict(), "pipeline_rate": rate})
 
 
 def _cannot_split(st: FlatStage, plan: PlanAttr, par: ParallelAttr) -> str | None:

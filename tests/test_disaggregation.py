@@ -179,3 +179,20 @@ def test_one_request_migrates_mid_generation_with_the_same_tokens(tmp_path: Path
         assert pipe.backend.migrate("llm", h.id, to=1 - source)
         assert [h.result()["ids"].tolist()] == expected
         assert not pipe.backend.migrate("llm", h.id)  # it ended: nothing to move
+
+
+def test_a_split_plan_predicts_what_its_halves_sustain() -> None:
+    spec = ROOT / "examples/qwen2_5_omni.yaml"
+    opts = {"plan-parallel": {"mix": "long"}}
+    whole = compile_path(spec, target="h100x8", plan_options=opts)
+    split = compile_path(spec, target="h100x8", plan_options={
+        **opts, "split-prefill-decode": {"slo": "ttft=4,tpot=0.007", "mix": "long"}})
+
+    def rate(comp) -> float:  # noqa: ANN001
+        return next(op.plan.pipeline_rate for op in comp.module.walk() if getattr(op, "plan", None) is not None)
+
+    halves = [op for op in split.module.walk() if getattr(op, "label", "").startswith("thinker")]
+    assert len(halves) == 2 and len({op.plan.pipeline_rate for op in split.module.walk()
+                                     if getattr(op, "plan", None) is not None}) == 1
+    assert rate(split) <= min(0.9 * op.plan.rate * op.parallel.get("replicas") for op in halves) + 1e-9
+    assert rate(split) <= rate(whole)  # raw throughput; the split pays in goodput under the targets

@@ -32,7 +32,8 @@ def planning_options(mix: str | None, slo: Any = None, headroom: float | None = 
         opts["headroom"] = headroom
     out = {"plan-parallel": opts} if opts else {}
     if split or (slo is not None and slo.token_targets):
-        out["split-prefill-decode"] = {"slo": str(slo) if slo else "", "split": split or "", "mix": mix or ""}
+        out["split-prefill-decode"] = {"slo": str(slo) if slo else "", "split": split or "", "mix": mix or "",
+                                       **({"headroom": headroom} if headroom else {})}
     return out
 
 
