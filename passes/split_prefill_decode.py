@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, StringAttr
-from xdsl.rewriter import Rewriter
+from xdsl.rewriter import InsertPoint, Rewriter
 
 from omnigraph.dialect.attrs import ParallelAttr, PlanAttr
 from omnigraph.dialect.checks import params_of
@@ -204,17 +204,11 @@ def split(op: StageOp, prefill: int, decode: int, note: str) -> StageOp:
         op.properties["plan"] = _with_split(plan, f"decode of '{name}': {note}",
                                             plan.rate * total / max(total - first, 1e-9), total)
     pre.results[0].name_hint = f"{pre_name}_kv"
-    Rewriter.insert_op(pre, _before(op))
+    Rewriter.insert_op(pre, InsertPoint.before(op))
     op.operands = [pre.results[0]]
     op.properties["in_ports"] = ArrayAttr([StringAttr("kv")])
     op.properties["params"] = _params({**params, "phase": "decode"})
     return pre
-
-
-def _before(op: StageOp):  # noqa: ANN202 - an xDSL insertion point
-    from xdsl.rewriter import InsertPoint
-
-    return InsertPoint.before(op)
 
 
 def _params(values: dict) -> DictionaryAttr:  # noqa: ANN001

@@ -32,6 +32,7 @@ from omnigraph.runtime.ray_cluster import (
     require_ray,
 )
 from omnigraph.runtime.ray_instance import RayInstance, RemoteClasses
+from omnigraph.runtime.replan import match_instances
 from omnigraph.runtime.ray_values import resolve
 
 LOAD_TIMEOUT_S = 600.0
@@ -128,11 +129,7 @@ class RayBackend(Admission):
         for stage, wanted in variant.instances.items():
             node = next(n for n in self.plan.stages() if n.name == stage)
             current = list(self.instances[stage])
-            keep, add = [], list(wanted)
-            for inst in current:
-                if inst.instance in add and inst.state != "dead":
-                    add.remove(inst.instance)
-                    keep.append(inst)
+            keep, add = match_instances([i for i in current if i.state != "dead"], wanted)
             fresh = [RayInstance(node.model_copy(update={"instances": [i]}), 0, self.placement, _remote_classes(),
                                  list(self.plan.module_paths), _driver_reads(self.plan), _torch_threads(),
                                  step_timeout=self.step_timeout) for i in add]

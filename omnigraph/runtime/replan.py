@@ -88,7 +88,7 @@ def switch(backend: Any, variant: PlanVariant) -> int:
         if node is None:
             raise ValueError(f"variant '{variant.name}' names stage '{stage}', which the plan does not have")
         current = list(backend.instances[stage])
-        keep, add = _match(current, wanted)
+        keep, add = match_instances(current, wanted)
         fresh: list[_Worker] = []
         try:
             for inst in add:  # load before anything is taken away
@@ -114,17 +114,14 @@ def switch(backend: Any, variant: PlanVariant) -> int:
     return moved
 
 
-def _match(current: list[_Worker], wanted: list[Instance]) -> tuple[list[_Worker], list[Instance]]:
-    """Workers that already run a wanted instance (kept), and the instances still to start."""
-    keep, add = [], []
-    free = list(current)
-    for inst in wanted:
-        found = next((w for w in free if w.instance == inst), None)
-        if found is None:
-            add.append(inst)
-        else:
-            free.remove(found)
-            keep.append(found)
+def match_instances(current: list[Any], wanted: list[Instance]) -> tuple[list[Any], list[Instance]]:
+    """Of a stage's running instances (local workers or Ray instances: each has `.instance`),
+    those that already run a wanted instance (kept), and the wanted instances still to start."""
+    keep, add = [], list(wanted)
+    for running in current:
+        if running.instance in add:
+            add.remove(running.instance)
+            keep.append(running)
     return keep, add
 
 

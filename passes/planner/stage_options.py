@@ -98,8 +98,9 @@ def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape]
     profile = profile_stage(st.kind, st.model, st.params)
     options: list[Option] = []
     misfits: list[tuple[DeviceType, StageCost]] = []
-    pinned = {k: v for k, v in pinned_degrees(st).items() if k != "replicas"}  # per config; replicas: the MILP
-    replicas = pinned_degrees(st).get("replicas")
+    degrees = pinned_degrees(st)
+    pinned = {k: v for k, v in degrees.items() if k != "replicas"}  # per config; replicas: the MILP
+    replicas = degrees.get("replicas")
     share = float(st.params.get("memory_share") or 1.0)
     for dt in types:
         if pin is not None and dt.type != pin.type:
