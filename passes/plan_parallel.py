@@ -95,15 +95,19 @@ def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
     """The solved plan for a module (raises IRError, explained, when none exists)."""
     built = build_problem(module, target, mix, slo, headroom)
     solution, _ = refine(built)
-    if solution is None:
+    if solution is None or _pooled(solution):
         # Stages that share a device and do not fit on it together may still take turns:
         # their weights in host memory, each loaded when it runs (costed by the host link).
+        # Tried too when they fit only split over several pools, which may cost more devices.
         resident = built.problem
         built.problem = replace(resident, swap=frozenset(t.type for t in built.types))
-        solution, _ = refine(built)
+        swapping, _ = refine(built)
+        built.problem = resident
+        if swapping is not None and (solution is None or swapping.throughput > solution.throughput * (1 + 1e-6)):
+            swapping.swap = True
+            solution = swapping
         if solution is None:
             raise no_plan(resident, target.target, built.types)
-        solution.swap = True
     return solution, built.stages, built.works
 
 
@@ -120,8 +124,10 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
     problem = built.problem
     best: PlanSolution | None = None
     best_problem = problem
+    seen: set[tuple] = set()
+    solution = None
     for _ in range(rounds):
-        solution = solve_pooled(problem)
+        solution = solve_pooled(problem, start=solution)
         if solution is None:
             break
         rerated = _rerate(built, problem, solution)
@@ -130,8 +136,18 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
             best, best_problem = solution, rerated
         if rerated == problem or _pooled(solution) or problem.swap:  # hard MILPs: one round
             break
+        if _assignment(solution) in seen:  # the plan stopped changing: another round re-derives it
+            break
+        seen.add(_assignment(solution))
         problem = rerated
     return best, best_problem
+
+
+def _assignment(solution: PlanSolution) -> tuple:
+    """What a plan decides (configs, replicas, pools), apart from the rates it is counted at."""
+    return (tuple((name, sp.option.device_type, sp.option.cost.config, sp.replicas, sp.pool_key if sp.shared else "")
+                  for name, sp in sorted(solution.stages.items())),
+            tuple(sorted(solution.shared_devices.items())))
 
 
 def _pooled(solution: PlanSolution) -> bool:
@@ -143,10 +159,10 @@ MAX_POOLS = 8  # shared pools per device type a plan may use
 POOLED_TIME_LIMIT_S = 2.0  # per solve with several pools: the best plan found by then
 
 
-def solve_pooled(problem: PlanProblem) -> PlanSolution | None:
+def solve_pooled(problem: PlanProblem, start: PlanSolution | None = None) -> PlanSolution | None:
     """One shared pool per device type, as usual; only when that cannot hold the pipeline (a
     wide fan-in of small stages whose copies do not all fit one device), two, four, eight."""
-    solution = solve(problem)
+    solution = solve(problem, start=start)
     most = max((p.count for p in problem.pools), default=1)
     pools = 2
     while solution is None and pools <= min(MAX_POOLS, most):

@@ -9,6 +9,7 @@ from omnigraph.passes.planner.cost_types import ParallelConfig, StageCost
 from omnigraph.passes.planner.plan_exhaustive import exhaustive
 from omnigraph.passes.planner.plan_milp import prune, solve
 from omnigraph.passes.planner.plan_problem import DevicePool, Option, PlanProblem, StageChoices, throughput_of
+from omnigraph.passes.planner.stage_classes import stage_classes
 
 GIB = 1 << 30
 
@@ -125,3 +126,54 @@ def test_milp_matches_brute_force(seed: int) -> None:
     assert sol.devices_used <= devices
     if target is not None:
         assert sol.latency_s <= target + 1e-6
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_identical_stages_planned_as_one_class_match_brute_force(seed: int) -> None:
+    # A fan-in of like encoders is one class in the MILP (how many share each pool, how many
+    # run dedicated, one config for all); brute force plans every member on its own.
+    rng = random.Random(1000 + seed)
+    devices = rng.choice([1, 2, 4, 8])
+    options = tuple(opt(tp, rng.uniform(0.5, 20) * tp ** rng.uniform(0.6, 1.0), rng.uniform(10, 85) / tp,
+                        lat=rng.uniform(0.1, 3) / tp ** 0.5) for tp in (1, 2, 4) if tp <= devices) or (opt(1, 5, 20),)
+    n = rng.randint(2, 5)
+    stages = [StageChoices(f"e{i}", 1.0, options, ()) for i in range(n)]
+    stages.append(StageChoices("llm", 1.0, (opt(1, rng.uniform(1, 10), rng.uniform(10, 70)),),
+                               tuple((f"e{i}", False) for i in range(n))))
+    problem = PlanProblem(tuple(stages), (DevicePool("h100", devices, 80 * GIB),), headroom=rng.choice([1.0, 0.85]))
+    assert [c.count for c in stage_classes(problem)] == [n, 1]
+    ref, sol = exhaustive(problem), solve(problem)
+    assert (ref is None) == (sol is None)
+    if sol is None:
+        return
+    assert sol.throughput == pytest.approx(ref.throughput, rel=1e-5)
+    assert throughput_of(problem, sol.stages, sol.shared_devices) == pytest.approx(sol.throughput, rel=1e-5)
+    assert all(sol.stages[f"e{i}"].option == sol.stages["e0"].option for i in range(n))
+    assert sol.devices_used <= devices
+
+
+def test_members_of_a_class_split_over_pools_and_dedicated_devices() -> None:
+    # Ten 30 GiB encoders on 80 GiB devices: at most two per pool device, so they need several
+    # pools; the class says how many go where and every member lands somewhere.
+    stages = tuple(StageChoices(f"e{i}", 1.0, (opt(1, 40, 30),), ()) for i in range(10))
+    stages += (StageChoices("llm", 1.0, (opt(1, 4, 60),), tuple((f"e{i}", False) for i in range(10))),)
+    problem = PlanProblem(stages, (DevicePool("h100", 8, 80 * GIB),))
+    sol = solve(problem, pools_per_type=4)
+    assert sol is not None
+    assert throughput_of(problem, sol.stages, sol.shared_devices) == pytest.approx(sol.throughput, rel=1e-5)
+    per_pool: dict[str, int] = {}
+    for i in range(10):
+        sp = sol.stages[f"e{i}"]
+        assert sp.shared or sp.replicas >= 1
+        if sp.shared:
+            per_pool[sp.pool_key] = per_pool.get(sp.pool_key, 0) + 1
+    assert all(n <= 2 for n in per_pool.values())  # memory: two 30 GiB copies per 80 GiB device
+    assert sol.devices_used <= 8
+
+
+def test_pinned_stages_stay_out_of_classes() -> None:
+    a = StageChoices("a", 1.0, (opt(1, 10, 10),), ())
+    b = StageChoices("b", 1.0, (opt(1, 10, 10),), ())
+    pinned = StageChoices("c", 1.0, (opt(1, 10, 10),), (), replicas=2)
+    classes = stage_classes(PlanProblem((a, b, pinned), (DevicePool("h100", 4, 80 * GIB),)))
+    assert [c.members for c in classes] == [("a", "b"), ("c",)]

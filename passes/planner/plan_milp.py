@@ -1,5 +1,4 @@
-"""Solve the planning problem (plan_problem.py) as a MILP with PuLP: HiGHS when highspy is
-installed, else the CBC that ships with PuLP.
+"""Solve the planning problem (plan_problem.py) as a MILP with PuLP (milp_solver.py).
 
 Two solves: first the highest throughput X, then, holding X, the fewest devices (and among
 those the quickest configs), so that a stage gets no replicas it cannot use and no batch
@@ -9,21 +8,20 @@ dropped first; they can never be in an optimum and they slow the solver down.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import time
 from dataclasses import replace
-from collections.abc import Iterator
 from typing import Any
 
 import pulp
 
+from omnigraph.passes.planner.milp_solver import make_solver, run_solver
 from omnigraph.passes.planner.plan_problem import (
-    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency, pool_key,
+    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency, pool_key, throughput_of,
 )
+from omnigraph.passes.planner.stage_classes import StageClass, stage_classes
 
 TIME_LIMIT_S = 20.0
+GIB = float(1 << 30)  # memory rows in GiB: in bytes their 1e10 coefficients beside rates of 1e-3 slow HiGHS down
 
 
 def prune(problem: PlanProblem) -> PlanProblem:
@@ -46,52 +44,26 @@ def prune(problem: PlanProblem) -> PlanProblem:
         return all(a <= b for a, b in zip(kp, ko)) and (kp != ko or first)
 
     stages = []
+    pruned: dict[str, tuple[Option, ...]] = {}  # like stages (a fan-in of encoders) are pruned once
     for st in problem.stages:
-        kept: list[Option] = []
-        for i, o in enumerate(st.options):
-            dominated = any(dominates(p, o, j < i or p.devices < o.devices) for j, p in enumerate(st.options) if j != i)
-            if not dominated:
-                kept.append(o)
-        stages.append(replace(st, options=tuple(kept)))
+        like = repr(st.options)
+        if like not in pruned:
+            pruned[like] = tuple(o for i, o in enumerate(st.options) if not any(
+                dominates(p, o, j < i or p.devices < o.devices) for j, p in enumerate(st.options) if j != i))
+        stages.append(replace(st, options=pruned[like]))
     return replace(problem, stages=tuple(stages))
 
 
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """HiGHS prints a banner from C on creation, whatever msg says: hide fd 1 meanwhile."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # a captured or replaced sys.stdout
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(fd)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
-            yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-
-
-def _solve(m: pulp.LpProblem, solver: pulp.LpSolver) -> int:
-    with _quiet_stdout():
-        return m.solve(solver)
-
-
-def _solver(time_limit: float) -> pulp.LpSolver:
-    highs = pulp.HiGHS(msg=False, timeLimit=time_limit)
-    return highs if highs.available() else pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
-
-
-def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type: int = 1) -> PlanSolution | None:
+def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type: int = 1,
+          start: PlanSolution | None = None) -> PlanSolution | None:
     """The best plan, or None when no assignment is feasible (the caller explains why). With
-    `pools_per_type` > 1 the shared stages of a type may split into that many pools."""
+    `pools_per_type` > 1 the shared stages of a type may split into that many pools. `start`:
+    a plan to start the search from (the previous refinement round's)."""
     started = time.perf_counter()
     problem = prune(problem)
     if any(not st.options for st in problem.stages):
         return None
+    classes = stage_classes(problem)
     pools = {p.type: p for p in problem.pools}
     h = problem.headroom
     # An upper bound on X: every device of a stage's best type on that stage alone.
@@ -109,74 +81,92 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
 
     m = pulp.LpProblem("plan", pulp.LpMaximize)
     X = m.add_variable("X", 0, x_ub)
-    idx = [(s, i) for s, st in enumerate(problem.stages) for i in range(len(st.options))]
+    idx = [(g, i) for g, cl in enumerate(classes) for i in range(len(cl.choices.options))]
     y = {k: m.add_variable(f"y_{k[0]}_{k[1]}", cat="Binary") for k in idx}
-    r = {}
-    z: dict[tuple[int, int, int], Any] = {}  # (stage, option, pool) -> in that shared pool
-    w: dict[tuple[int, int, int], Any] = {}  # its device-seconds per second there
-    for s, i in idx:
-        st, o = problem.stages[s], problem.stages[s].options[i]
+    r = {}  # (class, option) -> dedicated replicas of each dedicated member
+    replicas: dict[tuple[int, int], Any] = {}  # (class, option) -> dedicated replicas of all its members
+    z: dict[tuple[int, int, int], Any] = {}  # (class, option, pool) -> its members in that shared pool
+    held: dict[tuple[int, int, int], Any] = {}  # … -> 1 when that pool holds any of them
+    w: dict[tuple[int, int, int], Any] = {}  # their device-seconds per second there
+    for g, i in idx:
+        cl = classes[g]
+        st, o, c = cl.choices, cl.choices.options[i], cl.count
         cap = most(st, o)
-        r[s, i] = m.add_variable(f"r_{s}_{i}", 0, cap, cat="Integer")
-        m += r[s, i] <= cap * y[s, i]
+        r[g, i] = m.add_variable(f"r_{g}_{i}", 0, cap, cat="Integer")
+        replicas[g, i] = r[g, i]
+        m += r[g, i] <= cap * y[g, i]
         if st.pinned_devices:  # pinned on devices of its own choosing: its replicas tile them
-            m += r[s, i] * o.devices == st.pinned_devices * y[s, i]
+            m += r[g, i] * o.devices == st.pinned_devices * y[g, i]
         elif st.replicas is not None:  # pinned by the spec: exactly that many, each its own
-            m += r[s, i] == st.replicas * y[s, i]
+            m += r[g, i] == st.replicas * y[g, i]
         elif o.devices == 1:
             per_request = st.visits * (1 / (o.shared_rate * h) + problem.swap_seconds(st, o))
-            big = per_request * x_ub
             for k in range(K[o.device_type]):
-                z[s, i, k] = m.add_variable(f"z_{s}_{i}_{k}", cat="Binary")
-                w[s, i, k] = m.add_variable(f"w_{s}_{i}_{k}", 0)
-                m += w[s, i, k] >= per_request * X - big * (1 - z[s, i, k])
-            pooled = pulp.lpSum(z[s, i, k] for k in range(K[o.device_type]))
-            m += pooled <= y[s, i]
-            m += r[s, i] <= cap * (y[s, i] - pooled)
-            m += r[s, i] >= y[s, i] - pooled
+                if c == 1:
+                    z[g, i, k] = held[g, i, k] = m.add_variable(f"z_{g}_{i}_{k}", cat="Binary")
+                    w[g, i, k] = m.add_variable(f"w_{g}_{i}_{k}", 0)
+                    m += w[g, i, k] >= per_request * X - per_request * x_ub * (1 - z[g, i, k])
+                else:
+                    z[g, i, k], held[g, i, k], w[g, i, k] = _class_in_pool(m, f"{g}_{i}_{k}", c, per_request, X, x_ub)
+            pooled = pulp.lpSum(z[g, i, k] for k in range(K[o.device_type]))
+            m += pooled <= c * y[g, i]
+            if c == 1:
+                m += r[g, i] <= cap * (y[g, i] - pooled)
+                m += r[g, i] >= y[g, i] - pooled
+            else:  # the members no pool holds run dedicated, r replicas each
+                replicas[g, i] = _dedicated_members(m, f"{g}_{i}", c, cap, c * y[g, i] - pooled, r[g, i],
+                                                    o.cost.throughput * h, st.visits, X, x_ub)
         else:
-            m += r[s, i] >= y[s, i]
+            m += r[g, i] >= y[g, i]
+            replicas[g, i] = c * r[g, i]
     S = {(t, k): m.add_variable(f"S_{n}_{k}", 0, p.count, cat="Integer")
          for n, (t, p) in enumerate(pools.items()) for k in range(K[t])}
-    for s, st in enumerate(problem.stages):
-        ks = [k for k in idx if k[0] == s]
+    for g, cl in enumerate(classes):
+        st = cl.choices
+        ks = [k for k in idx if k[0] == g]
         m += pulp.lpSum(y[k] for k in ks) == 1
-        shared = pulp.lpSum(v for (zs, _, _), v in z.items() if zs == s)
-        m += (pulp.lpSum(st.options[i].cost.throughput * h * r[s, i] for _, i in ks)
-              >= st.visits * X - st.visits * x_ub * shared)
+        if cl.count == 1:  # a class of many keeps up member by member (_dedicated_members)
+            shared = pulp.lpSum(v for (zg, _, _), v in z.items() if zg == g)
+            m += (pulp.lpSum(st.options[i].cost.throughput * h * r[g, i] for _, i in ks)
+                  >= st.visits * X - st.visits * x_ub * shared)
+        else:
+            for _, i in ks:
+                if (g, i, 0) not in z:  # multi-device: every member dedicated when chosen
+                    m += st.options[i].cost.throughput * h * r[g, i] >= st.visits * X - st.visits * x_ub * (1 - y[g, i])
     for t, pool in pools.items():  # pinned stages' devices left the pool before (pinned_counts)
-        of_type = [k for k in idx if problem.stages[k[0]].options[k[1]].device_type == t
-                   and not problem.stages[k[0]].pinned_devices]
-        m += (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in of_type)
+        of_type = [k for k in idx if classes[k[0]].choices.options[k[1]].device_type == t
+                   and not classes[k[0]].choices.pinned_devices]
+        m += (pulp.lpSum(classes[g].choices.options[i].devices * replicas[g, i] for g, i in of_type)
               + pulp.lpSum(S[t, k] for k in range(K[t])) <= pool.count)
         for k in range(K[t]):
-            members = [(s, i) for s, i in of_type if (s, i, k) in z]
-            m += pulp.lpSum(w[s, i, k] for s, i in members) <= S[t, k]
+            members = [(g, i) for g, i in of_type if (g, i, k) in z]
+            m += pulp.lpSum(w[g, i, k] for g, i in members) <= S[t, k]
             if t in problem.swap:  # swapped weights in host memory: the device holds one stage's at a time
                 slot = m.add_variable(f"slot_{t}_{k}", 0)
-                held = []
-                for s, i in members:
-                    st, o = problem.stages[s], problem.stages[s].options[i]
-                    weights = o.cost.weight_bytes_per_device if problem.swaps(st, o) else 0
-                    m += slot >= weights * z[s, i, k]
-                    held.append((_pooled_bytes(st, o) - weights) * z[s, i, k])
-                m += pulp.lpSum(held) + slot <= pool.memory_bytes
+                kept = []
+                for g, i in members:
+                    st, o = classes[g].choices, classes[g].choices.options[i]
+                    weights = o.cost.weight_bytes_per_device / GIB if problem.swaps(st, o) else 0
+                    m += slot >= weights * held[g, i, k]
+                    kept.append((_pooled_bytes(st, o) / GIB - weights) * z[g, i, k])
+                m += pulp.lpSum(kept) + slot <= pool.memory_bytes / GIB
             else:
-                m += (pulp.lpSum(_pooled_bytes(problem.stages[s], problem.stages[s].options[i]) * z[s, i, k]
-                                 for s, i in members) <= pool.memory_bytes)
-            for s, i in members:
-                m += S[t, k] >= z[s, i, k]
+                m += (pulp.lpSum(_pooled_bytes(classes[g].choices, classes[g].choices.options[i]) / GIB * z[g, i, k]
+                                 for g, i in members) <= pool.memory_bytes / GIB)
+            for g, i in members:
+                m += S[t, k] >= held[g, i, k]
             if k:  # pools of a type are interchangeable: order them, largest first
                 m += S[t, k - 1] >= S[t, k]
-    _order_identical_stages(m, problem, z, K)
     if problem.latency_target_s is not None:
-        _latency_constraints(m, problem, y)
+        _latency_constraints(m, problem.latency_target_s, classes, y)
 
-    devices_used = (pulp.lpSum(problem.stages[s].options[i].devices * r[s, i] for s, i in idx
-                               if not problem.stages[s].pinned_devices) + pulp.lpSum(S.values()))
-    solver = _solver(time_limit)
+    devices_used = (pulp.lpSum(classes[g].choices.options[i].devices * replicas[g, i] for g, i in idx
+                               if not classes[g].choices.pinned_devices) + pulp.lpSum(S.values()))
+    solver = make_solver(time_limit)
     m.setObjective(X)
-    if _solve(m, solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
+    if start is not None:
+        _start_from(start, problem, classes, X, y, r, z, S)
+    if run_solver(m, solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
         return None
     best = X.value()
     found = {v.name: v.value() for v in m.variables()}  # the first solve's plan, should the second find none
@@ -184,28 +174,108 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     m.sense = pulp.LpMinimize
     # Fewest devices; among those, the quickest configs (a tie-break worth less than a device).
     slowest = sum(max(o.cost.latency_s for o in st.options) for st in problem.stages) or 1.0
-    latency = pulp.lpSum(problem.stages[s].options[i].cost.latency_s * y[s, i] for s, i in idx)
+    latency = pulp.lpSum(classes[g].count * classes[g].choices.options[i].cost.latency_s * y[g, i] for g, i in idx)
     m.setObjective(devices_used + 0.5 / slowest * latency)
     # With several pools the second solve only trims devices from a plan already in hand: a
     # shorter limit (the first plan is kept if it finds nothing better).
-    tidy = solver if max(K.values(), default=1) <= 1 else _solver(time_limit / 4)
-    if _solve(m, tidy) != pulp.LpStatusOptimal or any(v.value() is None for v in y.values()):
+    tidy = solver if max(K.values(), default=1) <= 1 else make_solver(time_limit / 4)
+    if run_solver(m, tidy) != pulp.LpStatusOptimal or any(v.value() is None for v in y.values()):
         for v in m.variables():  # stopped with no plan in hand (a time limit): keep the first
             v.varValue = found.get(v.name)
 
     chosen: dict[str, StagePlan] = {}
-    for s, st in enumerate(problem.stages):
-        i = max(range(len(st.options)), key=lambda i: y[s, i].value() or 0)
+    for g, cl in enumerate(classes):
+        st = cl.choices
+        i = max(range(len(st.options)), key=lambda i: y[g, i].value() or 0)
         t = st.options[i].device_type
-        pool = next((k for k in range(K[t]) if (s, i, k) in z and (z[s, i, k].value() or 0) > 0.5), None)
-        chosen[st.name] = StagePlan(st.options[i], round(r[s, i].value() or 0), pool is not None,
-                                    pool_key(t, pool) if pool else "")
+        in_pools = [round(z[g, i, k].value() or 0) if (g, i, k) in z else 0 for k in range(K[t])]
+        places = [pool_key(t, k) if k else t for k, n in enumerate(in_pools) for _ in range(n)]
+        for member in cl.members:  # the first members into the pools, in order; the rest dedicated
+            pool = places.pop(0) if places else None
+            chosen[member] = StagePlan(st.options[i], 0 if pool else round(r[g, i].value() or 0), pool is not None,
+                                       "" if pool in (None, t) else pool)
     latency_s = path_latency(problem, {n: p.option for n, p in chosen.items()})
     return PlanSolution(
-        throughput=best, stages=chosen,
+        throughput=best, stages={st.name: chosen[st.name] for st in problem.stages},
         shared_devices={pool_key(t, k): round(v.value() or 0) for (t, k), v in S.items()},
         latency_s=latency_s, solver=solver.name, seconds=time.perf_counter() - started,
     )
+
+
+def _start_from(start: PlanSolution, problem: PlanProblem, classes: list[StageClass], X: Any, y: dict, r: dict,
+                z: dict, S: dict) -> None:
+    """Set the decision variables to `start`'s plan, at the throughput it sustains under this
+    problem's rates (what it does not decide, the solver completes). A plan that does not fit
+    this problem's classes or options is no start."""
+    values: dict[Any, float] = {}
+    for g, cl in enumerate(classes):
+        plans = [start.stages.get(member) for member in cl.members]
+        if any(p is None or p.option.cost.config != plans[0].option.cost.config for p in plans):
+            return
+        options = cl.choices.options
+        i = next((i for i, o in enumerate(options) if o.cost == plans[0].option.cost
+                  and o.device_type == plans[0].option.device_type), None)
+        if i is None:
+            return
+        values.update({y[g, j]: float(j == i) for j in range(len(options))})
+        values[r[g, i]] = max(p.replicas for p in plans)
+        for key in (key for key in z if key[:2] == (g, i)):
+            name = pool_key(options[i].device_type, key[2])
+            values[z[key]] = sum(1 for p in plans if p.shared and p.pool_key == name)
+    chosen = {st.name: replace(start.stages[st.name], option=next(
+        o for o in st.options if o.cost == start.stages[st.name].option.cost
+        and o.device_type == start.stages[st.name].option.device_type)) for st in problem.stages}
+    x = throughput_of(problem, chosen, start.shared_devices) * (1 - 1e-6)
+    if x <= EPS:
+        return
+    values[X] = x
+    for (t, k), v in S.items():
+        values[v] = start.shared_devices.get(pool_key(t, k), 0)
+    for var, value in values.items():
+        var.setInitialValue(value)
+
+
+def _binary_digits(m: pulp.LpProblem, name: str, count: int, value: Any) -> list[tuple[int, Any]]:
+    """`value` (an integer from 0 to `count`) as binary digits: [(2^b, digit b)]."""
+    digits = [(1 << b, m.add_variable(f"{name}_b{b}", cat="Binary")) for b in range(count.bit_length())]
+    m += pulp.lpSum(p * d for p, d in digits) == value
+    return digits
+
+
+def _class_in_pool(m: pulp.LpProblem, name: str, count: int, per_request: float, X: Any,
+                   x_ub: float) -> tuple[Any, Any, Any]:
+    """How many of a class's `count` members a shared pool holds (n), whether it holds any, and
+    the device-seconds per second they take there (per_request x X x n, made linear by taking
+    n digit by digit: each digit's share of X is X when the digit is 1, else 0)."""
+    n = m.add_variable(f"z_{name}", 0, count, cat="Integer")
+    held = m.add_variable(f"h_{name}", cat="Binary")
+    m += n <= count * held
+    m += held <= n
+    w = m.add_variable(f"w_{name}", 0)
+    shares = []
+    for power, digit in _binary_digits(m, f"z_{name}", count, n):
+        share = m.add_variable(f"x_{name}_{power}", 0)
+        m += share >= X - x_ub * (1 - digit)
+        shares.append(power * share)
+    m += w >= per_request * pulp.lpSum(shares)
+    return n, held, w
+
+
+def _dedicated_members(m: pulp.LpProblem, name: str, count: int, cap: int, dedicated: Any, r: Any,
+                       rate: float, visits: float, X: Any, x_ub: float) -> Any:
+    """The replicas of a class's members that no pool holds: `dedicated` members with `r` each
+    (enough to keep up with X). Returns their total (dedicated x r, digit by digit)."""
+    some = m.add_variable(f"d_{name}", cat="Binary")  # any member dedicated
+    m += dedicated <= count * some
+    m += r <= cap * some
+    m += r >= some
+    m += rate * r >= visits * X - visits * x_ub * (1 - some)
+    parts = []
+    for power, digit in _binary_digits(m, f"n_{name}", count, dedicated):
+        part = m.add_variable(f"q_{name}_{power}", 0, cap)
+        m += part >= r - cap * (1 - digit)
+        parts.append(power * part)
+    return pulp.lpSum(parts)
 
 
 def _pooled_bytes(st: StageChoices, o: Option) -> int:
@@ -213,44 +283,25 @@ def _pooled_bytes(st: StageChoices, o: Option) -> int:
     return o.cost.mem_per_device + 2 * o.cost.config.batch * st.in_bytes
 
 
-def _order_identical_stages(m: pulp.LpProblem, problem: PlanProblem, z: dict, K: dict[str, int]) -> None:
-    """Stages with the same options, load and producers (a fan-in of like encoders) are
-    interchangeable: any plan can swap them. Ordering their pools (0: dedicated, k+1: pool k)
-    removes those swaps, which the solver would otherwise search one by one."""
-    if max(K.values(), default=1) <= 1:
-        return
-    groups: dict[tuple, list[int]] = {}
-    for s, st in enumerate(problem.stages):
-        options = tuple((o.device_type, o.dtype, o.devices, o.cost.config, o.cost.throughput, o.cost.mem_per_device,
-                         o.cost.latency_s, o.cost.first_output_s, o.shared_rate) for o in st.options)
-        groups.setdefault((options, st.visits, st.preds, st.replicas), []).append(s)
+def _latency_constraints(m: pulp.LpProblem, target_s: float, classes: list[StageClass], y: dict) -> None:
+    """Finish time T of every stage class along the graph (a class's members finish together:
+    they have the same producers and config); the last must meet the target."""
+    T = {g: m.add_variable(f"T_{g}", 0) for g in range(len(classes))}
+    pos = {member: g for g, cl in enumerate(classes) for member in cl.members}
 
-    def pool_index(s: int) -> pulp.LpAffineExpression:
-        return pulp.lpSum((k + 1) * v for (zs, _, k), v in z.items() if zs == s)
+    def chosen(g: int, attr: str) -> pulp.LpAffineExpression:
+        return pulp.lpSum(getattr(o.cost, attr) * y[g, i] for i, o in enumerate(classes[g].choices.options))
 
-    for members in groups.values():
-        for a, b in zip(members, members[1:]):
-            m += pool_index(a) <= pool_index(b)
-
-
-def _latency_constraints(m: pulp.LpProblem, problem: PlanProblem, y: dict) -> None:
-    """Finish time T_s of every stage along the graph; the last must meet the target."""
-    T = {st.name: m.add_variable(f"T_{s}", 0) for s, st in enumerate(problem.stages)}
-    pos = {st.name: s for s, st in enumerate(problem.stages)}
-
-    def chosen(s: int, attr: str) -> pulp.LpAffineExpression:
-        return pulp.lpSum(getattr(o.cost, attr) * y[s, i] for i, o in enumerate(problem.stages[s].options))
-
-    for s, st in enumerate(problem.stages):
-        own = chosen(s, "latency_s")
-        m += T[st.name] >= own
-        for pred, stream in st.preds:
+    for g, cl in enumerate(classes):
+        own = chosen(g, "latency_s")
+        m += T[g] >= own
+        for pred, stream in cl.choices.preds:
             if pred not in pos:
                 continue
+            p = pos[pred]
             if stream:
-                p = pos[pred]
-                m += T[st.name] >= T[pred] - chosen(p, "latency_s") + chosen(p, "first_output_s") + own
-                m += T[st.name] >= T[pred]
+                m += T[g] >= T[p] - chosen(p, "latency_s") + chosen(p, "first_output_s") + own
+                m += T[g] >= T[p]
             else:
-                m += T[st.name] >= T[pred] + own
-        m += T[st.name] <= problem.latency_target_s
+                m += T[g] >= T[p] + own
+        m += T[g] <= target_s
