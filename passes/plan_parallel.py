@@ -107,7 +107,7 @@ def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
             swapping.swap = True
             solution = swapping
         if solution is None:
-            raise no_plan(resident, target.target, built.types)
+            raise no_plan(resident, target.target, built.types, swapping=True)
     return solution, built.stages, built.works
 
 

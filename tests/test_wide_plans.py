@@ -72,3 +72,5 @@ def test_a_target_too_small_for_them_is_explained(tmp_path: Path) -> None:
     with pytest.raises(OmnigraphError) as err:  # 0.6 GiB: not even taking turns
         compile_plan(fan_in(tmp_path, 24), target(tmp_path, 1, 0.6))
     assert "invalid IR" not in str(err.value) and err.value.hint
+    assert "even with the stages taking turns" in str(err.value)  # what was tried, said
+    assert "and 20 more" in str(err.value)  # a wide fan-in is not listed name by name

@@ -10,7 +10,7 @@ from omnigraph.errors import IRError
 from omnigraph.passes.planner.arch_profile import profile_stage
 from omnigraph.passes.planner.cost_rules import infeasibility_fixes
 from omnigraph.passes.planner.cost_types import StageCost, StageWork
-from omnigraph.passes.planner.plan_problem import Option, PlanProblem, path_latency
+from omnigraph.passes.planner.plan_problem import Option, PlanProblem, StageChoices, path_latency, pooled_bytes
 from omnigraph.passes.stage_graph import FlatStage
 from omnigraph.passes.planner.stage_options import DeviceType, pinned_degrees
 
@@ -52,8 +52,9 @@ def no_fit(st: FlatStage, works: list[StageWork], target: str, types: list[Devic
     )
 
 
-def no_plan(problem: PlanProblem, target: str, types: list[DeviceType]) -> IRError:
-    """Every stage fits somewhere, but not all of them together (or not in time)."""
+def no_plan(problem: PlanProblem, target: str, types: list[DeviceType], swapping: bool = False) -> IRError:
+    """Every stage fits somewhere, but not all of them together (or not in time). `swapping`:
+    the planner tried taking turns too (weights in host memory): say why that failed as well."""
     if problem.latency_target_s is not None:
         fastest = {st.name: min(st.options, key=lambda o: o.cost.latency_s) for st in problem.stages}
         best = path_latency(problem, fastest)
@@ -65,18 +66,37 @@ def no_plan(problem: PlanProblem, target: str, types: list[DeviceType]) -> IRErr
                 f"{slowest[1].cost.latency_s:.3g} s at {slowest[1].cost.config.label()})",
                 hint=f"smallest fix: a latency target of at least {best * 1.05:.3g} s, or faster devices",
             )
-    return _packing(problem, target, {t.type: t for t in types})
+    by_type = {t.type: t for t in types}
+    return (_packing(problem, target, by_type, swap=True) if swapping else None) or \
+        _packing(problem, target, by_type) or \
+        IRError(f"no plan fits the pipeline on {target}: the stages together need more devices "
+                f"than it has", hint="smallest fix: more devices, or a smaller max_batch")
 
 
-def _packing(problem: PlanProblem, target: str, types: dict[str, DeviceType]) -> IRError:
-    """Fill the devices stage by stage with each stage's leanest config; name the one that overflows."""
-    free: dict[str, list[int]] = {t: [dt.usable_bytes] * dt.count for t, dt in types.items()}
+def _names(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _packing(problem: PlanProblem, target: str, types: dict[str, DeviceType], swap: bool = False) -> IRError | None:
+    """Fill the devices stage by stage with each stage's leanest config; name the one that
+    overflows (None: this greedy fill finds room for all). With `swap`, stages that may take
+    turns hold only what they keep besides their weights, and every device keeps a slot for
+    the largest weights that take turns."""
+    leanest = {st.name: min(st.options, key=lambda o: (o.devices, o.cost.mem_per_device)) for st in problem.stages}
+
+    def swapped(st: StageChoices) -> int:  # the weights it leaves in host memory
+        o = leanest[st.name]
+        return o.cost.weight_bytes_per_device if swap and st.swappable and o.devices == 1 else 0
+
+    slot = max((swapped(st) for st in problem.stages), default=0)
+    free: dict[str, list[int]] = {t: [dt.usable_bytes - slot] * dt.count for t, dt in types.items()}
     held: dict[tuple[str, int], list[str]] = {}
     for st in problem.stages:
-        option = min(st.options, key=lambda o: (o.devices, o.cost.mem_per_device))
+        option = leanest[st.name]
         slots = free[option.device_type]
         dt = types[option.device_type]
-        need = option.cost.mem_per_device
+        need = (pooled_bytes(st, option) if option.devices == 1 else option.cost.mem_per_device) - swapped(st)
         order = sorted(range(len(slots)), key=lambda i: -slots[i])
         chosen = order[:option.devices]
         if len(chosen) == option.devices and all(slots[i] >= need for i in chosen):
@@ -87,15 +107,19 @@ def _packing(problem: PlanProblem, target: str, types: dict[str, DeviceType]) ->
         best = order[0] if order else 0
         left = slots[best] if slots else 0
         after = held.get((option.device_type, best), [])
-        fixes = _fixes(st.options, option, left, dt)
+        if swap:
+            return IRError(
+                f"stage '{st.name}' needs {gib(need)} per device at {option.cost.config.label()} "
+                f"{_where(target, dt)} even with the stages taking turns (weights in host memory, "
+                f"{gib(slot)} kept for the one that runs), {gib(left)} left"
+                + (f" after {_names(after)}" if after else ""),
+                hint="smallest fix: " + " or ".join(_fixes(st.options, option, left, dt)))
         return IRError(
             f"stage '{st.name}' needs {gib(need)} per device at {option.cost.config.label()} "
-            f"{_where(target, dt)}, {gib(left)} left"
-            + (f" after {', '.join(repr(a) for a in after)}" if after else ""),
-            hint="smallest fix: " + " or ".join(fixes),
+            f"{_where(target, dt)}, {gib(left)} left" + (f" after {_names(after)}" if after else ""),
+            hint="smallest fix: " + " or ".join(_fixes(st.options, option, left, dt)),
         )
-    return IRError(f"no plan fits the pipeline on {target}: the stages together need more devices "
-                   f"than it has", hint="smallest fix: more devices, or a smaller max_batch")
+    return None
 
 
 def _fixes(options: tuple[Option, ...], leanest: Option, left: int, dt: DeviceType) -> list[str]:

@@ -16,7 +16,8 @@ import pulp
 
 from omnigraph.passes.planner.milp_solver import make_solver, run_solver
 from omnigraph.passes.planner.plan_problem import (
-    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency, pool_key, throughput_of,
+    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency, pool_key, pooled_bytes,
+    throughput_of,
 )
 from omnigraph.passes.planner.stage_classes import StageClass, stage_classes
 
@@ -148,10 +149,10 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
                     st, o = classes[g].choices, classes[g].choices.options[i]
                     weights = o.cost.weight_bytes_per_device / GIB if problem.swaps(st, o) else 0
                     m += slot >= weights * held[g, i, k]
-                    kept.append((_pooled_bytes(st, o) / GIB - weights) * z[g, i, k])
+                    kept.append((pooled_bytes(st, o) / GIB - weights) * z[g, i, k])
                 m += pulp.lpSum(kept) + slot <= pool.memory_bytes / GIB
             else:
-                m += (pulp.lpSum(_pooled_bytes(classes[g].choices, classes[g].choices.options[i]) / GIB * z[g, i, k]
+                m += (pulp.lpSum(pooled_bytes(classes[g].choices, classes[g].choices.options[i]) / GIB * z[g, i, k]
                                  for g, i in members) <= pool.memory_bytes / GIB)
             for g, i in members:
                 m += S[t, k] >= held[g, i, k]
@@ -276,11 +277,6 @@ def _dedicated_members(m: pulp.LpProblem, name: str, count: int, cap: int, dedic
         m += part >= r - cap * (1 - digit)
         parts.append(power * part)
     return pulp.lpSum(parts)
-
-
-def _pooled_bytes(st: StageChoices, o: Option) -> int:
-    """What a shared stage holds on each pool device, as plan-memory will count it."""
-    return o.cost.mem_per_device + 2 * o.cost.config.batch * st.in_bytes
 
 
 def _latency_constraints(m: pulp.LpProblem, target_s: float, classes: list[StageClass], y: dict) -> None:

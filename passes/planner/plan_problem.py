@@ -107,6 +107,11 @@ class StagePlan:
         return self.pool or self.option.device_type
 
 
+def pooled_bytes(st: StageChoices, o: Option) -> int:
+    """What a shared stage holds on each pool device, as plan-memory will count it."""
+    return o.cost.mem_per_device + 2 * o.cost.config.batch * st.in_bytes
+
+
 def pool_key(device_type: str, index: int) -> str:
     """A device type's shared pools: `h100` (the first), then `h100#1`, `h100#2`, …"""
     return device_type if index == 0 else f"{device_type}#{index}"
