@@ -169,3 +169,12 @@ def test_planning_a_thousand_devices(tmp_path: Path) -> None:
     small = plan_spec(str(EXAMPLES / "qwen3_omni_moe.yaml"), "h100x8")
     assert report["devices_used"] > 1000
     assert report["throughput_rps"] >= 100 * small["throughput_rps"]
+
+
+@pytest.mark.parametrize("example", ["qwen3_omni_moe", "qwen2_5_omni", "wan_video"])
+def test_a_strictly_larger_target_never_plans_worse(example: str) -> None:
+    # h100-2x8 holds h100x8 twice over; h200x8 is h100x8 with more memory and bandwidth per
+    # device. Whatever the smaller target can run, the larger can too, so its plan is no worse.
+    rps = {t: plan_spec(str(EXAMPLES / f"{example}.yaml"), t)["throughput_rps"] for t in ("h100x8", "h200x8", "h100-2x8")}
+    assert rps["h200x8"] >= rps["h100x8"] * (1 - 1e-6), rps
+    assert rps["h100-2x8"] >= rps["h100x8"] * (1 - 1e-6), rps
