@@ -132,8 +132,11 @@ class PlanAttr(ParametrizedAttribute):
         # A shared stage whose weights stay in host memory and are loaded onto its device when
         # it runs (its pool's stages do not fit there together).
         "swap": bool,
+        # How far below the best plan the planning model allows this one may be, as the MILP
+        # proved it when its time budget ran out (0: proven best).
+        "gap": float,
     }
-    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": "", "pool": "", "split": "", "swap": False}  # fields IR from before them may leave out
+    DEFAULTS: ClassVar[dict[str, Any]] = {"dtype": "", "pool": "", "split": "", "swap": False, "gap": 0.0}  # fields IR from before them may leave out
     values: ArrayAttr[Attribute]
 
     def __init__(self, **values: Any) -> None:

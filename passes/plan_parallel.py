@@ -9,6 +9,7 @@ times, memory needs) that place-devices and plan-memory read.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 
@@ -32,6 +33,11 @@ from omnigraph.target import Target
 
 
 REFINE_ROUNDS = 4  # solve, re-rate the shared pools, solve again: at most this many times
+# Seconds the MILP searches, all rounds together, unless the pass is told otherwise. Small
+# graphs are solved to proven optimality long before; a wide graph of many distinct stages
+# stops here with the best plan found, and the plan says how far from the best it may be.
+SOLVE_BUDGET_S = 1.0
+MIN_SOLVE_S = 0.25  # a round that starts with the budget spent still gets this long
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,11 @@ class PlanParallelPass(CompilerPass):
     mix: str = ""  # request mix: presets `chat:0.7,long:0.3` or a YAML file; "" = default
     slo: float = 0.0  # end-to-end latency target in seconds; 0 = none
     headroom: float = 0.9  # highest utilisation a stage is planned at
+    solve_s: float = 0.0  # seconds the MILP may search (the plan then says how far from proven best); 0: default
 
     def run(self, comp: Compilation) -> None:
         solution, stages, works = plan(comp.module, comp.need_target(self.name), self.mix, self.slo or None,
-                                       self.headroom)
+                                       self.headroom, self.solve_s or SOLVE_BUDGET_S)
         write_plan(stages, solution, works)
 
 
@@ -58,6 +65,7 @@ class Problem:
     types: list[DeviceType]
     target: Target
     mix: str | None = None
+    deadline: float = float("inf")  # time.perf_counter() by which the search should stop
 
 
 def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
@@ -90,10 +98,11 @@ def build_problem(module: ModuleOp, target: Target, mix: str | None, slo: float 
     return Problem(PlanProblem(tuple(choices), pools, slo, headroom), stages, works, types, target, mix)
 
 
-def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None,
-         headroom: float) -> tuple[PlanSolution, list[FlatStage], dict[str, list[StageWork]]]:
+def plan(module: ModuleOp, target: Target, mix: str | None, slo: float | None, headroom: float,
+         solve_s: float = 0.0) -> tuple[PlanSolution, list[FlatStage], dict[str, list[StageWork]]]:
     """The solved plan for a module (raises IRError, explained, when none exists)."""
     built = build_problem(module, target, mix, slo, headroom)
+    built.deadline = time.perf_counter() + (solve_s or SOLVE_BUDGET_S)
     solution, _ = refine(built)
     if solution is None or _pooled(solution):
         # Stages that share a device and do not fit on it together may still take turns:
@@ -126,8 +135,11 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
     best_problem = problem
     seen: set[tuple] = set()
     solution = None
-    for _ in range(rounds):
-        solution = solve_pooled(problem, start=solution)
+    for round_ in range(rounds):
+        left = built.deadline - time.perf_counter()
+        if round_ > 1 and left <= 0:  # out of time after one re-rating: the best plan so far
+            break
+        solution = solve_pooled(problem, start=solution, time_limit=max(MIN_SOLVE_S, left))
         if solution is None:
             break
         rerated = _rerate(built, problem, solution)
@@ -159,14 +171,15 @@ MAX_POOLS = 8  # shared pools per device type a plan may use
 POOLED_TIME_LIMIT_S = 2.0  # per solve with several pools: the best plan found by then
 
 
-def solve_pooled(problem: PlanProblem, start: PlanSolution | None = None) -> PlanSolution | None:
+def solve_pooled(problem: PlanProblem, start: PlanSolution | None = None,
+                 time_limit: float = SOLVE_BUDGET_S) -> PlanSolution | None:
     """One shared pool per device type, as usual; only when that cannot hold the pipeline (a
     wide fan-in of small stages whose copies do not all fit one device), two, four, eight."""
-    solution = solve(problem, start=start)
+    solution = solve(problem, time_limit=time_limit, start=start)
     most = max((p.count for p in problem.pools), default=1)
     pools = 2
     while solution is None and pools <= min(MAX_POOLS, most):
-        solution = solve(problem, time_limit=POOLED_TIME_LIMIT_S, pools_per_type=pools)
+        solution = solve(problem, time_limit=max(time_limit, POOLED_TIME_LIMIT_S), pools_per_type=pools)
         pools *= 2
     return solution
 
@@ -245,4 +258,5 @@ def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str,
             "solver": solution.solver,
             "dtype": sp.option.dtype,
             "swap": solution.swap and sp.shared and not KINDS[st.kind].traits.continuous,
+            "gap": solution.gap,
         })

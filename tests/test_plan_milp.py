@@ -8,7 +8,10 @@ import pytest
 from omnigraph.passes.planner.cost_types import ParallelConfig, StageCost
 from omnigraph.passes.planner.plan_exhaustive import exhaustive
 from omnigraph.passes.planner.plan_milp import prune, solve
-from omnigraph.passes.planner.plan_problem import DevicePool, Option, PlanProblem, StageChoices, throughput_of
+from omnigraph.passes.planner.plan_greedy import greedy_plan
+from omnigraph.passes.planner.plan_problem import (
+    DevicePool, Option, PlanProblem, StageChoices, pooled_bytes, throughput_of,
+)
 from omnigraph.passes.planner.stage_classes import stage_classes
 
 GIB = 1 << 30
@@ -177,3 +180,41 @@ def test_pinned_stages_stay_out_of_classes() -> None:
     pinned = StageChoices("c", 1.0, (opt(1, 10, 10),), (), replicas=2)
     classes = stage_classes(PlanProblem((a, b, pinned), (DevicePool("h100", 4, 80 * GIB),)))
     assert [c.members for c in classes] == [("a", "b"), ("c",)]
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_the_greedy_start_is_a_plan_the_model_accepts(seed: int) -> None:
+    # The MILP starts from it: it must fit the devices and the pool's memory, and deliver
+    # what it claims; the MILP may only do better.
+    rng = random.Random(2000 + seed)
+    devices = rng.choice([1, 2, 4, 8, 64])
+    stages = []
+    for i in range(rng.randint(2, 12)):
+        options = tuple(opt(tp, rng.uniform(0.5, 20) * tp ** 0.8, rng.uniform(2, 70) / tp) for tp in (1, 2, 4)
+                        if tp <= devices and rng.random() < 0.8) or (opt(1, 5, 20),)
+        stages.append(StageChoices(f"s{i}", rng.choice([1.0, 0.5, 2.0]), options, ((f"s{i - 1}", False),) if i else ()))
+    problem = prune(PlanProblem(tuple(stages), (DevicePool("h100", devices, 80 * GIB),)))
+    start = greedy_plan(problem, 1e6)
+    best = solve(problem)
+    assert (start is None) or best is not None
+    if start is None:
+        return
+    assert throughput_of(problem, start.stages, start.shared_devices) == pytest.approx(start.throughput, rel=1e-9)
+    assert start.devices_used <= devices
+    pooled = [st for st in problem.stages if start.stages[st.name].shared]
+    assert sum(pooled_bytes(st, start.stages[st.name].option) for st in pooled) <= 80 * GIB
+    assert best.throughput >= start.throughput * (1 - 1e-6)
+
+
+def test_a_search_cut_short_says_how_far_from_the_best_it_may_be() -> None:
+    # Forty distinct stages sharing eight devices: far more than a millisecond's search can
+    # prove. The plan found is still whole and consistent, and its gap says what is unproven.
+    rng = random.Random(7)
+    stages = tuple(StageChoices(f"s{i}", 1.0, tuple(opt(1, rng.uniform(20, 200), rng.uniform(0.5, 3)) for _ in range(3)), ())
+                   for i in range(40))
+    problem = PlanProblem(stages, (DevicePool("h100", 8, 80 * GIB),))
+    quick = solve(problem, time_limit=0.001)
+    assert quick is not None and quick.gap >= 0
+    assert throughput_of(problem, quick.stages, quick.shared_devices) >= quick.throughput * (1 - 1e-6)
+    full = solve(problem)
+    assert full.throughput <= quick.throughput * (1 + quick.gap) * (1 + 1e-6) + 1e-9

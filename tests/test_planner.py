@@ -178,3 +178,13 @@ def test_a_strictly_larger_target_never_plans_worse(example: str) -> None:
     rps = {t: plan_spec(str(EXAMPLES / f"{example}.yaml"), t)["throughput_rps"] for t in ("h100x8", "h200x8", "h100-2x8")}
     assert rps["h200x8"] >= rps["h100x8"] * (1 - 1e-6), rps
     assert rps["h100-2x8"] >= rps["h100x8"] * (1 - 1e-6), rps
+
+
+def test_solve_time_is_a_flag_with_checked_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(EXAMPLES / "qwen2_5_omni.yaml")
+    with pytest.raises(SystemExit) as bad:
+        main(["plan", spec, "--target", "h100x8", "--solve-time", "-1"])
+    assert bad.value.code == 2 and "seconds" in capsys.readouterr().err
+    assert main(["plan", spec, "--target", "h100x8", "--json", "--solve-time", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["optimality_gap"] == 0.0  # six stages: proven best well within the time

@@ -19,7 +19,7 @@ GIB = 1 << 30
 
 
 def planning_options(mix: str | None, slo: Any = None, headroom: float | None = None,
-                     split: str | None = None) -> dict[str, dict[str, Any]]:
+                     split: str | None = None, solve_s: float | None = None) -> dict[str, dict[str, Any]]:
     """Pass options from the planning flags: the mix and end-to-end target for plan-parallel;
     TTFT/TPOT targets and --split for split-prefill-decode."""
     slo = as_slo(slo)
@@ -30,6 +30,8 @@ def planning_options(mix: str | None, slo: Any = None, headroom: float | None = 
         opts["slo"] = slo.e2e_s
     if headroom:
         opts["headroom"] = headroom
+    if solve_s:
+        opts["solve_s"] = solve_s
     out = {"plan-parallel": opts} if opts else {}
     if split or (slo is not None and slo.token_targets):
         out["split-prefill-decode"] = {"slo": str(slo) if slo else "", "split": split or "", "mix": mix or "",
@@ -63,7 +65,7 @@ SPLIT_HELP = "split these LLM stages into prefill and decode replicas as given: 
 
 
 def plan_spec(spec: str, target: str, mix: str | None = None, slo: Any = None,
-              split: str | None = None) -> dict[str, Any]:
+              split: str | None = None, solve_s: float | None = None) -> dict[str, Any]:
     """Compile and plan; the placement report (planner/placement_report.py) and how long planning took."""
     from omnigraph.compiler import compile_path
     from omnigraph.passes.planner.placement_report import placement_report
@@ -72,7 +74,7 @@ def plan_spec(spec: str, target: str, mix: str | None = None, slo: Any = None,
     load_target(target)  # an unknown target fails here, with the list of known ones
     slo = as_slo(slo)
     started = time.perf_counter()
-    comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo, split=split))
+    comp = compile_path(spec, target=target, plan_options=planning_options(mix, slo, split=split, solve_s=solve_s))
     report = placement_report(comp.module)
     if not report["stages"]:
         raise OmnigraphError(f"{spec}: nothing was planned (the pipeline has no stages to place)")
@@ -158,6 +160,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"device(s); bottleneck [bold]{report['bottleneck']}[/]; mix {report['mix']}"
         + (f"; latency targets {report['slo']}" if report.get("slo") else "")
         + f"; planned in {report['planning_s']:.2f} s"
+        + (f" (within {report['optimality_gap']:.2%} of the best plan: the search stopped at its time budget, "
+           f"--solve-time gives it longer)" if report.get("optimality_gap", 0) > 1e-4 else "")
     )
 
 
@@ -180,13 +184,13 @@ def _secs(s: float) -> str:
 
 
 def plan_command(spec: str, target: str, *, mix: str | None, slo: Any, as_json: bool,
-                 viz: str | None = None, split: str | None = None) -> int:
+                 viz: str | None = None, split: str | None = None, solve_s: float | None = None) -> int:
     if viz is not None:
         from omnigraph.draw.figures import check_output
 
         check_output(viz)  # a wrong suffix fails before planning
     with working(f"planning {spec} for {target} …"):
-        report = plan_spec(spec, target, mix, slo, split)
+        report = plan_spec(spec, target, mix, slo, split, solve_s)
     if viz is not None:
         _draw(report, target, viz)
     console = make_console()
@@ -227,12 +231,26 @@ def register(sub: Any) -> None:
     p.add_argument("--slo", type=slo_arg, help=SLO_HELP)
     p.add_argument("--split", help=SPLIT_HELP)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--solve-time", type=_seconds, metavar="S", help="seconds the planner's MILP may search "
+                   "(default 1; small graphs are solved to proven optimality long before, and a plan "
+                   "found when the time ran out says how far from the best it may be)")
     p.add_argument("--viz", metavar="OUT.svg", help="also draw the placement (devices as lanes, memory per "
                    "device, stream edges) to a .svg, .png or .pdf (needs the viz extra: matplotlib)")
     p.set_defaults(func=_cmd)
 
 
-
 def _cmd(args: Any) -> int:
     return plan_command(args.spec, args.target, mix=args.mix, slo=args.slo, as_json=args.json, viz=args.viz,
-                        split=args.split)
+                        split=args.split, solve_s=args.solve_time)
+
+
+def _seconds(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 3600, got {text}")
+    return value

@@ -26,9 +26,13 @@ class _StartedHiGHS(pulp.HiGHS):  # type: ignore[misc, valid-type]
         lp.solverModel.run()
 
 
+SOLVER_NAME = "HiGHS" if _StartedHiGHS(msg=False).available() else "PULP_CBC_CMD"
+
+
 def make_solver(time_limit: float) -> pulp.LpSolver:
-    highs = _StartedHiGHS(msg=False, timeLimit=time_limit)
-    return highs if highs.available() else pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=True)
+    if SOLVER_NAME == "HiGHS":
+        return _StartedHiGHS(msg=False, timeLimit=time_limit)
+    return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=True)
 
 
 @contextlib.contextmanager
@@ -54,3 +58,23 @@ def run_solver(m: pulp.LpProblem, solver: pulp.LpSolver) -> int:
     """Solve `m` (its variables' current values are the start); the PuLP status."""
     with _quiet_stdout():
         return m.solve(solver)
+
+
+def solved_gap(m: pulp.LpProblem) -> float:
+    """How far the plan in hand may be from the best one, as the solver proved it (relative;
+    0: optimal, or a solver that does not say; inf: stopped before it bounded the best)."""
+    model = getattr(m, "solverModel", None)
+    if model is None or not hasattr(model, "getInfo"):
+        return 0.0
+    gap = model.getInfo().mip_gap
+    return max(0.0, gap) if gap == gap else float("inf")
+
+
+def ran_out_of_time(m: pulp.LpProblem, status: int) -> bool:
+    """Whether the solve stopped at its time limit before it found any plan (not infeasible)."""
+    model = getattr(m, "solverModel", None)
+    if model is not None and hasattr(model, "getModelStatus"):
+        import highspy
+
+        return model.getModelStatus() == highspy.HighsModelStatus.kTimeLimit
+    return status == pulp.LpStatusNotSolved

@@ -18,12 +18,12 @@ from omnigraph.passes.stage_graph import pipeline_of, stage_graph
 def placement_report(module: ModuleOp) -> dict[str, Any]:
     pipe = pipeline_of(module)
     rows: list[dict[str, Any]] = []
-    rate = 0.0
+    rate = gap = 0.0
     for st in stage_graph(module):
         if st.op.plan is None or st.op.parallel is None:
             continue
         p = st.op.plan.as_dict()
-        rate = p["pipeline_rate"]
+        rate, gap = p["pipeline_rate"], p["gap"]
         par = st.op.parallel.as_dict()
         mem = st.op.mem.as_dict() if st.op.mem is not None else {}
         cost = from_attr(st.op.cost) if st.op.cost is not None else {}
@@ -56,6 +56,9 @@ def placement_report(module: ModuleOp) -> dict[str, Any]:
         "pipeline": pipe.sym_name.data,
         "target": pipe.target.data if pipe.target else None,
         "throughput_rps": rate,
+        # The MILP's proven distance from the best plan under its model (0: proven best; a
+        # wide graph's search may stop at its time budget before it proves more).
+        "optimality_gap": gap,
         "bottleneck": bottleneck,
         "devices_used": len({d for r in rows for d in r["devices"]}),
         "guessed": [r["stage"] for r in rows if r["counted"] == "guess"],

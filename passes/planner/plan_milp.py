@@ -14,14 +14,16 @@ from typing import Any
 
 import pulp
 
-from omnigraph.passes.planner.milp_solver import make_solver, run_solver
+from omnigraph.passes.planner.milp_solver import SOLVER_NAME, make_solver, ran_out_of_time, run_solver, solved_gap
+from omnigraph.passes.planner.plan_greedy import greedy_plan
 from omnigraph.passes.planner.plan_problem import (
     EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency, pool_key, pooled_bytes,
     throughput_of,
 )
 from omnigraph.passes.planner.stage_classes import StageClass, stage_classes
 
-TIME_LIMIT_S = 20.0
+TIME_LIMIT_S = 20.0  # a search that has found no plan at all by its budget goes on this long
+MIN_SOLVE_S = 0.1
 GIB = float(1 << 30)  # memory rows in GiB: in bytes their 1e10 coefficients beside rates of 1e-3 slow HiGHS down
 
 
@@ -76,6 +78,12 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
         max(o.cost.throughput * h * most(st, o) for o in st.options) / st.visits
         for st in problem.stages
     )
+    # And the devices' time: every request takes at least each stage's cheapest device-seconds.
+    # Far tighter on wide graphs, and every big-M below is scaled by it.
+    floor = sum(min(_device_seconds(problem, st, o) for o in st.options) for st in problem.stages
+                if not st.pinned_devices)
+    if floor > 0:
+        x_ub = min(x_ub, sum(p.count for p in problem.pools) / floor)
     if x_ub <= 0:
         return None
     K = {t: max(1, min(pools_per_type, p.count)) for t, p in pools.items()}
@@ -163,13 +171,21 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
 
     devices_used = (pulp.lpSum(classes[g].choices.options[i].devices * replicas[g, i] for g, i in idx
                                if not classes[g].choices.pinned_devices) + pulp.lpSum(S.values()))
-    solver = make_solver(time_limit)
     m.setObjective(X)
+    if start is None and not problem.swap and pools_per_type == 1:
+        start = greedy_plan(problem, x_ub)
     if start is not None:
         _start_from(start, problem, classes, X, y, r, z, S)
-    if run_solver(m, solver) != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
+    status = run_solver(m, make_solver(time_limit * 0.75))
+    if ran_out_of_time(m, status) and (X.value() or 0) <= EPS and pools_per_type == 1:
+        status = run_solver(m, make_solver(TIME_LIMIT_S))  # no plan yet is not no plan: go on looking
+    if status != pulp.LpStatusOptimal or (X.value() or 0) <= EPS:
         return None
     best = X.value()
+    # > 0 when the time ran out before the search proved this plan the best; x_ub bounds it
+    # when the solver had not got as far as a bound of its own.
+    gap = min(solved_gap(m), max(0.0, x_ub / best - 1))
+    gap = 0.0 if gap < 1e-4 else gap  # HiGHS's own tolerance: proven best
     found = {v.name: v.value() for v in m.variables()}  # the first solve's plan, should the second find none
     m += X >= best * (1 - 1e-6)
     m.sense = pulp.LpMinimize
@@ -177,10 +193,10 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     slowest = sum(max(o.cost.latency_s for o in st.options) for st in problem.stages) or 1.0
     latency = pulp.lpSum(classes[g].count * classes[g].choices.options[i].cost.latency_s * y[g, i] for g, i in idx)
     m.setObjective(devices_used + 0.5 / slowest * latency)
-    # With several pools the second solve only trims devices from a plan already in hand: a
-    # shorter limit (the first plan is kept if it finds nothing better).
-    tidy = solver if max(K.values(), default=1) <= 1 else make_solver(time_limit / 4)
-    if run_solver(m, tidy) != pulp.LpStatusOptimal or any(v.value() is None for v in y.values()):
+    # The second solve only trims devices from a plan already in hand (its start): the rest of
+    # the time (the first plan is kept if it finds nothing better).
+    if run_solver(m, make_solver(max(MIN_SOLVE_S, time_limit * 0.25))) != pulp.LpStatusOptimal or \
+            any(v.value() is None for v in y.values()):
         for v in m.variables():  # stopped with no plan in hand (a time limit): keep the first
             v.varValue = found.get(v.name)
 
@@ -199,8 +215,17 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     return PlanSolution(
         throughput=best, stages={st.name: chosen[st.name] for st in problem.stages},
         shared_devices={pool_key(t, k): round(v.value() or 0) for (t, k), v in S.items()},
-        latency_s=latency_s, solver=solver.name, seconds=time.perf_counter() - started,
+        latency_s=latency_s, solver=SOLVER_NAME, seconds=time.perf_counter() - started, gap=gap,
     )
+
+
+def _device_seconds(problem: PlanProblem, st: StageChoices, o: Option) -> float:
+    """Device-seconds a request takes of `st` at `o` at best: dedicated, or in a pool."""
+    h = problem.headroom
+    own = st.visits * o.devices / (o.cost.throughput * h)
+    if o.devices == 1 and st.replicas is None:
+        own = min(own, st.visits * (1 / (o.shared_rate * h) + problem.swap_seconds(st, o)))
+    return own
 
 
 def _start_from(start: PlanSolution, problem: PlanProblem, classes: list[StageClass], X: Any, y: dict, r: dict,

@@ -127,6 +127,9 @@ class PlanSolution:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     swap: bool = False  # its shared pools swap their stages' weights from host memory
+    # How far below the best plan the model allows this one may be, as the solver proved it
+    # (0: proven best; more when a wide graph's search stopped at its time budget).
+    gap: float = 0.0
 
     @property
     def devices_used(self) -> int:
