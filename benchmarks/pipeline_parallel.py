@@ -6,9 +6,19 @@ The measured bubble also holds the hand-offs' cost, which the formula leaves out
 same for prefill (16 prompts of ~125 tokens, one token out each), where the work divides with
 the rows.
 
-    python benchmarks/pipeline_parallel.py
+Then, simulated (issue 20; benchmarks/pipeline_parallel_sim.py, `--simulate` runs only this
+part, in under a minute): a Llama-3.1-405B shape (bf16), which no 8-GPU H100 node holds, planned
+on `h100-2x8` (tp8·pp2 over the two nodes) against the best one-node plans (`h200x8`, where less
+KV room leaves a smaller batch; `h100x8` with an fp8 pin), and a Llama-3.1-70B shape on one node
+(tp8) and on two (tp8·pp2), replayed in the discrete-event simulator under Poisson loads of the
+`chat` and `long` mixes: goodput within TTFT/TPOT targets, per device and per node, with each pp
+instance timed as the simulator times it and as the runtime runs it.
 
-Writes benchmarks/results/pipeline_parallel.json.
+    python benchmarks/pipeline_parallel.py               # both parts
+    python benchmarks/pipeline_parallel.py --simulate    # the simulated part only
+    python benchmarks/pipeline_parallel.py --measure     # the measured part only
+
+Writes benchmarks/results/pipeline_parallel.json (each part keeps the other's rows).
 """
 from __future__ import annotations
 
@@ -52,7 +62,7 @@ def timed(path: Path, prompt_words: int = 4) -> tuple[float, list[str]]:
     return best, replies
 
 
-def main() -> None:
+def measure() -> dict:
     import torch
 
     torch.set_num_threads(1)  # one thread per rank, the single rank too
@@ -78,12 +88,38 @@ def main() -> None:
                         "bubble_measured": round(1 - p1 / (PP * tpp), 3),
                         "bubble_formula": round((PP - 1) / (m + PP - 1), 3), "tokens_identical": got == want})
         print("prefill", prefill[-1])
-    result = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "pp": PP,
-              "requests": REQUESTS, "tokens": TOKENS, "one_rank_seconds": round(t1, 3), "decode_runs": rows,
-              "prefill_one_rank_seconds": round(p1, 3), "prefill_runs": prefill}
-    out = ROOT / "benchmarks/results/pipeline_parallel.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"one rank {t1:.3f} s; wrote {out}")
+    os.environ.pop("OMNIGRAPH_PP_MICRO_BATCHES", None)
+    print(f"one rank {t1:.3f} s")
+    return {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "pp": PP,
+            "requests": REQUESTS, "tokens": TOKENS, "one_rank_seconds": round(t1, 3), "decode_runs": rows,
+            "prefill_one_rank_seconds": round(p1, 3), "prefill_runs": prefill}
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--simulate", action="store_true",
+                       help="only the simulated part (405B and 70B plans in the simulator; under a minute)")
+    which.add_argument("--measure", action="store_true", help="only the part measured on this machine")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals and the mix (default 0)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pipeline_parallel.json",
+                        help="the results file; the part not run keeps its rows there")
+    args = parser.parse_args()
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if not args.simulate:
+        simulated = result.get("simulated")
+        result = measure()
+        if simulated is not None:
+            result["simulated"] = simulated
+    if not args.measure:
+        from pipeline_parallel_sim import simulate_cases
+
+        result["simulated"] = simulate_cases(args.seed)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
