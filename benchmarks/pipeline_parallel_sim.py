@@ -114,7 +114,8 @@ class PpTimes:
 
         from omnigraph.passes.planner.cost_rules import COLLECTIVE_LATENCY_S, INTER_NODE_LATENCY_S, stage_cost
         from omnigraph.passes.sim.model import CostTimes
-        from omnigraph.runtime.tp.pipeline import MICRO_BATCH_TOKENS, MICRO_BATCHES, layer_range
+        from omnigraph.runtime.pp_schedule import MICRO_BATCH_TOKENS, MICRO_BATCHES
+        from omnigraph.runtime.tp.pipeline import layer_range
 
         self.pp, self.fixed, self.broadcast = inst.pp, micro, not sim_links
         self.micro_max, self.micro_tokens = MICRO_BATCHES, MICRO_BATCH_TOKENS

@@ -22,7 +22,7 @@ DRIVERS = ("omnigraph.compiler", "omnigraph.api", "omnigraph.cli")  # string the
 COMPILER_LIBRARIES = ("xdsl", "lark", "pulp", "highspy", "jinja2")
 # What the compiler may take from the runtime: the plan schema, model loaders and calling
 # conventions, the bundle format, the cache. Never executors, workers or backends.
-RUNTIME_FOR_THE_COMPILER = ("plan", "loaders", "entry_points", "checkpoint", "bundle", "bundle_files", "bundle_manifest",
+RUNTIME_FOR_THE_COMPILER = ("plan", "pp_schedule", "loaders", "entry_points", "checkpoint", "bundle", "bundle_files", "bundle_manifest",
                             "cache", "programs", "values", "media")
 
 

@@ -25,14 +25,9 @@ from torch import nn
 
 from omnigraph.runtime.executors.llm_calls import Forward, cache_kwarg
 from omnigraph.runtime.executors.paged_cache import PagedStep
+from omnigraph.runtime.pp_schedule import MICRO_BATCHES, micro_batches
 from omnigraph.runtime.tp.comm import RankComm
 
-MICRO_BATCHES = 4  # per step, at most (never more than its rows)
-# Below this many new tokens a forward is bound by reading the stage's weights (a decode step),
-# and every micro-batch reads them again: it runs whole. Measured on this CPU
-# (benchmarks/pipeline_parallel.py): at decode, 2 / 4 / 8 micro-batches took 1.2x / 1.7x / 3.1x
-# the time of one.
-MICRO_BATCH_TOKENS = 512
 MICRO_BATCHES_ENV = "OMNIGRAPH_PP_MICRO_BATCHES"  # a benchmark's knob (every rank reads the same environment)
 
 
@@ -147,8 +142,7 @@ class PipelineCalls:
 
     def forward(self, inputs: torch.Tensor, step: PagedStep, want_hidden: bool) -> Forward:
         rows = inputs.shape[0]
-        compute_bound = rows * inputs.shape[1] >= MICRO_BATCH_TOKENS
-        parts = min(rows, self.micro) if compute_bound or self.forced else 1
+        parts = micro_batches(rows, inputs.shape[1], self.micro, self.forced)
         bounds = [rows * i // parts for i in range(parts + 1)]
         name = "input_ids" if inputs.dim() == 2 else "inputs_embeds"
         last = []
