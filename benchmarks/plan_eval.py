@@ -63,21 +63,28 @@ def runtime_plan(built: Problem, solution: PlanSolution) -> RuntimePlan:
 
 
 def judge(plan: RuntimePlan, target: Target, *, rate: float, requests: int, mix: str | None = None,
-          slo_s: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Replay Poisson traffic at `rate` on the plan with the simulator."""
+          slo_s: float | None = None, seed: int = 0, steady_only: bool = False) -> dict[str, Any]:
+    """Replay Poisson traffic at `rate` on the plan with the simulator. `steady_only`: stop at
+    the last arrival (the steady figure is the same; the backlog is not drained, so the whole
+    run's throughput and latencies are not reported)."""
     shapes = parse_mix(mix)
     pipeline, work = sim_pipeline_from_plan(plan, target, shapes)
-    reqs = make_requests(work, shapes, poisson_arrivals(rate, requests, seed), seed)
-    report = simulate(pipeline, reqs, slo_s=slo_s)
+    arrivals = poisson_arrivals(rate, requests, seed)
+    reqs = make_requests(work, shapes, arrivals, seed)
+    report = simulate(pipeline, reqs, slo_s=slo_s, until_s=arrivals[-1] if steady_only else None)
+    steady = steady_throughput(report, last=arrivals[-1])
+    if steady_only:
+        return {"steady_rps": steady}
     return {"throughput_rps": report.throughput, "goodput_rps": report.goodput,
-            "steady_rps": steady_throughput(report), "jct_p50_s": report.jct.p50,
-            "jct_p99_s": report.jct.p99}
+            "steady_rps": steady, "jct_p50_s": report.jct.p50, "jct_p99_s": report.jct.p99}
 
 
-def steady_throughput(report: Any) -> float:
+def steady_throughput(report: Any, last: float | None = None) -> float:
     """Completions per second while requests still arrive, past the first third (warm-up):
-    under overload, the plan's capacity without the fill and drain at the ends of a run."""
-    last = max(r.arrival_s for r in report.per_request)
+    under overload, the plan's capacity without the fill and drain at the ends of a run.
+    `last`: the last arrival (a run stopped there reports only what finished)."""
+    if last is None:
+        last = max(r.arrival_s for r in report.per_request)
     start = last / 3
     done = sum(1 for r in report.per_request if start <= r.finish_s <= last)
     return done / (last - start) if last > start else report.throughput

@@ -13,9 +13,17 @@ For real architectures (Qwen2.5-Omni, Qwen3-Omni-30B-A3B, a Janus AR + image dec
   isolates what placement and parallelism alone are worth.
 
 The judge is the simulator: Poisson arrivals at 1.5x the planner's predicted capacity (above
-what any plan serves), long enough for ~10 end-to-end latencies, and the requests completed
-per second after the first third of the run are each plan's sustained capacity (goodput
-with no latency target).
+what any plan serves), long enough for ~10 end-to-end latencies and at least LEAST requests (a
+Wan DiT ends a batch of videos at once: with a few hundred requests, where the judged window's
+edges cut those batches moves the count by a percent or two), and the requests completed per
+second after the first third of the run are each plan's sustained capacity (goodput with no
+latency target). Every plan sees the same seeded arrivals.
+
+Each plan is also scored by the planner's cost model (passes/sim/capacity.py `modelled_capacity`:
+the planner's rates for the configs it runs, each device's time split among the stages on it
+as the simulator splits it), and the planner's own prediction (its throughput over the headroom
+it plans at) is set beside what the simulator serves on its plan (`sim_vs_predicted`; issue 20
+asks for 10%).
 
     python benchmarks/planner_vs_hand.py [--requests N]
 """
@@ -34,11 +42,16 @@ from plan_eval import judge, requests_for  # noqa: E402
 
 from omnigraph.api import compile_plan  # noqa: E402
 from omnigraph.cli.plan import plan_spec  # noqa: E402
+from omnigraph.passes.plan_parallel import PlanParallelPass  # noqa: E402
+from omnigraph.passes.planner.workload import parse_mix  # noqa: E402
+from omnigraph.passes.sim.capacity import modelled_capacity  # noqa: E402
 from omnigraph.runtime.plan import Instance, RuntimePlan  # noqa: E402
 from omnigraph.target import load_target  # noqa: E402
 
 GOAL = 1.5
 TARGETS = ("h100x8", "h200x8", "h100-2x8")
+LEAST = 2000  # requests per simulation, at least
+HEADROOM = PlanParallelPass().headroom
 
 
 @dataclass(frozen=True)
@@ -97,27 +110,42 @@ def main() -> int:
             # Offer more than the planner's prediction: every plan runs saturated.
             report = plan_spec(str(ROOT / "examples" / f"{example}.yaml"), tname)
             predicted = report["throughput_rps"]
-            latency = sum(r["latency_s"] for r in report["stages"])
-            n = requests_for(1.5 * predicted, latency, most=args.requests)
-            results = {name: judge(p, target, rate=1.5 * predicted, requests=n) for name, p in plans.items()}
+            latency = sum(r["latency_s"] * r["visits"] for r in report["stages"])
+            n = requests_for(1.5 * predicted, latency, least=LEAST, most=args.requests)
+            # The steady figure is over by the last arrival: the runs stop there (same figure).
+            results = {name: judge(p, target, rate=1.5 * predicted, requests=n, steady_only=True)
+                       for name, p in plans.items()}
+            model = {name: modelled_capacity(p, target, parse_mix(None)) for name, p in plans.items()}
+            sim = {name: v["steady_rps"] for name, v in results.items()}
             row = {
                 "example": example, "target": tname, "predicted_rps": predicted,
+                "predicted_capacity_rps": predicted / HEADROOM,
                 "requests": n,
-                **{f"{k}_rps": v["steady_rps"] for k, v in results.items()},
-                "vs_hand_shipped": results["planner"]["steady_rps"] / results["hand_shipped"]["steady_rps"],
-                "vs_hand_planner_batches": (results["planner"]["steady_rps"]
-                                            / results["hand_planner_batches"]["steady_rps"]),
+                **{f"{k}_rps": v for k, v in sim.items()},
+                **{f"{k}_model_rps": v for k, v in model.items()},
+                "sim_vs_predicted": sim["planner"] / (predicted / HEADROOM),
+                "vs_hand_shipped": sim["planner"] / sim["hand_shipped"],
+                "vs_hand_planner_batches": sim["planner"] / sim["hand_planner_batches"],
+                "model_vs_hand_shipped": model["planner"] / model["hand_shipped"],
+                "model_vs_hand_planner_batches": model["planner"] / model["hand_planner_batches"],
                 "planner_stages": {n.name: {"instances": len(n.instances), "tp": n.instances[0].tp,
                                             "batch": n.batching.max_batch} for n in planned.stages()},
             }
             rows.append(row)
-            print(f"{example:16s} {tname:9s} planner {row['planner_rps']:9.4g} req/s | hand shipped "
-                  f"{row['hand_shipped_rps']:9.4g} ({row['vs_hand_shipped']:.2f}x) | hand + planner batches "
-                  f"{row['hand_planner_batches_rps']:9.4g} ({row['vs_hand_planner_batches']:.2f}x)", flush=True)
+            print(f"{example:16s} {tname:9s} planner {row['planner_rps']:9.4g} req/s "
+                  f"({row['sim_vs_predicted']:.2f}x predicted) | hand shipped "
+                  f"{row['hand_shipped_rps']:9.4g} ({row['vs_hand_shipped']:.2f}x; model "
+                  f"{row['model_vs_hand_shipped']:.2f}x) | hand + planner batches "
+                  f"{row['hand_planner_batches_rps']:9.4g} ({row['vs_hand_planner_batches']:.2f}x; model "
+                  f"{row['model_vs_hand_planner_batches']:.2f}x)", flush=True)
     summary = {
         "goal": GOAL, "most_requests_per_simulation": args.requests,
         "min_vs_hand_shipped": min(r["vs_hand_shipped"] for r in rows),
         "min_vs_hand_planner_batches": min(r["vs_hand_planner_batches"] for r in rows),
+        "min_model_vs_hand_shipped": min(r["model_vs_hand_shipped"] for r in rows),
+        "min_model_vs_hand_planner_batches": min(r["model_vs_hand_planner_batches"] for r in rows),
+        "sim_vs_predicted_range": [min(r["sim_vs_predicted"] for r in rows), max(r["sim_vs_predicted"] for r in rows)],
+        "cases_sim_within_10pct_of_predicted": sum(abs(r["sim_vs_predicted"] - 1) <= 0.10 for r in rows),
         "cases_meeting_goal_vs_shipped": sum(r["vs_hand_shipped"] >= GOAL for r in rows),
         "cases_meeting_goal_vs_planner_batches": sum(r["vs_hand_planner_batches"] >= GOAL for r in rows),
         "cases": len(rows),

@@ -36,8 +36,8 @@ REFINE_ROUNDS = 4  # solve, re-rate the shared pools, solve again: at most this 
 # Seconds the MILP searches, all rounds together, unless the pass is told otherwise. Small
 # graphs are solved to proven optimality long before; a wide graph of many distinct stages
 # stops here with the best plan found, and the plan says how far from the best it may be.
-SOLVE_BUDGET_S = 1.0
-MIN_SOLVE_S = 0.25  # a round that starts with the budget spent still gets this long
+SOLVE_BUDGET_S = 0.6
+MIN_SOLVE_S = 0.15  # a round that starts with the budget spent still gets this long
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,9 @@ def _rerate(built: Problem, problem: PlanProblem, solution: PlanSolution) -> Pla
             sp = solution.stages[choice.name]
             key = sp.pool_key if sp.option.device_type == o.device_type else o.device_type
             copies = solution.shared_devices.get(key) or dt.count  # a type it does not use
-            rate = solution.throughput * choice.visits / copies
+            # The traffic at capacity (the planned X is capacity x headroom, and the MILP
+            # applies the headroom to the rate again): what the batch fills to when saturated.
+            rate = solution.throughput / problem.headroom * choice.visits / copies
             cfg = o.cost.config
 
             def latency(n: int, cfg=cfg, dt=dt) -> float:

@@ -16,9 +16,8 @@ from omnigraph.kinds import Traits
 from omnigraph.model_ref import ModelRefError
 from omnigraph.passes.planner.arch_estimate import DEFAULT_PARAMS
 from omnigraph.passes.planner.arch_profile import profile_stage
-from omnigraph.passes.planner.cost_rules import (
-    enumerate_configs, fits, infeasibility_hint, memory_per_device, stage_cost, stage_work, usable_bytes,
-)
+from omnigraph.passes.planner.config_space import enumerate_configs, infeasibility_hint
+from omnigraph.passes.planner.cost_rules import fits, memory_per_device, stage_cost, stage_work, usable_bytes
 from omnigraph.passes.planner.cost_types import ArchProfile, ParallelConfig, RequestShape, StageWork
 from omnigraph.target import Device
 

@@ -57,8 +57,8 @@ def test_the_simulated_decode_step_of_a_pp2_instance_pays_the_bubble(planned) ->
     profile = at_dtype(profile_stage(node.kind, node.model, node.params), node.resources.dtype)
     device = target.nodes[0].devices[0]
     # The same tp group running every layer (it would not fit: the cost rules time it anyway),
-    # over the link the simulator gives the pp instance.
-    whole = CostTimes(stage_cost, node.kind, profile, 8, device, target.inter_node_gb_s, True)
+    # its collectives inside one node as each of the pp instance's tp groups has them.
+    whole = CostTimes(stage_cost, node.kind, profile, 8, device, target.nodes[0].intra_node_gb_s, False)
     for running in (1, 32):
         pp2, pp1 = stage.step_time(running, 320), whole.step(running, 320)
         # Half the layers each, but the stages of a step wait on each other: no faster than

@@ -232,7 +232,7 @@ def register(sub: Any) -> None:
     p.add_argument("--split", help=SPLIT_HELP)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--solve-time", type=_seconds, metavar="S", help="seconds the planner's MILP may search "
-                   "(default 1; small graphs are solved to proven optimality long before, and a plan "
+                   "(default 0.6; small graphs are solved to proven optimality long before, and a plan "
                    "found when the time ran out says how far from the best it may be)")
     p.add_argument("--viz", metavar="OUT.svg", help="also draw the placement (devices as lanes, memory per "
                    "device, stream edges) to a .svg, .png or .pdf (needs the viz extra: matplotlib)")

@@ -6,20 +6,22 @@ context x heads x head_dim); bytes = the weights read once (MoE: only the expert
 forward's tokens touch) + KV read/written + activations; time = max(FLOPs / (peak x MFU),
 bytes / (bandwidth x MBU)). TP splits weights and FLOPs and adds two all-reduces per
 layer; EP splits the experts and adds two all-to-alls per MoE layer; PP splits the layers
-and adds a pipeline bubble. AR stages prefill the batch, then decode one token per sequence
-per step, every step reading the weights once for the whole batch: that is why batching pays.
-How each kind runs is a table (ROOFLINES); what a request asks of a stage is work_rules.py.
+and adds a pipeline bubble. AR stages batch continuously: they prefill the requests they
+admit, then decode one token per sequence per step, every step reading the weights once for
+the whole batch: that is why batching pays. How each kind runs is a table (ROOFLINES); what a
+request asks of a stage is work_rules.py. `ReplicaTimes` times one replica's forwards, prefills
+and decode steps: `stage_cost` adds them up for the planner, and the simulator (sim/model.py)
+charges the same ones step by step.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from omnigraph.kinds import KINDS, Traits
 from omnigraph.passes.planner.arena import arena_bytes
 from omnigraph.passes.planner.cost_types import ArchProfile, ParallelConfig, StageCost, StageWork
 from omnigraph.passes.planner.work_rules import WORK_RULES, stage_work  # noqa: F401  (re-exported)
+from omnigraph.runtime.pp_schedule import micro_batches
 from omnigraph.target import Device
 
 # --- Efficiency constants: the only tuning knobs of the model. --------------------------
@@ -106,19 +108,24 @@ def _link(link_gb_s: float) -> float:
 
 
 def _forward(m: _Model, cfg: ParallelConfig, device: Device, link_gb_s: float, inter_node: bool,
-             seqs: int, new_tokens: int, context: float, kv_read_tokens: float) -> _Pass:
+             seqs: float, new_tokens: int, context: float, kv_read_tokens: float,
+             hop_gb_s: float = 0.0, hop_inter: bool = False) -> _Pass:
     """`seqs` sequences of `new_tokens` each, attending `context` keys per token on average,
     reading `kv_read_tokens` cached tokens in all, on the replica `cfg` describes.
 
-    PP: the batch goes through as min(seqs, pp) micro-batches; each pipeline stage holds
-    layers / pp and the pipeline fills and drains once (the bubble)."""
+    PP as the runtime runs it (runtime/pp_schedule.py): a forward of few new tokens (a decode
+    step) goes through whole, a long one as up to MICRO_BATCHES micro-batches; each pipeline
+    stage holds layers / pp and the pipeline fills and drains once (the bubble). Collectives
+    go over `link_gb_s` (the TP/EP group's, inside a node), hidden states between the stages
+    over `hop_gb_s` (0: the same link; `hop_inter`: it crosses nodes)."""
     link = _link(link_gb_s)
     latency = INTER_NODE_LATENCY_S if inter_node else COLLECTIVE_LATENCY_S
     if cfg.pp == 1:
         return _stage_pass(m, cfg, device, link, latency, seqs, new_tokens, context, kv_read_tokens)
-    micro = max(1, min(seqs, cfg.pp))
+    micro = micro_batches(max(1, math.ceil(seqs - 1e-9)), new_tokens)
     one = _stage_pass(m, cfg, device, link, latency, seqs / micro, new_tokens, context, kv_read_tokens / micro)
-    hop = seqs / micro * new_tokens * m.p.hidden * m.p.dtype_bytes / link + latency
+    hop = (seqs / micro * new_tokens * m.p.hidden * m.p.dtype_bytes / (_link(hop_gb_s) if hop_gb_s else link)
+           + (INTER_NODE_LATENCY_S if hop_inter else latency))
     slot = one.seconds + hop
     n = micro + cfg.pp - 1
     return _Pass(n * slot, one.compute_s * n, one.memory_s * n, one.tp_comm_s * n, one.ep_comm_s * n,
@@ -164,34 +171,83 @@ def _stage_pass(m: _Model, cfg: ParallelConfig, device: Device, link: float, lat
                  dense_flops + attn_flops + expert_flops, bytes_dev)
 
 
+@dataclass(frozen=True)
+class ReplicaTimes:
+    """One replica of a stage (`cfg`'s tp, pp, ep) on `device`: the seconds of its forwards, the
+    one source of step times. `stage_cost` adds them up into a request's latency and a replica's
+    rate; the simulator charges them run by run (sim/model.py CostTimes)."""
+
+    kind: str
+    profile: ArchProfile
+    cfg: ParallelConfig
+    device: Device
+    link_gb_s: float
+    inter_node: bool = False
+    hop_gb_s: float = 0.0  # between pipeline stages (0: link_gb_s)
+    hop_inter: bool = False  # the pipeline's stages are on different nodes
+
+    @property
+    def model(self) -> _Model:
+        return _Model(self.profile, ROOFLINES.get(self.kind, Roofline()))
+
+    def run(self, seqs: float, new_tokens: int, context: float, kv_read_tokens: float) -> _Pass:
+        return _forward(self.model, self.cfg, self.device, self.link_gb_s, self.inter_node, seqs, new_tokens,
+                        context, kv_read_tokens, self.hop_gb_s, self.hop_inter)
+
+    def prefill(self, seqs: float, prompt: int) -> _Pass:
+        """`seqs` prompts of `prompt` tokens prefilled together (causal: half the context on average)."""
+        return self.run(seqs, prompt, (prompt + 1) / 2, 0)
+
+    def step(self, running: int, context: float) -> _Pass:
+        """One decode step: a token for each of `running` sequences, attending `context` keys each."""
+        return self.run(running, 1, context, running * context)
+
+    def forward(self, seqs: int, tokens: int) -> _Pass:
+        """A whole forward over `seqs` inputs of `tokens` tokens (non-AR kinds)."""
+        ctx = tokens if not self.model.rule.causal else (tokens + 1) / 2
+        return self.run(seqs, tokens, ctx, 0)
+
+
+def admitted_together(batch: int, decode_steps: int) -> float:
+    """Requests a continuous-batching stage running `batch` sequences admits (and prefills
+    together) at a time: waiting requests fill the slots the last step freed, m = batch /
+    (decode_steps + 1) a step on average at random steps, so a step that admits any admits
+    m / (1 - e^-m) (a Poisson count's mean, given it is not 0). A long decode admits about one
+    at a time, each paying a prefill of its own; a prefill-only stage takes a whole batch."""
+    m = max(1, batch) / (max(0, decode_steps) + 1)
+    return min(float(max(1, batch)), m / -math.expm1(-m))
+
+
 def stage_cost(kind: str, profile: ArchProfile, work: StageWork, cfg: ParallelConfig, device: Device,
-               link_gb_s: float, inter_node: bool = False) -> StageCost:
+               link_gb_s: float, inter_node: bool = False, hop_gb_s: float = 0.0, hop_inter: bool = False) -> StageCost:
     """The roofline cost of `work` on one replica running `cfg` (batch `cfg.batch`).
 
-    `link_gb_s` carries the TP/EP collectives and PP hops; `inter_node` says they cross nodes
-    (a higher latency per collective). AR stages prefill the batch, then decode: latency is
-    prefill + decode_steps x step, the first output comes after prefill + one step, and the
-    throughput batch / latency is continuous batching's steady state (each request costs its
-    prefill plus 1/batch of every step it takes part in). Other kinds run `repeats` forwards
-    over the whole batch: throughput batch / latency, first output at the end.
-    """
-    m = _Model(profile, ROOFLINES.get(kind, Roofline()))
+    `link_gb_s` carries the TP/EP collectives (`inter_node`: they cross nodes, a higher
+    latency per collective), `hop_gb_s` the hidden states between PP stages (0: the same link;
+    `hop_inter`: they cross nodes). AR stages batch continuously, as the ar_llm executor
+    and the simulator run them: `batch` sequences decode together, and those that end are
+    replaced by waiting ones, admitted (and prefilled together) `admitted_together` at a time.
+    A replica turns its batch over every `decode_steps` steps, with batch / admitted prefills
+    cutting in: that cycle is a request's latency (its steps, its prefill and those of the
+    others joining meanwhile), batch / latency its throughput; its first output comes after
+    its prefill and a step. Other kinds run `repeats` forwards over the whole batch:
+    throughput batch / latency, first output at the end."""
+    times = ReplicaTimes(kind, profile, cfg, device, link_gb_s, inter_node, hop_gb_s, hop_inter)
     b = max(1, cfg.batch)
-    run = lambda seqs, new, ctx, kv: _forward(m, cfg, device, link_gb_s, inter_node, seqs, new, ctx, kv)  # noqa: E731
     prompt = max(0, work.tokens)
-    if m.rule.autoregressive:
-        prefill = run(b, prompt, (prompt + 1) / 2, 0)
+    if times.model.rule.autoregressive:
+        admitted = admitted_together(b, work.decode_steps)
+        prefill = times.prefill(admitted, prompt)
         ctx = prompt + (work.decode_steps + 1) / 2  # the average context over the decode
-        step = run(b, 1, ctx, b * ctx)
-        decode_s = work.decode_steps * step.seconds
-        latency = prefill.seconds + decode_s
+        step = times.step(b, ctx)
+        prefills = b / admitted  # per turnover of the batch
+        latency = prefills * prefill.seconds + work.decode_steps * step.seconds
         first = prefill.seconds + step.seconds
-        parts = [(prefill, 1), (step, work.decode_steps)]
-        extra = {"prefill_s": prefill.seconds, "decode_step_s": step.seconds}
-        live_tokens = min(b * prompt, PREFILL_CHUNK)
+        parts = [(prefill, prefills), (step, work.decode_steps)]
+        extra = {"prefill_s": prefill.seconds, "decode_step_s": step.seconds, "admitted": admitted}
+        live_tokens = min(b * prompt, PREFILL_CHUNK)  # memory: a whole batch may come in at once
     else:
-        ctx = prompt if not m.rule.causal else (prompt + 1) / 2
-        fwd = run(b, prompt, ctx, 0)
+        fwd = times.forward(b, prompt)
         latency = first = fwd.seconds * max(1, work.repeats)
         parts = [(fwd, max(1, work.repeats))]
         extra = {"forward_s": fwd.seconds}
@@ -246,106 +302,3 @@ def usable_bytes(device: Device) -> int:
 
 def fits(cost: StageCost, device: Device) -> bool:
     return cost.mem_per_device <= usable_bytes(device)
-
-
-def _divisors(n: int, limit: int) -> list[int]:
-    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
-
-
-def tp_allowed(profile: ArchProfile, tp: int) -> bool:
-    """tp divides the query heads and the KV heads (or is a multiple of them: KV replicated)."""
-    if tp == 1:
-        return True
-    p = profile
-    if not p.heads or p.heads % tp:
-        return False
-    return not p.kv_heads or p.kv_heads % tp == 0 or tp % p.kv_heads == 0
-
-
-def enumerate_configs(kind: str, profile: ArchProfile, device_counts: Sequence[int], max_devices: int,
-                      device: Device, batches: Sequence[int] | None = None,
-                      traits: Traits | None = None, pinned_pp: int | None = None) -> list[ParallelConfig]:
-    """Every (tp, pp, ep, batch) a stage may run at: tp divides the heads, ep divides the
-    experts (MoE only), the TP x EP group fits in one NVLink domain (the largest of
-    `device_counts`), pp divides the layers, a replica uses at most `max_devices`.
-    Memory is checked by `fits`; but pp > 1 is offered only where half as many stages would
-    not hold the weights, since in this model pipelining never beats tensor parallelism (or
-    where the spec pins it: `pinned_pp`)."""
-    domain = max(1, max(device_counts, default=1))
-    p = profile
-    traits = traits or (KINDS[kind].traits if kind in KINDS else None)  # only degrees the kind can honour
-    tps = range(1, domain + 1) if traits is None or traits.shardable_tp else (1,)
-    configs: list[ParallelConfig] = []
-    for tp in (t for t in tps if tp_allowed(p, t)):
-        eps = [1] + [e for e in _divisors(p.experts, p.experts) if e > 1 and (e % tp == 0 or tp % e == 0)
-                     and (traits is None or traits.shardable_ep)]
-        for ep in eps:
-            group = ParallelConfig(tp=tp, ep=ep).devices
-            if group > domain or group > max_devices:
-                continue
-            pps = _divisors(max(1, p.layers), max_devices // group) if p.layers else [1]
-            if pinned_pp is not None:
-                pps = [pinned_pp] if pinned_pp * group <= max_devices else []
-            for pp in pps if traits is None or traits.shardable_pp else [1]:
-                if pp > 1 and pinned_pp is None and _weights_fit(p, ParallelConfig(tp=tp, ep=ep,
-                                                                                    pp=_next_lower(p.layers, pp)), device):
-                    continue
-                for b in batches or (traits.batches if traits is not None and traits.batches else OTHER_BATCHES):
-                    configs.append(ParallelConfig(tp=tp, pp=pp, ep=ep, batch=b))
-    return configs
-
-
-def _next_lower(layers: int, pp: int) -> int:
-    return max(d for d in _divisors(max(1, layers), pp - 1))
-
-
-def _weights_fit(profile: ArchProfile, cfg: ParallelConfig, device: Device) -> bool:
-    weights, _, _ = memory_per_device("", profile, StageWork(), cfg)
-    return weights <= usable_bytes(device)
-
-
-def infeasibility_fixes(kind: str, profile: ArchProfile, work: StageWork, device: Device,
-                        device_counts: Sequence[int], max_devices: int) -> list[str]:
-    """The smallest changes that would fit a stage that fits no config of the target, best
-    first: a config on more devices, fp8 weights, a bigger device."""
-    need = sum(memory_per_device(kind, profile, work, ParallelConfig()))
-    fixes: list[str] = []
-    domain = max(1, max(device_counts, default=1))
-    smallest = _smallest_fit(kind, profile, work, device, domain, max(max_devices, 64))
-    if smallest is not None:
-        where = "" if smallest.devices <= max_devices else f", the target has {max_devices}"
-        fixes.append(f"tp={smallest.tp}" + (f" pp={smallest.pp}" if smallest.pp > 1 else "")
-                     + (f" ep={smallest.ep}" if smallest.ep > 1 else "") + f" ({smallest.devices} devices{where})")
-    if profile.dtype_bytes > 1:
-        fp8 = replace(profile, dtype_bytes=1)
-        if _smallest_fit(kind, fp8, work, device, domain, max_devices) is not None:
-            fixes.append("dtype: fp8")
-    fixes.append(f"a device with at least {need / MEMORY_UTILIZATION / GIB:.0f} GiB")
-    return fixes
-
-
-def infeasibility_hint(kind: str, profile: ArchProfile, work: StageWork, device: Device,
-                       device_counts: Sequence[int], max_devices: int) -> str:
-    """For a stage no config fits: how much it needs and the smallest change that would fit
-    it. "" when batch 1 fits on one device."""
-    one = memory_per_device(kind, profile, work, ParallelConfig())
-    need = sum(one)
-    if need <= usable_bytes(device):
-        return ""
-    gib = lambda n: f"{n / GIB:.0f} GiB"  # noqa: E731
-    fixes = infeasibility_fixes(kind, profile, work, device, device_counts, max_devices)
-    return (f"needs {gib(need)} on one device (weights {gib(one[0])}, KV {gib(one[1])}, "
-            f"activations {gib(one[2])}); the {device.type} holds {gib(usable_bytes(device))}: use "
-            + ", or ".join(fixes))
-
-
-def _smallest_fit(kind: str, profile: ArchProfile, work: StageWork, device: Device, domain: int,
-                  max_devices: int) -> ParallelConfig | None:
-    """The fit at batch 1 on the fewest devices (TP before PP: it is faster)."""
-    best: ParallelConfig | None = None
-    for cfg in enumerate_configs(kind, profile, [domain], max_devices, device, batches=(1,)):
-        if sum(memory_per_device(kind, profile, work, cfg)) <= usable_bytes(device):
-            if best is None or (cfg.devices, cfg.pp) < (best.devices, best.pp):
-                best = cfg
-    return best
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omnigraph.errors import IRError
 from omnigraph.passes.planner.arch_profile import profile_stage
-from omnigraph.passes.planner.cost_rules import infeasibility_fixes
+from omnigraph.passes.planner.config_space import infeasibility_fixes
 from omnigraph.passes.planner.cost_types import StageCost, StageWork
 from omnigraph.passes.planner.plan_problem import Option, PlanProblem, StageChoices, path_latency, pooled_bytes
 from omnigraph.passes.stage_graph import FlatStage

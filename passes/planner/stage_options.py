@@ -7,9 +7,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from omnigraph.passes.planner.cost_rules import enumerate_configs, fits, stage_cost, stage_work, usable_bytes
+from omnigraph.passes.planner.config_space import enumerate_configs
+from omnigraph.passes.planner.cost_rules import fits, stage_cost, stage_work, usable_bytes
 from omnigraph.passes.planner.arch_profile import profile_stage
-from omnigraph.passes.planner.cost_types import ParallelConfig, RequestShape, StageCost, StageWork
+from omnigraph.passes.planner.cost_types import ArchProfile, ParallelConfig, RequestShape, StageCost, StageWork
 from omnigraph.passes.planner.offload import with_offload
 from omnigraph.passes.planner.work_rules import chunked, stream_chunks
 from omnigraph.passes.planner.plan_problem import DevicePool, Option
@@ -32,10 +33,20 @@ class DeviceType:
     count: int
     domain: int  # the largest NVLink domain among them: the biggest TP x EP group
     link_gb_s: float  # intra-node bandwidth for TP/EP collectives
+    per_node: int = 0  # the most of them on one node
+    inter_node_gb_s: float = 0.0  # between nodes
 
     @property
     def usable_bytes(self) -> int:
         return usable_bytes(self.device)
+
+    def cost(self, kind: str, profile: ArchProfile, work: StageWork, cfg: ParallelConfig) -> StageCost:
+        """`stage_cost` on this type: collectives inside a node; a pipeline too long for one
+        node hands its hidden states over the link between nodes (place-devices puts each
+        stage's group inside one node and spreads the stages)."""
+        across = cfg.devices > max(1, self.per_node)
+        return stage_cost(kind, profile, work, cfg, self.device, self.link_gb_s, False,
+                          self.inter_node_gb_s if across else 0.0, across)
 
     def pool(self) -> DevicePool:
         return DevicePool(self.type, self.count, self.usable_bytes)
@@ -54,7 +65,8 @@ def device_types(target: Target) -> list[DeviceType]:
             prev = found.get(t)
             found[t] = DeviceType(t, devs[0], (prev.count if prev else 0) + len(devs),
                                   max(domain, prev.domain if prev else 0),
-                                  node.intra_node_gb_s if prev is None else min(prev.link_gb_s, node.intra_node_gb_s))
+                                  node.intra_node_gb_s if prev is None else min(prev.link_gb_s, node.intra_node_gb_s),
+                                  max(len(devs), prev.per_node if prev else 0), target.inter_node_gb_s)
     return list(found.values())
 
 
@@ -114,7 +126,7 @@ def stage_options(st: FlatStage, works: list[StageWork], mix: list[RequestShape]
             if pin is not None and (len(pin.devices) % cfg.devices
                                     or (replicas and replicas * cfg.devices != len(pin.devices))):
                 continue
-            costs = [stage_cost(st.kind, on_type, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
+            costs = [dt.cost(st.kind, on_type, wk, cfg) for wk in works]
             cost = mixed_cost(costs, mix)
             if fits(cost, dt.device) and cost.mem_per_device <= share * dt.usable_bytes:
                 options.append(Option(cost, dt.type, dtype=dtype or ""))
@@ -154,7 +166,7 @@ def latency_at(st: FlatStage, works: list[StageWork], mix: list[RequestShape], d
     """Seconds one batch of `cfg.batch` requests of the mix spends in the stage."""
     profile = at_dtype(profile_stage(st.kind, st.model, st.params),
                        planned_dtype(st.kind, st.model, st.params, dt.device))
-    costs = [stage_cost(st.kind, profile, wk, cfg, dt.device, dt.link_gb_s) for wk in works]
+    costs = [dt.cost(st.kind, profile, wk, cfg) for wk in works]
     return mixed_cost(costs, mix).latency_s
 
 

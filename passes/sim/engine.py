@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from omnigraph.passes.sim.report import report
-from omnigraph.passes.sim.rules import _ar_fracs, _event_budget, _scale, shared_speed  # noqa: F401
+from omnigraph.passes.sim.rules import _ar_fracs, _event_budget, _scale, _timed, ar_tokens, shared_speed  # noqa: F401
 from omnigraph.passes.sim.state import Job, Replica, Req, Run, Stage, Task
 from omnigraph.passes.sim.switching import PlanSwitch, apply_switch
 from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API lives here too)
@@ -46,18 +46,24 @@ from omnigraph.passes.sim.sim_types import (  # noqa: F401  (the public API live
 
 def simulate(pipeline: SimPipeline, requests: Sequence[SimRequest], *, slo_s: float | None = None,
              max_events: int | None = None, trace: bool = False, slo: Slo | None = None,
-             switches: Sequence[PlanSwitch] = ()) -> SimReport:
+             switches: Sequence[PlanSwitch] = (), until_s: float | None = None) -> SimReport:
     """Serve `requests` on `pipeline`, event by event, and report what happened; with `trace`,
     every step each replica ran too (report.spans: for a timeline). Goodput counts the
-    requests that meet `slo` (TTFT, TPOT, end to end), or end within `slo_s` seconds."""
+    requests that meet `slo` (TTFT, TPOT, end to end), or end within `slo_s` seconds.
+    With `until_s`, it stops at that time and reports the requests finished by then (an
+    overloaded run's backlog need not drain for its throughput to be judged); what it reports
+    is what a full run would have reported of them, since nothing later changes the past."""
     if slo_s is not None and not slo_s > 0:
         raise SimulationError(f"the SLO must be a positive number of seconds, not {slo_s!r}")
+    if until_s is not None and not until_s >= 0:
+        raise SimulationError(f"until_s must be a non-negative time, not {until_s!r}")
     if slo_s is not None:
         slo = replace(slo or Slo(), e2e_s=slo_s)
     if not requests:
         raise SimulationError("no requests to simulate")
     sim = _Sim(pipeline, requests, max_events)
     sim.spans = [] if trace else None
+    sim.until = until_s
     for sw in switches:  # a plan family switching replicas mid-run (sim/switching.py)
         sim._at(sw.at_s, "switch", sw)
     out = sim.run(slo)
@@ -98,12 +104,15 @@ class _Sim:
         # Stages with new work or a free server: dispatched once every event at this instant is
         # in, so that requests arriving together are batched together.
         self.dirty: dict[Stage, None] = {}
+        self.until: float | None = None  # simulate(until_s=…): stop there, report what finished
 
     # -- the loop --------------------------------------------------------------------
     def run(self, slo: Slo | None) -> SimReport:
         for req in self.requests:
             self._at(req.spec.arrival_s, "arrive", req)
         while self.heap:
+            if self.until is not None and self.heap[0][0] > self.until:
+                break
             self.events += 1
             if self.events > self.max_events:
                 raise SimulationError(f"simulation did not finish within {self.max_events} events "
@@ -133,9 +142,11 @@ class _Sim:
                 del self.dirty[stage]
                 self._dispatch(stage)
         stuck = [r.spec.id for r in self.requests if r.finish is None]
-        if stuck:
+        if stuck and self.until is None:
             raise SimulationError(f"{len(stuck)} request(s) never finished (first: {stuck[0]}); "
                                   "a stage waits on an input nothing produces")
+        if len(stuck) == len(self.requests):
+            raise SimulationError(f"no request finished by t={self.until:g}s")
         return self._report(slo)
 
     def _at(self, t: float, kind: str, payload: Any) -> None:
@@ -274,7 +285,7 @@ class _Sim:
                 for task in admitted:
                     task.context = task.work.tokens
                     self._token(task)
-                    if not task.done:
+                    if not task.done and not self._next_round(stage, task):
                         rep.running.append(task)
                 self._ar_decode(stage, rep)
 
@@ -297,24 +308,37 @@ class _Sim:
             for task in running:
                 task.context += 1
                 self._token(task)
-            rep.running = [t for t in rep.running if not t.done]
+            rep.running = [t for t in rep.running if not t.done and not self._next_round(stage, t)]
             self.dirty[stage] = None
 
         self._start_run(stage, rep, seconds, stepped, tuple(t.req.spec.id for t in running), "decode")
 
     def _token(self, task: Task) -> None:
-        """One more token out of an AR task: a chunk at each boundary, done at the last."""
+        """One more token out of an AR task: a chunk at each boundary, done at the last. A task
+        of several rounds (a loop body's iterations) writes each round's tokens as a sequence
+        of its own; its TTFT and TPOT are its last round's, whose text is the answer."""
         task.generated += 1
-        total = task.work.decode_steps + 1  # the prefill writes the first token
-        if task.generated == 1:
+        per_round = task.work.decode_steps + 1  # the prefill writes the first token
+        total = ar_tokens(task.work)
+        in_round = (task.generated - 1) % per_round + 1
+        last_round = task.generated > total - per_round
+        if in_round == 1:
             task.first_token = self.now
-            if task.stage.text and task.req.ttft is None:
+            if last_round and task.stage.text and task.req.ttft is None:
                 task.req.ttft = self.now - task.req.spec.arrival_s
-        if task.generated == total and total > 1 and task.stage.text:
-            task.req.tpot = (self.now - task.first_token) / (total - 1)
+        if task.generated == total and per_round > 1 and task.stage.text:
+            task.req.tpot = (self.now - task.first_token) / (per_round - 1)
         size = task.stage.spec.chunk_tokens
         if task.generated == total or (size and task.generated % size == 0):
             self._emit(task)
+
+    def _next_round(self, stage: Stage, task: Task) -> bool:
+        """A task that ended a round with more to run leaves the batch and queues again for
+        its next (admitted, prefilled and decoded as a new sequence). True when it left."""
+        if task.done or task.generated % (task.work.decode_steps + 1):
+            return False
+        self._enqueue(stage, task)
+        return True
 
     # -- timed runs, with devices shared by processor sharing -----------------------------
     def _start_run(self, stage: Stage, rep: Replica, seconds: float, on_done: Callable[[], None],
@@ -343,9 +367,6 @@ class _Sim:
 
     def _reshare(self, devices: tuple[str, ...], add: Run | None = None, remove: Run | None = None) -> None:
         affected = {id(r): r for d in devices for r in self.device_runs.get(d, [])}
-        for run in affected.values():  # progress so far, at the old rates
-            run.remaining = max(0.0, run.remaining - run.rate * (self.now - run.since))
-            run.since = self.now
         for d in devices:
             runs = self.device_runs.setdefault(d, [])
             if add is not None:
@@ -353,23 +374,22 @@ class _Sim:
             if remove is not None:
                 runs.remove(remove)
         if add is not None:
+            add.rate = 0.0  # timed below, from its start
             affected[id(add)] = add
         affected.pop(id(remove), None)
+        capacity, runs_on = self.p.device_capacity, self.device_runs
         for run in affected.values():
-            run.rate = min(shared_speed(self.p.device_capacity.get(d, 1.0), len(self.device_runs[d]))
-                           for d in run.replica.devices)
+            devs = run.replica.devices
+            rate = (shared_speed(capacity.get(devs[0], 1.0), len(runs_on[devs[0]])) if len(devs) == 1
+                    else min(shared_speed(capacity.get(d, 1.0), len(runs_on[d])) for d in devs))
+            if rate == run.rate:  # its finish stands as timed
+                continue
+            # progress so far, at the old rate; the rest at the new one
+            run.remaining = max(0.0, run.remaining - run.rate * (self.now - run.since))
+            run.since, run.rate = self.now, rate
             run.version += 1
             self._at(self.now + run.remaining / run.rate, "run", (run, run.version))
 
     def _report(self, slo: Slo | None) -> SimReport:
-        return report(self.requests, self.stages, self.now, self.events, slo)
+        return report([r for r in self.requests if r.finish is not None], self.stages, self.now, self.events, slo)
 
-
-def _timed(stage: Stage, what: str, fn: Callable[..., float] | None, *args: Any) -> float:
-    assert fn is not None  # _validate checked the mode's functions are there
-    seconds = fn(*args)
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        n = args[0] if isinstance(args[0], int) else len(args[0])
-        raise SimulationError(f"stage '{stage.spec.name}': {what} returned {seconds!r} for a batch of {n}; "
-                              "times must be positive seconds")
-    return float(seconds)

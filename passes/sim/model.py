@@ -17,7 +17,8 @@ Control flow is modelled in expectation, not executed:
   them (also those whose only readers are skipped);
 - a loop's body runs once, with its work multiplied by the loop's expected
   iterations (`loop_iters`; by default max_iters, the upper bound, as the planner
-  provisions for it): prompts and decode steps for AR stages, repeats for the others.
+  provisions for it): repeats for batch stages; for AR stages as many rounds, each a
+  sequence of its own that is admitted, prefilled and decoded again (engine.py).
 """
 from __future__ import annotations
 
@@ -44,8 +45,6 @@ from omnigraph.runtime.plan import RuntimePlan
 from omnigraph.target import Device, Target
 
 WorkFn = Callable[[RequestShape, random.Random], dict[str, StageWork]]
-
-_DECODE_PROBE = 16  # decode steps costed to take a per-step time from the cost rules
 
 
 @dataclass(frozen=True)
@@ -91,16 +90,30 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
     for name, st in graph.stages.items():
         node = st.node
         inst = node.instances[0]
-        device, link, inter = _device(target, node.name, inst.devices)
-        cost = CostTimes(stage_cost, node.kind, profiles[name], inst.tp, device, link, inter, pp=inst.pp, ep=inst.ep)
+        at = _device(target, node.name, inst.devices, inst.pp)
+        cost = CostTimes(stage_cost, node.kind, profiles[name], inst.tp, at.device, at.link, at.inter, pp=inst.pp,
+                         ep=inst.ep, hop=at.hop, hop_inter=at.hop_inter)
         prefill = cost.prefill
         if _phase(node) == "decode":  # its "prefill" is taking the KV over from the prefill half
-            prefill = LlmTimes(cost.prefill, cost.step, profiles[name].kv_bytes_per_token, link).handover
+            prefill = LlmTimes(cost.prefill, cost.step, profiles[name].kv_bytes_per_token, at.hop).handover
         swap_s = profiles[name].param_bytes / (inst.tp * HOST_LINK_GB_S * 1e9) if node.resources.swap else 0.0
-        stages.append(replace(_sim_stage(graph, st, batch_time=cost.prefill if _phase(node) == "prefill" else cost.batch,
+        batch_time = (lambda ws, f=cost.prefill: f(ws) * _mean_repeats(ws)) if _phase(node) == "prefill" else cost.batch
+        stages.append(replace(_sim_stage(graph, st, batch_time=batch_time,
                                          prefill_time=prefill, step_time=cost.step), swap_s=swap_s))
 
+    # With no route to draw and whole loop iterations, a shape's works are the same for every
+    # request (and draw nothing from `rng`): worked out once per shape.
+    fixed = not graph.routes and all(float(st.iters).is_integer() for st in graph.stages.values())
+    known: dict[RequestShape, dict[str, StageWork]] = {}
+
     def works(shape: RequestShape, rng: random.Random) -> dict[str, StageWork]:
+        if not fixed:
+            return draw(shape, rng)
+        if shape not in known:
+            known[shape] = draw(shape, rng)
+        return dict(known[shape])
+
+    def draw(shape: RequestShape, rng: random.Random) -> dict[str, StageWork]:
         out: dict[str, StageWork] = {}
         for name in graph.choose(rng, route_weights or {}):
             st = graph.stages[name]
@@ -110,7 +123,7 @@ def sim_pipeline_from_plan(plan: RuntimePlan, target: Target, mix: list[RequestS
             inputs = [out[p] for p, _ in st.reads if p in out]
             feeds = [plan.inputs[i].modality for i in st.inputs if i in plan.inputs]
             base = stage_work(st.node.kind, st.node.params, profiles[name], shape, inputs, feeds)
-            out[name] = _repeat(st.node.kind, base, st.iters)
+            out[name] = _repeat(st.node.kind, base, st.iters, rng)
         return out
 
     for shape in mix:  # every shape of the mix costs out here, not midway through a simulation
@@ -148,7 +161,7 @@ def sim_pipeline_from_measurements(plan: RuntimePlan, measured: dict[str, StageT
             ar = KINDS[node.kind].traits.autoregressive
             decode = max(0, settings(node.kind, node.params).max_new_tokens - 1) if ar else 0
             base = StageWork(tokens=shape.prompt_tokens, decode_steps=decode)
-            out[name] = _repeat(node.kind, base, graph.stages[name].iters)
+            out[name] = _repeat(node.kind, base, graph.stages[name].iters, rng)
         return out
 
     return _pipeline(graph, stages, device_capacity, handoff_s), works
@@ -252,13 +265,18 @@ def _pipeline(graph: StageGraph, stages: list[SimStage], capacity: float, handof
                        device_capacity={d: capacity for d in devices}, handoff_s=handoff_s)
 
 
-def _repeat(kind: str, work: StageWork, iters: float) -> StageWork:
-    """A loop body's work over its expected iterations, run as one."""
+def _repeat(kind: str, work: StageWork, iters: float, rng: random.Random | None = None) -> StageWork:
+    """A loop body's work over its expected iterations. A batch stage runs them as one job of
+    `iters` x the repeats; an AR stage runs them as `repeats` rounds, each a sequence of its
+    own (its prompt, its decode steps), as the runtime runs one per iteration and the planner
+    counts them (`visits`); a fractional expectation is drawn per request (2.5: 2 or 3)."""
     if iters == 1:
         return work
     if KINDS[kind].traits.autoregressive:
-        return replace(work, tokens=max(1, round(work.tokens * iters)),
-                       decode_steps=max(0, round((work.decode_steps + 1) * iters) - 1))
+        rounds = int(iters)
+        if iters > rounds and (rng or random.Random(0)).random() < iters - rounds:
+            rounds += 1
+        return replace(work, repeats=max(1, rounds) * max(1, work.repeats))
     return replace(work, repeats=max(1, round(work.repeats * iters)))
 
 
@@ -268,13 +286,33 @@ def _mean_repeats(works: Sequence[StageWork]) -> float:
 
 def _mean_work(works: Sequence[StageWork]) -> StageWork:
     n = len(works)
-    avg = (lambda attr: round(sum(getattr(w, attr) for w in works) / n))
-    return StageWork(tokens=avg("tokens"), repeats=max(1, avg("repeats")), decode_steps=avg("decode_steps"),
-                     out_tokens=avg("out_tokens"), out_bytes=avg("out_bytes"))
+    if n == 1 and works[0].repeats >= 1:
+        return works[0]
+    tokens = repeats = decode = out_tokens = out_bytes = 0
+    for w in works:  # one pass: the simulator averages every batch it times
+        tokens += w.tokens
+        repeats += w.repeats
+        decode += w.decode_steps
+        out_tokens += w.out_tokens
+        out_bytes += w.out_bytes
+    return StageWork(tokens=round(tokens / n), repeats=max(1, round(repeats / n)), decode_steps=round(decode / n),
+                     out_tokens=round(out_tokens / n), out_bytes=round(out_bytes / n))
 
 
-def _device(target: Target, stage: str, devices: list[str]) -> tuple[Device, float, bool]:
-    """The Device an instance runs on (its first), and the link its ranks talk over."""
+@dataclass(frozen=True)
+class InstanceLinks:
+    """Where an instance runs and how its ranks talk: the Device (its first), the link of its
+    TP/EP collectives (inside a node unless a group spans nodes), and the link between its
+    pipeline stages (across nodes when they are on different ones)."""
+
+    device: Device
+    link: float
+    inter: bool
+    hop: float
+    hop_inter: bool
+
+
+def _device(target: Target, stage: str, devices: list[str], pp: int = 1) -> InstanceLinks:
     nodes = {n.name: n for n in target.nodes}
     found = []
     for ref in devices:
@@ -285,35 +323,48 @@ def _device(target: Target, stage: str, devices: list[str]) -> tuple[Device, flo
             raise SimulationError(f"stage '{stage}' is placed on '{ref}', which target '{target.target}' "
                                   f"does not have (devices: {', '.join(target.devices)})")
         found.append((node, dev))
-    inter = len({n.name for n, _ in found}) > 1
-    link = target.inter_node_gb_s if inter else found[0][0].intra_node_gb_s
-    return found[0][1], link, inter
+    width = max(1, len(found) // max(1, pp))  # rank r runs pipeline stage r // width
+    groups = [{n.name for n, _ in found[i:i + width]} for i in range(0, len(found), width)]
+    inter = any(len(g) > 1 for g in groups)  # a TP/EP group across nodes
+    across = len({n.name for n, _ in found}) > 1
+    intra = min(n.intra_node_gb_s for n, _ in found)
+    return InstanceLinks(found[0][1], target.inter_node_gb_s if inter else intra, inter,
+                         target.inter_node_gb_s if across else intra, across)
 
 
 class CostTimes:
-    """A stage's step times from the cost rules, cached by batch and (bucketed) size."""
+    """A stage's step times from the cost rules, cached by batch and (bucketed) size: a batch
+    stage's batch is `stage_cost`'s latency, an AR stage's prefill and decode step are the
+    ReplicaTimes that `stage_cost` adds up for the planner (passes/planner/cost_rules.py)."""
 
     def __init__(self, stage_cost: Callable[..., Any], kind: str, profile: Any, tp: int,
-                 device: Device, link: float, inter: bool, pp: int = 1, ep: int = 1) -> None:
+                 device: Device, link: float, inter: bool, pp: int = 1, ep: int = 1, hop: float = 0.0,
+                 hop_inter: bool = False) -> None:
+        from omnigraph.passes.planner.cost_rules import ReplicaTimes
+
         self.stage_cost, self.kind, self.profile = stage_cost, kind, profile
         self.tp, self.pp, self.ep, self.device, self.link, self.inter = tp, pp, ep, device, link, inter
+        self.hop, self.hop_inter = hop, hop_inter
+        self.times = ReplicaTimes(kind, profile, ParallelConfig(tp=tp, pp=pp, ep=ep), device, link, inter, hop, hop_inter)
         self._latency = lru_cache(maxsize=4096)(self._latency_uncached)
+        self._prefill = lru_cache(maxsize=4096)(lambda seqs, tokens: self.times.prefill(seqs, tokens).seconds)
+        self._step = lru_cache(maxsize=4096)(lambda running, context: self.times.step(running, context).seconds)
 
     def _latency_uncached(self, work: StageWork, batch: int) -> float:
         cfg = ParallelConfig(tp=self.tp, pp=self.pp, ep=self.ep, batch=batch)
-        return self.stage_cost(self.kind, self.profile, work, cfg, self.device, self.link, self.inter).latency_s
+        return self.stage_cost(self.kind, self.profile, work, cfg, self.device, self.link, self.inter, self.hop,
+                               self.hop_inter).latency_s
 
     def batch(self, works: Sequence[StageWork]) -> float:
         return self._latency(_mean_work(works), len(works))
 
     def prefill(self, works: Sequence[StageWork]) -> float:
-        return self._latency(replace(_mean_work(works), decode_steps=0), len(works))
+        """The admitted requests' prompts, prefilled together."""
+        return self._prefill(len(works), max(0, _mean_work(works).tokens))
 
     def step(self, running: int, context: float) -> float:
-        tokens = _bucket(context)
-        base = self._latency(StageWork(tokens=tokens), running)
-        probe = self._latency(StageWork(tokens=tokens, decode_steps=_DECODE_PROBE), running)
-        return (probe - base) / _DECODE_PROBE
+        """One decode step of `running` sequences at a mean KV context of `context` tokens."""
+        return self._step(running, _bucket(context))
 
 
 def _bucket(x: float) -> int:
