@@ -64,3 +64,25 @@ def test_the_simulated_decode_step_of_a_pp2_instance_pays_the_bubble(planned) ->
         # Half the layers each, but the stages of a step wait on each other: no faster than
         # one group doing it all (a bubble-free pipeline would take about half).
         assert pp2 >= 0.98 * pp1, (running, pp2, pp1)
+
+
+@pytest.mark.parametrize("rows,tokens", [(32, 1), (256, 1), (1, 600), (4, 600), (16, 2048)])
+def test_the_cost_rules_cut_a_forward_as_the_runtime_does(planned, rows: int, tokens: int) -> None:
+    # One rule (runtime/pp_schedule.py) for the runtime that cuts and the cost model that
+    # prices: a decode step goes through whole, a long forward in up to 4 micro-batches, and
+    # the pipeline's m + pp - 1 slots are what the pass costs (pp - 1 of them the bubble).
+    from omnigraph.passes.planner.cost_rules import ReplicaTimes
+    from omnigraph.passes.planner.cost_types import ParallelConfig
+    from omnigraph.runtime.pp_schedule import micro_batches
+
+    plan, target = planned
+    (node,) = plan.stages()
+    profile = at_dtype(profile_stage(node.kind, node.model, node.params), node.resources.dtype)
+    device, node0 = target.nodes[0].devices[0], target.nodes[0]
+    times = ReplicaTimes(node.kind, profile, ParallelConfig(tp=8, pp=2), device, node0.intra_node_gb_s, False,
+                         target.inter_node_gb_s, True)
+    one = times.run(rows, tokens, tokens, 0)
+    m = micro_batches(rows, tokens)
+    assert m == (1 if rows * tokens < 512 else min(rows, 4))
+    slot = one.bubble_s  # pp - 1 = 1 slot of bubble
+    assert one.seconds == pytest.approx((m + 1) * slot, rel=1e-9)
