@@ -22,7 +22,7 @@ from omnigraph.passes.planner.pins import device_pin, pinned_counts
 from omnigraph.passes.planner.plan_explain import no_fit, no_plan
 from omnigraph.passes.planner.plan_milp import solve
 from omnigraph.passes.planner.cost_types import StageWork
-from omnigraph.passes.planner.plan_problem import PlanProblem, PlanSolution, StageChoices, StagePlan, throughput_of
+from omnigraph.passes.planner.plan_problem import PlanProblem, PlanSolution, StageChoices, rated_as, throughput_of
 from omnigraph.passes.compilation import Compilation, CompilerPass
 from omnigraph.passes.stage_graph import FlatStage, stage_graph
 from omnigraph.passes.planner.stage_options import (
@@ -51,7 +51,7 @@ class PlanParallelPass(CompilerPass):
 
     def run(self, comp: Compilation) -> None:
         solution, stages, works = plan(comp.module, comp.need_target(self.name), self.mix, self.slo or None,
-                                       self.headroom, self.solve_s or SOLVE_BUDGET_S)
+                                       self.headroom, self.solve_s)
         write_plan(stages, solution, works)
 
 
@@ -143,14 +143,15 @@ def refine(built: Problem, rounds: int = REFINE_ROUNDS) -> tuple[PlanSolution | 
         if solution is None:
             break
         rerated = _rerate(built, problem, solution)
-        solution.throughput = throughput_of(rerated, _same_options(rerated, solution), solution.shared_devices)
+        solution.throughput = throughput_of(rerated, rated_as(rerated, solution), solution.shared_devices)
         if best is None or solution.throughput > best.throughput * (1 + 1e-6):
             best, best_problem = solution, rerated
         if rerated == problem or _pooled(solution) or problem.swap:  # hard MILPs: one round
             break
-        if _assignment(solution) in seen:  # the plan stopped changing: another round re-derives it
+        decided = _assignment(solution)
+        if decided in seen:  # the plan stopped changing: another round re-derives it
             break
-        seen.add(_assignment(solution))
+        seen.add(decided)
         problem = rerated
     return best, best_problem
 
@@ -218,16 +219,6 @@ def _rerate(built: Problem, problem: PlanProblem, solution: PlanSolution) -> Pla
             options.append(replace(o, pool_rate=pool_rate))
         stages.append(replace(choice, options=tuple(options)))
     return replace(problem, stages=tuple(stages))
-
-
-def _same_options(problem: PlanProblem, solution: PlanSolution) -> dict[str, StagePlan]:
-    """The solution's choices, with their options as `problem` rates them."""
-    out = {}
-    for choice in problem.stages:
-        sp = solution.stages[choice.name]
-        option = next(o for o in choice.options if o.cost == sp.option.cost and o.device_type == sp.option.device_type)
-        out[choice.name] = replace(sp, option=option)
-    return out
 
 
 def write_plan(stages: list[FlatStage], solution: PlanSolution, works: dict[str, list[StageWork]]) -> None:

@@ -17,8 +17,8 @@ import pulp
 from omnigraph.passes.planner.milp_solver import SOLVER_NAME, make_solver, ran_out_of_time, run_solver, solved_gap
 from omnigraph.passes.planner.plan_greedy import greedy_plan
 from omnigraph.passes.planner.plan_problem import (
-    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, path_latency, pool_key, pooled_bytes,
-    throughput_of,
+    EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, option_index, path_latency, pool_key,
+    pooled_bytes, rated_as, throughput_of,
 )
 from omnigraph.passes.planner.stage_classes import StageClass, stage_classes
 
@@ -239,8 +239,7 @@ def _start_from(start: PlanSolution, problem: PlanProblem, classes: list[StageCl
         if any(p is None or p.option.cost.config != plans[0].option.cost.config for p in plans):
             return
         options = cl.choices.options
-        i = next((i for i, o in enumerate(options) if o.cost == plans[0].option.cost
-                  and o.device_type == plans[0].option.device_type), None)
+        i = option_index(options, plans[0].option)
         if i is None:
             return
         values.update({y[g, j]: float(j == i) for j in range(len(options))})
@@ -248,10 +247,7 @@ def _start_from(start: PlanSolution, problem: PlanProblem, classes: list[StageCl
         for key in (key for key in z if key[:2] == (g, i)):
             name = pool_key(options[i].device_type, key[2])
             values[z[key]] = sum(1 for p in plans if p.shared and p.pool_key == name)
-    chosen = {st.name: replace(start.stages[st.name], option=next(
-        o for o in st.options if o.cost == start.stages[st.name].option.cost
-        and o.device_type == start.stages[st.name].option.device_type)) for st in problem.stages}
-    x = throughput_of(problem, chosen, start.shared_devices) * (1 - 1e-6)
+    x = throughput_of(problem, rated_as(problem, start), start.shared_devices) * (1 - 1e-6)
     if x <= EPS:
         return
     values[X] = x

@@ -18,7 +18,7 @@ among equal X, use fewer devices.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from omnigraph.passes.planner.cost_types import StageCost
 
@@ -105,6 +105,25 @@ class StagePlan:
     @property
     def pool_key(self) -> str:
         return self.pool or self.option.device_type
+
+
+def option_index(options: tuple[Option, ...], option: Option) -> int | None:
+    """Where `option` (the same config and cost on the same device type, whatever its pool
+    rate) stands among `options`; None when it is not there."""
+    return next((i for i, o in enumerate(options) if o.cost == option.cost and o.device_type == option.device_type),
+                None)
+
+
+def rated_as(problem: PlanProblem, solution: PlanSolution) -> dict[str, StagePlan]:
+    """The solution's choices, with their options as `problem` rates them."""
+    out = {}
+    for choice in problem.stages:
+        sp = solution.stages[choice.name]
+        i = option_index(choice.options, sp.option)
+        if i is None:
+            raise KeyError(f"stage '{choice.name}': the plan's option is not among the problem's")
+        out[choice.name] = replace(sp, option=choice.options[i])
+    return out
 
 
 def pooled_bytes(st: StageChoices, o: Option) -> int:
