@@ -23,17 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = [("examples/qwen3_omni_moe.yaml", "h100x8"), ("examples/vision_chat.yaml", "h100x8"),
          ("examples/tiny/moe_tiny.yaml", "cpu-local")]
 PROBE = ("import sys, runpy; sys.argv = ['omnigraph'] + sys.argv[1:]; from omnigraph.cli import main; code = main(); "
-         "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr); sys.exit(code)")
+         "print('IMPORTED=' + ','.join(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr); "
+         "sys.exit(code)")
 
 
-def plan_once(spec: str, target: str, cache: str) -> tuple[float, bool]:
+def plan_once(spec: str, target: str, cache: str) -> tuple[float, list[str]]:
+    """Seconds for one `omnigraph plan` in a fresh process, and which heavy libraries it imported."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PROBE, "plan", spec, "--target", target, "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env={**os.environ, "OMNIGRAPH_CACHE": cache})
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    return seconds, "TORCH_IMPORTED" in proc.stderr
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("IMPORTED=")][-1]
+    return seconds, [m for m in line.removeprefix("IMPORTED=").split(",") if m]
 
 
 def main() -> None:
@@ -42,17 +45,17 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for spec, target in CASES:
-        cold, warm, torch_cold, torch_warm = [], [], False, True
+        cold, warm, libs_cold, libs_warm = [], [], [], []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as cache:
-                seconds, torch_cold = plan_once(spec, target, cache)
+                seconds, libs_cold = plan_once(spec, target, cache)
                 cold.append(seconds)
-                seconds, torch_warm = plan_once(spec, target, cache)
+                seconds, libs_warm = plan_once(spec, target, cache)
                 warm.append(seconds)
         rows.append({"spec": spec, "target": target, "first_s": round(statistics.median(cold), 3),
                      "again_s": round(statistics.median(warm), 3),
                      "speedup": round(statistics.median(cold) / statistics.median(warm), 2),
-                     "torch_imported_first": torch_cold, "torch_imported_again": torch_warm})
+                     "imported_first": libs_cold, "imported_again": libs_warm})
         print(rows[-1], flush=True)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "repeats": args.repeats,
               "python": platform.python_version(), "rows": rows}

@@ -25,6 +25,7 @@ import functools
 import importlib
 import importlib.util
 import re
+from pathlib import Path
 from typing import Any
 
 from omnigraph.errors import OmnigraphError
@@ -133,8 +134,7 @@ def problem(ref: str) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def _public_problem(library: str, name: str) -> str | None:
-    module = importlib.import_module(library)  # a lazy module: no model code runs
-    table: dict[str, str] | None = getattr(module, "_class_to_module", None)
+    table = _class_table(library)
     if table is None:  # an older layout: judged when the class is reached
         return None
     where = table.get(name)
@@ -146,6 +146,37 @@ def _public_problem(library: str, name: str) -> str | None:
     if not _is_model_module(library, where):
         return f"'{name}' is not a model class ({library}.{where} is not part of the model API)"
     return None
+
+
+@functools.lru_cache(maxsize=4)
+def _class_table(library: str) -> dict[str, str] | None:
+    """The library's public name -> submodule table. Building it means importing the library
+    (half a second for transformers, seconds for diffusers, most of a second `plan`), so it is
+    kept on disk per installed version and read back from there."""
+    from importlib import metadata
+
+    from omnigraph.runtime import cache
+
+    try:
+        version = metadata.version(library)
+    except metadata.PackageNotFoundError:
+        version = None
+    store = cache.entry_dir("profiles", f"classes-{library}-{version}") / "classes.json" if version else None
+    if store is not None:
+        known = cache.read_json(store).get("classes")
+        if isinstance(known, dict):
+            return known
+    module = importlib.import_module(library)  # a lazy module: no model code runs
+    table = getattr(module, "_class_to_module", None)
+    if not isinstance(table, dict):
+        return None
+    table = {str(k): str(v) for k, v in table.items()}
+    if store is not None:
+        try:
+            cache.write_json(store, {"classes": table})
+        except OSError:  # a read-only cache: import again next time
+            pass
+    return table
 
 
 def _is_model_module(library: str, where: str) -> bool:
@@ -166,21 +197,39 @@ def _family_problem(family: str, name: str) -> str | None:
     its source (importing it would run the module)."""
     if family == "auto":
         return "the auto classes are factories, not model classes: name the model's own class"
-    try:
-        spec = importlib.util.find_spec(_family_module(family))
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin:
+    source = _family_source(family)
+    if source is None:
         return f"transformers has no model family '{family}' (no module {_family_module(family)})"
-    try:
-        with open(spec.origin, encoding="utf-8") as src:
-            tree = ast.parse(src.read())
-    except (OSError, SyntaxError, ValueError):
+    classes = _top_level_classes(str(source))
+    if classes is None:
         return None  # judged when the class is reached
-    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     if name not in classes:
         return f"transformers' {family} family defines no class '{name}'"
     return None
+
+
+def _family_source(family: str) -> Path | None:
+    """The family's modeling file, found from the package's folder: `find_spec` of a submodule
+    would import transformers and its `models` package first (most of a second)."""
+    try:
+        spec = importlib.util.find_spec("transformers")  # top level: found, not imported
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "models" / family / f"modeling_{family}.py"
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _top_level_classes(path: str) -> frozenset[str] | None:
+    try:
+        with open(path, encoding="utf-8") as src:
+            tree = ast.parse(src.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return frozenset(n.name for n in tree.body if isinstance(n, ast.ClassDef))
 
 
 def library_class(scheme: str, target: str) -> type:

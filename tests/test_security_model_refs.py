@@ -135,3 +135,54 @@ def test_run_is_where_py_code_runs(payload: Path, tmp_path: Path) -> None:
 
     import_attr(f"{MARKER_MODULE}:boom")()
     assert payload.exists()
+
+
+def test_a_poisoned_class_table_still_builds_no_payload(payload: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` reads the library's class table from omnigraph's cache; an entry someone wrote
+    there to pass the payload off as a model class gets past `check`, but the class is checked
+    again where it would be built, so it never runs."""
+    from importlib import metadata
+
+    from omnigraph import model_ref
+    from omnigraph.runtime import cache
+
+    monkeypatch.setenv("OMNIGRAPH_CACHE", str(tmp_path / "cache"))
+    model_ref._class_table.cache_clear()
+    model_ref._public_problem.cache_clear()
+    store = cache.entry_dir("profiles", f"classes-transformers-{metadata.version('transformers')}")
+    cache.write_json(store / "classes.json", {"classes": {"og_marker_boom": "models.llama.modeling_llama"}})
+    try:
+        assert model_ref.problem("transformers:og_marker_boom") is None  # the table was believed
+        with pytest.raises(model_ref.ModelRefError, match="outside transformers.models|cannot reach"):
+            model_ref.library_class("transformers", "og_marker_boom")
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(_yaml("transformers:og_marker_boom", ""))
+        for command in COMMANDS:
+            main([command[0], str(spec), *command[1:]])
+            assert not payload.exists(), command
+    finally:
+        model_ref._class_table.cache_clear()
+        model_ref._public_problem.cache_clear()
+
+
+def test_checking_a_reference_again_imports_no_library(tmp_path: Path) -> None:
+    """The class table is read from the cache and a family's classes from its source file,
+    so a second `check` (and `plan`) does not import transformers at all."""
+    import json
+    import os
+    import subprocess
+
+    probe = ("import sys, json; from omnigraph import model_ref as m; "
+             "r = [m.problem('transformers:LlamaForCausalLM'), m.problem('transformers:LlamaForCausalLMx'), "
+             "m.problem('transformers:qwen2_5_omni.Qwen2_5OmniAudioEncoder'), m.problem('transformers:llama.nope')]; "
+             "print(json.dumps([r, 'transformers' in sys.modules]))")
+    env = {**os.environ, "OMNIGRAPH_CACHE": str(tmp_path / "cache")}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                                      check=True).stdout) for _ in range(2)]
+    assert runs[0][0] == runs[1][0]
+    verdicts = runs[1][0]
+    assert verdicts[0] is None and verdicts[2] is None
+    assert "did you mean 'LlamaForCausalLM'" in verdicts[1]
+    assert "defines no class 'nope'" in verdicts[3]
+    assert runs[0][1] is True and runs[1][1] is False  # built once, then read back

@@ -3,6 +3,9 @@
     $OMNIGRAPH_CACHE (default ~/.cache/omnigraph)
       gguf/<sha256>/     a GGUF model dequantized once into a safetensors checkpoint (the
                          slow step of loading one); about 4x the GGUF's size in bf16, 8x in f32
+      profiles/<key>/    architecture profiles counted on meta (parameters, layers, KV bytes),
+                         and each library's class table (which names are model classes), so a
+                         second `plan` imports neither torch nor transformers; kilobytes each
       hashes.json        content hashes of files already hashed, by path, size and mtime
 
 Entries are keyed by the full content hash of their source file, so a different file that
