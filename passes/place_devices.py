@@ -8,7 +8,9 @@ least room that still holds it (best fit), which packs power-of-two groups into
 power-of-two domains without holes. Ties go to the domain where the stage's producers sit,
 so neighbouring stages share a node. A stage whose spec pins its devices gets exactly those (first). Stages that plan-parallel marked
 `shared` are colocated:
-one instance on each device of their type's shared pool, taken from what the groups left.
+one instance on each device of their type's shared pool, taken from what the groups left; a
+pool that rides on a stage (`h100@llm`) puts one instance on the first device of each of that
+stage's replicas instead, taking no devices of its own.
 
 `#omni.place` lists the devices of all replicas back to back, in rank order:
 replica i runs on devices[i*g:(i+1)*g], g = tp x pp x max(1, ep / tp).
@@ -18,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from omnigraph.dialect.attrs import PlaceAttr, PlanAttr
+from omnigraph.dialect.attrs import ParallelAttr, PlaceAttr, PlanAttr
 from omnigraph.errors import IRError
 from omnigraph.passes.compilation import Compilation, CompilerPass
 from omnigraph.passes.planner.pins import device_pin
+from omnigraph.passes.planner.plan_problem import ride_host
 from omnigraph.passes.stage_graph import FlatStage, stage_graph
 from omnigraph.target import Target
 
@@ -103,6 +106,10 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
             home.setdefault(st.name, set()).add(best.node)
             near.add(best.node)
     for key, count in pools.items():  # each shared pool on devices of its own
+        host = ride_host(key)
+        if host is not None:
+            _ride(key, host, stages, plans, placed)
+            continue
         dtype = key.split("#")[0]
         free = [dev for d in doms if d.type == dtype for dev in d.free]
         if len(free) < count:
@@ -114,6 +121,23 @@ def place(stages: list[FlatStage], target: Target) -> dict[str, list[str]]:
         for d in doms:
             d.free = [x for x in d.free if x not in pool]
     return placed
+
+
+def _ride(key: str, host: str, stages: list[FlatStage], plans: dict[str, PlanAttr], placed: dict[str, list[str]]) -> None:
+    """A riding pool's stages: one instance on the first device of each replica of its host
+    (as many as the host has now: split-prefill-decode may have given some to a prefill half)."""
+    by_name = {st.name: st for st in stages}
+    if host not in by_name or not placed.get(host):
+        raise IRError(f"the shared pool {key} rides on stage '{host}', which has no devices placed")
+    size = plans[host].devices_per_replica
+    firsts = placed[host][::size]
+    for st in stages:
+        if plans[st.name].shared and _pool(plans[st.name]) == key:
+            placed[st.name] = list(firsts)
+            par = st.op.parallel
+            if par.get("replicas") != len(firsts):
+                st.op.properties["parallel"] = ParallelAttr(tp=par.get("tp"), pp=par.get("pp"), dp=par.get("dp"),
+                                                            ep=par.get("ep"), replicas=len(firsts))
 
 
 @dataclass(frozen=True)

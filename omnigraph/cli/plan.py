@@ -141,7 +141,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         m = r["memory"]
         mark = " ◀" if r["stage"] == report["bottleneck"] else ""
         table.add_row(
-            r["stage"] + mark, r["config"] + (" shared" if r["shared"] else "") + (" swap" if r.get("swap") else ""),
+            r["stage"] + mark, r["config"] + (f" on {r['rides_on']}" if r.get("rides_on") else " shared" if r["shared"] else "") + (" swap" if r.get("swap") else ""),
             str(r["replicas"]), _devices(r["devices"]) + _cores(r.get("cores")), r.get("dtype") or "-", _params(r),
             *(f"{m.get(k, 0) / GIB:.1f}" for k in ("weights", "kv", "arena", "offload")),
             _secs(r["latency_s"]), _secs(r["first_output_s"]), f"{r['utilisation']:.0%}",

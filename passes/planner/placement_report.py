@@ -12,6 +12,7 @@ from typing import Any
 from xdsl.dialects.builtin import ModuleOp
 
 from omnigraph.dialect.values import from_attr
+from omnigraph.passes.planner.plan_problem import ride_host
 from omnigraph.passes.stage_graph import pipeline_of, stage_graph
 
 
@@ -31,6 +32,8 @@ def placement_report(module: ModuleOp) -> dict[str, Any]:
             "stage": st.name, "kind": st.kind, "config": _label(par, p["batch"]),
             "tp": par["tp"], "pp": par["pp"], "ep": par["ep"], "replicas": par["replicas"],
             "batch": p["batch"], "shared": p["shared"], "device_type": p["device_type"], "pool": p["pool"],
+            # A shared stage riding on another stage's replicas (on their devices, in their time).
+            "rides_on": ride_host(p["pool"]) if p["shared"] else None,
             "devices": [d.data for d in st.op.place.devices.data] if st.op.place is not None else [],
             "memory": mem,
             # The contract the runtime keeps (`run --stats` reports the same): the dtype it
@@ -72,7 +75,8 @@ def _label(par: dict[str, int], batch: int) -> str:
 
 
 def _utilisation(rows: list[dict[str, Any]], rate: float) -> None:
-    """Busy fraction of each stage's devices at the planned rate (a shared pool: all of it)."""
+    """Busy fraction of each stage's devices at the planned rate (a shared pool: all of it; a
+    stage that riders ride on: its own work and theirs)."""
     pools: dict[str, float] = {}
     for r in rows:
         if r["shared"]:
@@ -85,5 +89,6 @@ def _utilisation(rows: list[dict[str, Any]], rate: float) -> None:
             r["utilisation"] = pools[key] / max(1, r["replicas"])
             r["load_share"] = load / pools[key]
         else:
-            r["utilisation"] = load / r["replicas"]
-            r["load_share"] = 1.0
+            riders = sum(v for key, v in pools.items() if ride_host(key) == r["stage"])
+            r["utilisation"] = (load + riders) / r["replicas"]
+            r["load_share"] = load / (load + riders) if riders else 1.0

@@ -1,7 +1,8 @@
 """Exhaustive search over the planning model: the yardstick for the MILP.
 
 Every combination of one option per stage, every choice of which single-device stages share
-a pool, then the best replica counts for that choice. With the configs fixed, throughput is
+a pool (and whether that pool rides on a multi-device stage's replicas), then the best
+replica counts for that choice. With the configs fixed, throughput is
 the minimum over stages of an increasing function of that stage's devices, so the only way
 to raise it is to give the bottleneck one more replica (or pool device): raising the
 bottleneck until its device type runs out is optimal, and uses the fewest devices for the
@@ -14,8 +15,9 @@ from __future__ import annotations
 import itertools
 import time
 
+from omnigraph.passes.planner.stage_classes import stage_classes
 from omnigraph.passes.planner.plan_problem import (
-    EPS, Option, PlanProblem, PlanSolution, StagePlan, path_latency,
+    EPS, Option, PlanProblem, PlanSolution, StagePlan, path_latency, pooled_bytes, ride_key,
 )
 
 
@@ -25,6 +27,8 @@ def exhaustive(problem: PlanProblem) -> PlanSolution | None:
     stages = problem.stages
     best: tuple[float, int, float] | None = None
     best_plan: tuple[dict[str, StagePlan], dict[str, int]] | None = None
+    twins = {m for cl in stage_classes(problem) if cl.count > 1 for m in cl.members}
+    hosts = {i for i, st in enumerate(stages) if st.name not in twins and not st.pinned_devices}
     for combo in itertools.product(*(st.options for st in stages)):
         chosen = {st.name: o for st, o in zip(stages, combo)}
         if problem.latency_target_s is not None and path_latency(problem, chosen) > problem.latency_target_s + EPS:
@@ -32,16 +36,20 @@ def exhaustive(problem: PlanProblem) -> PlanSolution | None:
         single = [i for i, o in enumerate(combo) if o.devices == 1]
         for n in range(len(single) + 1):
             for shared in itertools.combinations(single, n):
-                found = _allocate(problem, combo, set(shared), pools)
-                if found is None:
-                    continue
-                x, replicas, pool = found
-                used = sum(r * o.devices for r, o in zip(replicas, combo)) + sum(pool.values())
-                score = (x, -used, -sum(o.cost.latency_s for o in combo))
-                if best is None or _better(score, best):
-                    best = score
-                    best_plan = ({st.name: StagePlan(o, r, i in shared)
-                                  for i, (st, o, r) in enumerate(zip(stages, combo, replicas))}, pool)
+                for ride in _rides(combo, set(shared), hosts):
+                    found = _allocate(problem, combo, set(shared), pools, ride)
+                    if found is None:
+                        continue
+                    x, replicas, pool = found
+                    used = sum(r * o.devices for r, o in zip(replicas, combo)) + sum(
+                        v for t, v in pool.items() if t not in ride)
+                    score = (x, -used, -sum(o.cost.latency_s for o in combo))
+                    if best is None or _better(score, best):
+                        best = score
+                        keys = {t: ride_key(t, stages[j].name) for t, j in ride.items()}
+                        best_plan = ({st.name: StagePlan(o, r, i in shared, keys.get(o.device_type, "") if i in shared else "")
+                                      for i, (st, o, r) in enumerate(zip(stages, combo, replicas))},
+                                     {keys.get(t, t): v for t, v in pool.items()})
     if best_plan is None:
         return None
     plan, pool = best_plan
@@ -59,9 +67,20 @@ def _better(a: tuple[float, int, float], b: tuple[float, int, float]) -> bool:
     return a[1:] > b[1:]
 
 
+def _rides(combo: tuple[Option, ...], shared: set[int], hosts: set[int]) -> list[dict[str, int]]:
+    """The ways the pools may go: each on devices of its own ({}), or one type's riding on a
+    dedicated multi-device stage of that type ({type: its index}) that may host (as in the
+    MILP: one not pinned to devices, with no identical twin)."""
+    types = {combo[i].device_type for i in shared}
+    return [{}] + [{o.device_type: j} for j, o in enumerate(combo)
+                   if j in hosts and j not in shared and o.devices > 1 and o.device_type in types]
+
+
 def _allocate(problem: PlanProblem, combo: tuple[Option, ...], shared: set[int],
-              pools: dict) -> tuple[float, list[int], dict[str, int]] | None:
-    """Best throughput for fixed options and sharing: raise the bottleneck while devices last."""
+              pools: dict, ride: dict[str, int] | None = None) -> tuple[float, list[int], dict[str, int]] | None:
+    """Best throughput for fixed options and sharing: raise the bottleneck while devices last.
+    `ride`: pools riding on a stage (type -> its index), which take its time, not devices."""
+    ride = ride or {}
     h = problem.headroom
     stages = problem.stages
     left = {t: p.count for t, p in pools.items()}
@@ -76,10 +95,13 @@ def _allocate(problem: PlanProblem, combo: tuple[Option, ...], shared: set[int],
         mem = sum(combo[i].cost.mem_per_device for i in shared if combo[i].device_type == t)
         if mem > pools[t].memory_bytes:
             return None
+        if t in ride and pooled_bytes(stages[ride[t]], combo[ride[t]]) + sum(
+                pooled_bytes(stages[i], combo[i]) for i in shared if combo[i].device_type == t) > pools[t].memory_bytes:
+            return None
     for i, o in enumerate(combo):
         left[o.device_type] -= replicas[i] * o.devices
     for t in pool:
-        left[t] -= 1
+        left[t] -= 0 if t in ride else 1
     if any(v < 0 for v in left.values()):
         return None
 
@@ -88,7 +110,9 @@ def _allocate(problem: PlanProblem, combo: tuple[Option, ...], shared: set[int],
             ("stage", i): replicas[i] * combo[i].cost.throughput * h / stages[i].visits
             for i in range(len(combo)) if i not in shared
         }
-        caps.update({("pool", t): pool[t] / load[t] for t in pool})
+        caps.update({("pool", t): pool[t] / load[t] for t in pool if t not in ride})
+        for t, j in ride.items():  # the host's replicas do its work and the riders'
+            caps["stage", j] = replicas[j] / (stages[j].visits / (combo[j].cost.throughput * h) + load[t])
         return caps
 
     while True:
@@ -100,7 +124,7 @@ def _allocate(problem: PlanProblem, combo: tuple[Option, ...], shared: set[int],
             t, n = (combo[key].device_type, combo[key].devices) if kind == "stage" else (key, 1)
             cost[t] = cost.get(t, 0) + n
         if any(cost[t] > left[t] for t in cost):
-            return x, replicas, pool
+            return x, replicas, {**pool, **{t: replicas[j] for t, j in ride.items()}}
         for kind, key in bottlenecks:
             if kind == "stage":
                 replicas[key] += 1

@@ -18,10 +18,14 @@ from omnigraph.passes.planner.milp_solver import SOLVER_NAME, make_solver, ran_o
 from omnigraph.passes.planner.plan_greedy import greedy_plan
 from omnigraph.passes.planner.plan_problem import (
     EPS, Option, PlanProblem, PlanSolution, StageChoices, StagePlan, option_index, path_latency, pool_key,
-    pooled_bytes, rated_as, throughput_of,
+    pooled_bytes, rated_as, ride_key, throughput_of,
 )
 from omnigraph.passes.planner.stage_classes import StageClass, stage_classes
 
+# Pools ride on a stage's replicas only on targets with at most this many devices of the type:
+# there a pool's whole devices are a real share of the target; on a large cluster they are a
+# rounding error, and the host choices' binaries slow a search that has thousands of replicas.
+RIDE_MAX_DEVICES = 32
 TIME_LIMIT_S = 20.0  # a search that has found no plan at all by its budget goes on this long
 MIN_SOLVE_S = 0.1
 GIB = float(1 << 30)  # memory rows in GiB: in bytes their 1e10 coefficients beside rates of 1e-3 slow HiGHS down
@@ -97,6 +101,7 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     z: dict[tuple[int, int, int], Any] = {}  # (class, option, pool) -> its members in that shared pool
     held: dict[tuple[int, int, int], Any] = {}  # … -> 1 when that pool holds any of them
     w: dict[tuple[int, int, int], Any] = {}  # their device-seconds per second there
+    per_req: dict[tuple[int, int], float] = {}  # (class, option) -> a member's device-seconds per request in a pool
     for g, i in idx:
         cl = classes[g]
         st, o, c = cl.choices, cl.choices.options[i], cl.count
@@ -109,7 +114,7 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
         elif st.replicas is not None:  # pinned by the spec: exactly that many, each its own
             m += r[g, i] == st.replicas * y[g, i]
         elif o.devices == 1:
-            per_request = st.visits * (1 / (o.shared_rate * h) + problem.swap_seconds(st, o))
+            per_request = per_req[g, i] = st.visits * (1 / (o.shared_rate * h) + problem.swap_seconds(st, o))
             for k in range(K[o.device_type]):
                 if c == 1:
                     z[g, i, k] = held[g, i, k] = m.add_variable(f"z_{g}_{i}_{k}", cat="Binary")
@@ -142,14 +147,21 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
             for _, i in ks:
                 if (g, i, 0) not in z:  # multi-device: every member dedicated when chosen
                     m += st.options[i].cost.throughput * h * r[g, i] >= st.visits * X - st.visits * x_ub * (1 - y[g, i])
+    ride_on = _ride_choices(m, problem, classes, idx, y, r, z, w, per_req, K, X, x_ub)
     for t, pool in pools.items():  # pinned stages' devices left the pool before (pinned_counts)
         of_type = [k for k in idx if classes[k[0]].choices.options[k[1]].device_type == t
                    and not classes[k[0]].choices.pinned_devices]
+        rides = [v for (g, i), v in ride_on.items() if classes[g].choices.options[i].device_type == t]
+        riding = pulp.lpSum(rides)
         m += (pulp.lpSum(classes[g].choices.options[i].devices * replicas[g, i] for g, i in of_type)
               + pulp.lpSum(S[t, k] for k in range(K[t])) <= pool.count)
         for k in range(K[t]):
             members = [(g, i) for g, i in of_type if (g, i, k) in z]
-            m += pulp.lpSum(w[g, i, k] for g, i in members) <= S[t, k]
+            if k == 0 and rides:  # riding on a host's replicas: no devices of its own
+                m += S[t, k] <= pool.count * (1 - riding)
+                m += pulp.lpSum(w[g, i, k] for g, i in members) <= S[t, k] + _work_bound(members, classes, per_req, x_ub) * riding
+            else:
+                m += pulp.lpSum(w[g, i, k] for g, i in members) <= S[t, k]
             if t in problem.swap:  # swapped weights in host memory: the device holds one stage's at a time
                 slot = m.add_variable(f"slot_{t}_{k}", 0)
                 kept = []
@@ -163,7 +175,7 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
                 m += (pulp.lpSum(pooled_bytes(classes[g].choices, classes[g].choices.options[i]) / GIB * z[g, i, k]
                                  for g, i in members) <= pool.memory_bytes / GIB)
             for g, i in members:
-                m += S[t, k] >= held[g, i, k]
+                m += S[t, k] >= held[g, i, k] - (riding if k == 0 else 0)
             if k:  # pools of a type are interchangeable: order them, largest first
                 m += S[t, k - 1] >= S[t, k]
     if problem.latency_target_s is not None:
@@ -189,10 +201,12 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     found = {v.name: v.value() for v in m.variables()}  # the first solve's plan, should the second find none
     m += X >= best * (1 - 1e-6)
     m.sense = pulp.LpMinimize
-    # Fewest devices; among those, the quickest configs (a tie-break worth less than a device).
+    # Fewest devices; among those, the quickest configs (a tie-break worth less than a device),
+    # then the fewest stages sharing (a stage alone in a pool is its dedicated replicas: say so).
     slowest = sum(max(o.cost.latency_s for o in st.options) for st in problem.stages) or 1.0
     latency = pulp.lpSum(classes[g].count * classes[g].choices.options[i].cost.latency_s * y[g, i] for g, i in idx)
-    m.setObjective(devices_used + 0.5 / slowest * latency)
+    sharing = pulp.lpSum(z.values()) / max(1, sum(cl.count for cl in classes))
+    m.setObjective(devices_used + 0.5 / slowest * latency + 0.01 * sharing)
     # The second solve only trims devices from a plan already in hand (its start): the rest of
     # the time (the first plan is kept if it finds nothing better).
     if run_solver(m, make_solver(max(MIN_SOLVE_S, time_limit * 0.25))) != pulp.LpStatusOptimal or \
@@ -200,13 +214,20 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
         for v in m.variables():  # stopped with no plan in hand (a time limit): keep the first
             v.varValue = found.get(v.name)
 
+    rides = {classes[g].choices.options[i].device_type: (classes[g].members[0], round(r[g, i].value() or 0))
+             for (g, i), v in ride_on.items() if (v.value() or 0) > 0.5}
+    shared_devices = {pool_key(t, k): round(v.value() or 0) for (t, k), v in S.items()}
+    for t, (host, copies) in rides.items():
+        del shared_devices[t]
+        shared_devices[ride_key(t, host)] = copies
     chosen: dict[str, StagePlan] = {}
     for g, cl in enumerate(classes):
         st = cl.choices
         i = max(range(len(st.options)), key=lambda i: y[g, i].value() or 0)
         t = st.options[i].device_type
         in_pools = [round(z[g, i, k].value() or 0) if (g, i, k) in z else 0 for k in range(K[t])]
-        places = [pool_key(t, k) if k else t for k, n in enumerate(in_pools) for _ in range(n)]
+        first = ride_key(t, rides[t][0]) if t in rides else t
+        places = [pool_key(t, k) if k else first for k, n in enumerate(in_pools) for _ in range(n)]
         for member in cl.members:  # the first members into the pools, in order; the rest dedicated
             pool = places.pop(0) if places else None
             chosen[member] = StagePlan(st.options[i], 0 if pool else round(r[g, i].value() or 0), pool is not None,
@@ -214,9 +235,50 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
     latency_s = path_latency(problem, {n: p.option for n, p in chosen.items()})
     return PlanSolution(
         throughput=best, stages={st.name: chosen[st.name] for st in problem.stages},
-        shared_devices={pool_key(t, k): round(v.value() or 0) for (t, k), v in S.items()},
-        latency_s=latency_s, solver=SOLVER_NAME, seconds=time.perf_counter() - started, gap=gap,
+        shared_devices=shared_devices, latency_s=latency_s, solver=SOLVER_NAME, seconds=time.perf_counter() - started, gap=gap,
     )
+
+
+def _ride_choices(m: pulp.LpProblem, problem: PlanProblem, classes: list[StageClass], idx: list[tuple[int, int]],
+                  y: dict, r: dict, z: dict, w: dict, per_req: dict, K: dict[str, int], X: Any,
+                  x_ub: float) -> dict[tuple[int, int], Any]:
+    """Where a device type's (single) shared pool may ride instead of taking devices: on the
+    replicas of one dedicated stage of that type (a binary per candidate host option). The
+    host gives the riders' device time out of its own: its replicas must keep up with its
+    traffic and the riders' work together (a rider on one device of a TP group holds the
+    group up while it runs); each host device holds the riders' memory beside its own."""
+    ride_on: dict[tuple[int, int], Any] = {}
+    for t, pool in ((p.type, p) for p in problem.pools):
+        if K.get(t) != 1 or t in problem.swap or pool.count > RIDE_MAX_DEVICES:
+            continue  # several pools (a wide fan-in), swapped weights, a large cluster: pools keep their devices
+        members = [(g, i) for g, i, k in z if k == 0 and classes[g].choices.options[i].device_type == t]
+        # Hosts span several devices (a TP / PP group): riding on a one-device replica is that
+        # replica joining the pool, which the pool already offers.
+        hosts = [(g, i) for g, i in idx if classes[g].count == 1 and not classes[g].choices.pinned_devices
+                 and classes[g].choices.options[i].device_type == t and classes[g].choices.options[i].devices > 1]
+        if not members or not hosts:
+            continue
+        work = pulp.lpSum(w[g, i, 0] for g, i in members)
+        held = pulp.lpSum(pooled_bytes(classes[g].choices, classes[g].choices.options[i]) / GIB * z[g, i, 0]
+                          for g, i in members)
+        bound = _work_bound(members, classes, per_req, x_ub)
+        for g, i in hosts:
+            st, o = classes[g].choices, classes[g].choices.options[i]
+            room = (pool.memory_bytes - pooled_bytes(st, o)) / GIB
+            if room <= 0:
+                continue
+            v = ride_on[g, i] = m.add_variable(f"ride_{g}_{i}", cat="Binary")
+            m += v <= y[g, i]
+            mu = o.cost.throughput * problem.headroom
+            m += work <= r[g, i] - st.visits / mu * X + (st.visits / mu * x_ub + bound) * (1 - v)
+            m += held <= room + pool.memory_bytes / GIB * (1 - v)
+        m += pulp.lpSum(v for (g, i), v in ride_on.items() if classes[g].choices.options[i].device_type == t) <= 1
+    return ride_on
+
+
+def _work_bound(members: list[tuple[int, int]], classes: list[StageClass], per_req: dict, x_ub: float) -> float:
+    """The most device-seconds per second a pool's members can ask for (a big-M)."""
+    return sum(per_req[g, i] * x_ub * classes[g].count for g, i in members)
 
 
 def _device_seconds(problem: PlanProblem, st: StageChoices, o: Option) -> float:

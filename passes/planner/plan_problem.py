@@ -9,6 +9,11 @@ each stage picks one option (a parallel config on one device type) and runs eith
   shared stage, so memory is checked per device exactly, and the pool's compute is split
   between the shared stages in proportion to their load. A type may have several pools (when
   one cannot hold all the small stages, as in a wide fan-in of encoders): each stage is in one.
+  A type's pool may instead *ride* on a dedicated stage's replicas (`h100@llm`): no devices of
+  its own, one copy of each of its stages on the first device of every replica of that host,
+  whose time it takes (a rider running on one device of a tensor-parallel group holds up the
+  whole group), and whose memory must hold it beside the host. So a 1 GiB encoder need not
+  take a whole GPU beside a TP group.
 
 Throughput X (requests/s) is what every stage sustains at `visits` executions per request,
 each stage's utilisation capped at `headroom`. Latency is the longest path through the
@@ -136,11 +141,23 @@ def pool_key(device_type: str, index: int) -> str:
     return device_type if index == 0 else f"{device_type}#{index}"
 
 
+def ride_key(device_type: str, host: str) -> str:
+    """The key of a pool riding on stage `host`'s replicas: `h100@llm`."""
+    return f"{device_type}@{host}"
+
+
+def ride_host(key: str) -> str | None:
+    """The stage a pool rides on (None: a pool with devices of its own)."""
+    return key.partition("@")[2] or None
+
+
 @dataclass
 class PlanSolution:
     throughput: float
     stages: dict[str, StagePlan]
-    shared_devices: dict[str, int]  # devices per shared pool (keys: pool_key)
+    # Devices per shared pool (keys: pool_key); for a pool riding on a stage (ride_key), the
+    # copies it runs: one per replica of its host, on devices the host already counts.
+    shared_devices: dict[str, int]
     latency_s: float
     solver: str
     seconds: float = 0.0
@@ -152,7 +169,8 @@ class PlanSolution:
 
     @property
     def devices_used(self) -> int:
-        return sum(p.devices for p in self.stages.values()) + sum(self.shared_devices.values())
+        return sum(p.devices for p in self.stages.values()) + sum(
+            n for key, n in self.shared_devices.items() if ride_host(key) is None)
 
 
 def path_latency(problem: PlanProblem, chosen: dict[str, Option]) -> float:
@@ -186,6 +204,12 @@ def throughput_of(problem: PlanProblem, plan: dict[str, StagePlan], shared_devic
             load[sp.pool_key] = load.get(sp.pool_key, 0.0) + st.visits * (1 / rate + problem.swap_seconds(st, sp.option))
         else:
             x = min(x, sp.replicas * mu / st.visits)
-    for dtype, per_request in load.items():
-        x = min(x, shared_devices.get(dtype, 0) / per_request)
+    visits = {st.name: st.visits for st in problem.stages}
+    for key, per_request in load.items():
+        host = ride_host(key)
+        if host is None:
+            x = min(x, shared_devices.get(key, 0) / per_request)
+        else:  # the host's replicas give their time to its own work and the riders'
+            hp = plan[host]
+            x = min(x, hp.replicas / (visits[host] / (hp.option.cost.throughput * problem.headroom) + per_request))
     return 0.0 if x == float("inf") else x
