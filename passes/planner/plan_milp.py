@@ -26,6 +26,7 @@ from omnigraph.passes.planner.stage_classes import StageClass, stage_classes
 # there a pool's whole devices are a real share of the target; on a large cluster they are a
 # rounding error, and the host choices' binaries slow a search that has thousands of replicas.
 RIDE_MAX_DEVICES = 32
+RIDE_HOSTS = 8  # host options considered per device type, the heaviest first
 TIME_LIMIT_S = 20.0  # a search that has found no plan at all by its budget goes on this long
 MIN_SOLVE_S = 0.1
 GIB = float(1 << 30)  # memory rows in GiB: in bytes their 1e10 coefficients beside rates of 1e-3 slow HiGHS down
@@ -188,6 +189,8 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
         start = greedy_plan(problem, x_ub)
     if start is not None:
         _start_from(start, problem, classes, X, y, r, z, S)
+        for v in ride_on.values():  # a start rides nowhere: say so, or HiGHS cannot complete it
+            v.setInitialValue(0)
     status = run_solver(m, make_solver(time_limit * 0.75))
     if ran_out_of_time(m, status) and (X.value() or 0) <= EPS and pools_per_type == 1:
         status = run_solver(m, make_solver(TIME_LIMIT_S))  # no plan yet is not no plan: go on looking
@@ -258,10 +261,17 @@ def _ride_choices(m: pulp.LpProblem, problem: PlanProblem, classes: list[StageCl
                  and classes[g].choices.options[i].device_type == t and classes[g].choices.options[i].devices > 1]
         if not members or not hosts:
             continue
-        work = pulp.lpSum(w[g, i, 0] for g, i in members)
-        held = pulp.lpSum(pooled_bytes(classes[g].choices, classes[g].choices.options[i]) / GIB * z[g, i, 0]
-                          for g, i in members)
+        # The pool's work and memory once, as two variables: each host's rows then stay short.
+        work = m.add_variable(f"ridework_{t}", 0)
+        m += work >= pulp.lpSum(w[g, i, 0] for g, i in members)
+        held = m.add_variable(f"ridemem_{t}", 0)
+        m += held >= pulp.lpSum(pooled_bytes(classes[g].choices, classes[g].choices.options[i]) / GIB * z[g, i, 0]
+                                for g, i in members)
         bound = _work_bound(members, classes, per_req, x_ub)
+        # The heaviest stages host (a pool's riders need a host with time to spare; the light
+        # ones would rather be in the pool themselves): a bounded number of binaries.
+        hosts = sorted(hosts, key=lambda gi: -_device_seconds(problem, classes[gi[0]].choices,
+                                                              classes[gi[0]].choices.options[gi[1]]))[:RIDE_HOSTS]
         for g, i in hosts:
             st, o = classes[g].choices, classes[g].choices.options[i]
             room = (pool.memory_bytes - pooled_bytes(st, o)) / GIB
