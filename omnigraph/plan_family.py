@@ -1,12 +1,14 @@
 """A plan family: one plan per operating point (`compile --target T --mixes chat;image;long`).
 
 Each mix is planned on its own (the planner's replica counts and batches for that traffic),
-then every variant is checked by the simulator at every operating point (PlanVariant.serves):
-an operating point is served by the variant that serves it best, which need not be the one
-planned for it where the planner's model and the simulator disagree. The variants ride in one
-RuntimePlan (`family`), whose own nodes are the first variant's. The runtime switches between them as the observed load
-shifts (runtime/replan.py). Variants share the graph: a mix that would change the graph
-itself (a prefill/decode split) is not a variant, and planning one is refused.
+then every variant is checked by the simulator at every operating point (PlanVariant.serves:
+what it serves of that mix run saturated, passes/sim/capacity.py): an operating point is
+served by the variant that serves it best, which need not be the one planned for it where
+the planner's model and the simulator disagree (off the mix it was planned for, the model can
+be far from what the simulator serves on a plan). The variants ride in one RuntimePlan
+(`family`), whose own nodes are the first variant's. The runtime switches between them as the
+observed load shifts (runtime/replan.py). Variants share the graph: a mix that would change
+the graph itself (a prefill/decode split) is not a variant, and planning one is refused.
 """
 from __future__ import annotations
 
@@ -14,9 +16,6 @@ from typing import Any
 
 from omnigraph.errors import OmnigraphError
 from omnigraph.runtime.plan import PlanVariant, RuntimePlan
-
-CHECK_REQUESTS = 300  # simulated per variant, at the planned rate
-CHECK_LOAD = 0.9  # of the planned rate
 
 
 def split_mixes(text: str) -> list[str]:
@@ -56,26 +55,31 @@ def compile_family(spec: Any, target: str, mixes: list[str], plan_options: dict[
                                       "pin it with --split, or leave out the TTFT/TPOT targets")
     base.family = [variant(plan, mix, rate) for mix, plan, rate in zip(mixes, plans, rates)]
     if check:  # every variant at every operating point: which serves each best
-        for v, plan in zip(base.family, plans):
-            v.serves = {mix: round(_simulated_rate(plan, mix, rate), 6) for mix, rate in zip(mixes, rates) if rate > 0}
-            v.simulated_rate = v.serves.get(v.mix)
+        check_family(base.family, plans, base.target or target)
     return base
+
+
+def check_family(family: list[PlanVariant], plans: list[RuntimePlan], target: str) -> None:
+    """Set each variant's `serves`: requests/s the simulator serves of each mix on it, run just
+    past saturation (passes/sim/capacity.py simulated_capacity)."""
+    from omnigraph.passes.planner.workload import parse_mix
+    from omnigraph.passes.sim.capacity import modelled_capacity, simulated_capacity
+    from omnigraph.target import load_target
+
+    tgt = load_target(target)
+    for v, plan in zip(family, plans):
+        v.serves = {}
+        for m in dict.fromkeys(v.mix for v in family):
+            mix = parse_mix(m)
+            if 0 < modelled_capacity(plan, tgt, mix) < float("inf"):  # else nothing to saturate
+                v.serves[m] = round(simulated_capacity(plan, tgt, mix), 6)
+        v.simulated_rate = v.serves.get(v.mix)
 
 
 def variant(plan: RuntimePlan, mix: str, rate: float) -> PlanVariant:
     stages = plan.stages()
     return PlanVariant(name=_name(mix), mix=mix, rate=rate, instances={n.name: n.instances for n in stages},
                        max_batch={n.name: n.batching.max_batch for n in stages})
-
-
-def _simulated_rate(plan: RuntimePlan, mix: str, rate: float) -> float:
-    from omnigraph.passes.planner.workload import parse_mix
-    from omnigraph.passes.sim.model import simulate_plan
-    from omnigraph.target import load_target
-
-    report = simulate_plan(plan, load_target(plan.target or "cpu-local"), parse_mix(mix), rate=rate * CHECK_LOAD,
-                           requests=CHECK_REQUESTS)
-    return report.throughput
 
 
 def _name(mix: str) -> str:
@@ -107,26 +111,58 @@ def shifting_requests(work_fn: Any, phases: list[tuple[str, float, float]], seed
     return out
 
 
+def as_plan(plan: RuntimePlan, v: PlanVariant) -> RuntimePlan:
+    """`plan` running variant `v` throughout: its instances and batches (a static plan)."""
+    out = plan.model_copy(deep=True)
+    out.family = [v]
+    for node in out.stages():
+        node.instances = [i.model_copy() for i in v.instances.get(node.name, node.instances)]
+        node.batching.max_batch = v.max_batch.get(node.name, node.batching.max_batch)
+    return out
+
+
 def simulate_shift(plan: RuntimePlan, target: str, phases: list[tuple[str, float, float]], *, follow: bool,
                    delay_s: float = 0.0, load_s: float = 0.0, slo: Any = None, seed: int = 0) -> Any:
     """`plan` under the shifting load `phases`. With `follow`, it switches to the variant that
-    serves each phase's mix best (PlanVariant.serves) `delay_s` after the phase starts (the
+    serves each phase's mix best (RuntimePlan.best_for) `delay_s` after the phase starts (the
     replanner's detection), new replicas loading for `load_s`, and starts on the first
-    phase's; without, it stays as compiled (a static plan)."""
+    phase's; without, it stays as compiled (a static plan). A variant's replicas are timed in
+    its own config (tp, pp, ep, batch), not the compiled plan's."""
     from omnigraph.passes.planner.workload import parse_mix
     from omnigraph.passes.sim.engine import simulate
     from omnigraph.passes.sim.model import sim_pipeline_from_plan
     from omnigraph.passes.sim.switching import PlanSwitch
     from omnigraph.target import load_target
 
+    tgt = load_target(target)
     every = [s for mix, _, _ in phases for s in parse_mix(mix)]
-    pipeline, work_fn = sim_pipeline_from_plan(plan, load_target(target), every)
+    pipeline, work_fn = sim_pipeline_from_plan(plan, tgt, every)
     requests = shifting_requests(work_fn, phases, seed)
+    by_name = {s.name: s for s in pipeline.stages}
+    nodes = {n.name: n for n in plan.stages() if n.name in by_name}
+    base = {name: _config(n.instances) for name, n in nodes.items()}
+    specs = {(name, base[name], n.batching.max_batch): by_name[name] for name, n in nodes.items()}  # one per config
     switches, start = [], 0.0
     for k, (mix, _, seconds) in enumerate(phases):
         if follow:
             v = plan.best_for(mix)
+            keys = {name: (name, _config(v.instances[name]), v.max_batch.get(name, n.batching.max_batch))
+                    for name, n in nodes.items() if name in v.instances}
+            if any(key not in specs for key in keys.values()):
+                timed, _ = sim_pipeline_from_plan(as_plan(plan, v), tgt, every)
+                for s in timed.stages:
+                    if s.name in keys:
+                        specs.setdefault(keys[s.name], s)
+            configs = {name: key[1] for name, key in keys.items() if key[1] != base[name]}
             switches.append(PlanSwitch(start + (delay_s if k else 0.0), placements(v.instances),
-                                       load_s if k else 0.0, v.name))
+                                       load_s if k else 0.0, v.name,
+                                       specs={name: specs[key] for name, key in keys.items()}, configs=configs))
         start += seconds
     return simulate(pipeline, requests, slo=slo, switches=switches)
+
+
+def _config(instances: list[Any]) -> tuple[int, int, int]:
+    """What a stage's replicas run as (the planner gives a stage's replicas one config): a
+    replica in another one is another replica (the runtime loads it anew)."""
+    i = instances[0]
+    return i.tp, i.pp, i.ep

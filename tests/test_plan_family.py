@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 import omnigraph  # noqa: E402
 from omnigraph.errors import OmnigraphError  # noqa: E402
-from omnigraph.runtime.plan import PlanVariant, RuntimePlan  # noqa: E402
+from omnigraph.runtime.plan import SERVES_TIE, Instance, PlanVariant, RuntimePlan  # noqa: E402
 from omnigraph.runtime.replan import ReplanPolicy, Replanner, score, switch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,7 +41,10 @@ def test_compile_mixes_plans_one_variant_per_mix_checked_by_the_simulator(tmp_pa
     chat, long = plan.family
     assert {len(chat.instances["llm"]), len(long.instances["llm"])} != {len(chat.instances["llm"])}  # they differ
     assert all(set(v.serves) == {"chat", "long"} and all(r > 0 for r in v.serves.values()) for v in plan.family)
-    assert plan.best_for("long").serves["long"] == max(v.serves["long"] for v in plan.family)
+    # `serves` is what a variant serves run saturated: its own mix at least at the rate it was
+    # planned for (a run offered less serves the offer, whichever the plan, and ranks nothing)
+    assert all(v.serves[v.mix] >= v.rate for v in plan.family)
+    assert plan.best_for("long").serves["long"] >= max(v.serves["long"] for v in plan.family) / (1 + SERVES_TIE)
     assert RuntimePlan.from_json(plan.to_json()).family == plan.family
     with pytest.raises(OmnigraphError, match="two mixes or more"):
         split_mixes("chat")
@@ -114,6 +117,55 @@ def test_the_simulator_replays_a_plan_switch() -> None:
     grown = simulate(pipeline, requests, switches=[PlanSwitch(1.0, {"enc": ((), ())}, load_s=0.5)])
     assert grown.makespan_s < alone.makespan_s * 0.75  # a second replica from t=1.5 s
     assert alone.makespan_s == pytest.approx(10.0, rel=0.02)
+
+
+def test_a_variant_serving_a_mix_within_the_noise_of_the_planned_one_does_not_take_it_over() -> None:
+    inst = Instance(devices=["node0:gpu0"])
+    one, two = {"llm": [inst]}, {"llm": [inst, inst]}
+    plan = RuntimePlan(pipeline="p", inputs={}, outputs={}, output_types={}, nodes=[], family=[
+        PlanVariant(name="chat", mix="chat", rate=1, instances=one, serves={"chat": 10.0, "long": 1.0}),
+        PlanVariant(name="long", mix="long", rate=1, instances=two, serves={"chat": 10.2, "long": 2.0}),
+    ])
+    assert plan.best_for("chat").name == "chat"  # 2% more is a tie
+    plan.family[1].serves["chat"] = 11.0
+    assert plan.best_for("chat").name == "long" and plan.best_for("long").name == "long"
+    with pytest.raises(ValueError, match="no variant for mix 'image'"):
+        plan.best_for("image")
+
+
+def test_the_simulator_times_a_switched_in_replica_in_its_own_config() -> None:
+    from omnigraph.passes.planner.cost_types import StageWork
+    from omnigraph.passes.sim.engine import SimPipeline, SimRequest, SimStage, simulate
+    from omnigraph.passes.sim.switching import PlanSwitch
+
+    slow = SimStage("enc", "batch", 1, 1, batch_time=lambda ws: 0.1, placement=(("d0",),))
+    fast = SimStage("enc", "batch", 1, 1, batch_time=lambda ws: 0.025, placement=(("d0",),))
+    pipeline = SimPipeline([slow], [], {"x": ["enc"]}, ["enc"])
+    requests = [SimRequest(i, i * 0.05, {"enc": StageWork(tokens=1)}) for i in range(100)]  # 20/s into 10/s
+    alone = simulate(pipeline, requests)
+    kept = simulate(pipeline, requests, switches=[PlanSwitch(1.0, {"enc": (("d0",),)}, load_s=5.0)])
+    assert kept.makespan_s == alone.makespan_s  # same devices, same config: the replica stays
+    moved = simulate(pipeline, requests, switches=[PlanSwitch(1.0, {"enc": (("d1",),)}, load_s=5.0)])
+    assert moved.makespan_s == pytest.approx(alone.makespan_s, abs=0.1)  # d0 serves on while d1 loads
+    faster = simulate(pipeline, requests, switches=[PlanSwitch(1.0, {"enc": (("d0",),)}, load_s=0.5,
+                                                               specs={"enc": fast})])
+    assert faster.makespan_s < alone.makespan_s * 0.6  # reloaded in the new config, 40/s from t=1.5 s
+
+
+def test_following_a_family_into_another_config_serves_as_that_variant_does() -> None:
+    from omnigraph.plan_family import as_plan, compile_family, simulate_shift
+
+    plan = compile_family(ROOT / "examples/vision_chat.yaml", "h100x8", ["chat", "long"], check=False)
+    tp3 = Instance(devices=["node0:gpu2", "node0:gpu3", "node0:gpu4"], tp=3)
+    wide = plan.family[1].model_copy(update={"instances": {**plan.family[1].instances, "llm": [tp3]},
+                                             "max_batch": {**plan.family[1].max_batch, "llm": 8},
+                                             "serves": {"long": 1e9}})
+    plan.family[1] = wide
+    phases = [("long", 50.0, 2.0)]
+    followed = simulate_shift(plan, "h100x8", phases, follow=True)  # switches to `wide` at t=0
+    static = simulate_shift(as_plan(plan, wide), "h100x8", phases, follow=False)
+    assert followed.makespan_s == pytest.approx(static.makespan_s, rel=1e-9)
+    assert followed.jct.p50 == pytest.approx(static.jct.p50, rel=1e-9)
 
 
 def test_the_command_line_plans_a_family_and_explains_misuse(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -160,6 +160,15 @@ def test_goodput_counts_requests_within_the_slo() -> None:
     assert json.loads(json.dumps(report.to_dict()))["stages"]["s"]["jobs"] == 500
 
 
+def test_a_time_to_first_audio_target_counts_the_speech_behind_a_timely_reply() -> None:
+    from omnigraph.passes.sim.sim_types import RequestReport, Slo, parse_slo
+
+    assert parse_slo("ttft=2,ttfa=4") == Slo(ttft_s=2.0, ttfa_s=4.0) and str(Slo(ttft_s=2, ttfa_s=4)) == "ttft=2,ttfa=4"
+    late_speech = RequestReport(0, 0.0, 30.0, ttft_s=0.5, ttfa_s=9.0)
+    assert Slo(ttft_s=2.0).met(late_speech) and not Slo(ttft_s=2.0, ttfa_s=4.0).met(late_speech)
+    assert Slo(ttfa_s=4.0).met(RequestReport(1, 0.0, 1.0, ttft_s=0.5, ttfa_s=None))  # a request that speaks nothing
+
+
 def test_same_seed_same_report() -> None:
     pipe = speaking(True)
     works = {"llm": StageWork(tokens=64, decode_steps=39), "tts": StageWork(tokens=40)}

@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
     p.add_argument("--requests", "-n", type=int, default=200, help="how many requests (default 200)")
     p.add_argument("--mix", help="request mix: preset:weight,... (chat, long, image, speech, video) or a YAML file")
     p.add_argument("--slo", type=slo_arg, help="latency targets goodput counts requests within: seconds end to end "
-                   "(5), or ttft=0.5,tpot=0.05[,e2e=20]; a spec is planned for them (see compile --slo)")
+                   "(5), or ttft=0.5,tpot=0.05[,e2e=20][,ttfa=4] (ttfa: to the first speech out); a spec is "
+                   "planned for them (see compile --slo)")
     p.add_argument("--split", help=SPLIT_HELP + " (a spec, with a target)")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrivals and the mix (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

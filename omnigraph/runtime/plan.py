@@ -159,6 +159,9 @@ class LoopNode(_Model):
 Node = StageNode | RouteNode | LoopNode
 
 
+SERVES_TIE = 0.03  # a variant serving a mix within this of the one planned for it ties (best_for)
+
+
 class PlanVariant(_Model):
     """One plan of a family (`compile --mixes`): the same stages, instances and batches chosen
     for another operating point (a request mix). The runtime switches between them as the
@@ -168,9 +171,9 @@ class PlanVariant(_Model):
     mix: str  # the request mix it was planned for
     rate: float = Field(ge=0)  # requests/s it sustains on that mix (the planner's prediction)
     simulated_rate: float | None = Field(None, ge=0)  # what the simulator served of it
-    # The simulator's check: requests/s it serves of each family mix, offered at that mix's
-    # planned load. An operating point is served by the variant that serves it best (which
-    # need not be the one planned for it, where the planner's model and the simulator differ).
+    # The simulator's check: requests/s it serves of each family mix, run saturated (its capacity
+    # there). An operating point is served by the variant that serves it best (which need not be
+    # the one planned for it, where the planner's model and the simulator differ).
     serves: dict[str, float] = Field(default_factory=dict)
     instances: dict[Name, list[Instance]]  # per stage
     max_batch: dict[Name, int] = Field(default_factory=dict)  # per stage, where it differs
@@ -189,11 +192,20 @@ class RuntimePlan(_Model):
     family: list[PlanVariant] = Field(default_factory=list)  # plans for other mixes (compile --mixes)
 
     def best_for(self, mix: str) -> PlanVariant:
-        """The variant the simulator found serving `mix` best (else the one planned for it)."""
+        """The variant the simulator found serving `mix` best; the one planned for it where none
+        serves it by more than SERVES_TIE more (a tie is the simulation's noise, not a reason to
+        leave the plan made for that traffic)."""
+        planned = next((v for v in self.family if v.mix == mix), None)
         checked = [v for v in self.family if mix in v.serves]
-        if checked:
-            return max(checked, key=lambda v: v.serves[mix])
-        return next(v for v in self.family if v.mix == mix)
+        if not checked:
+            if planned is None:
+                raise ValueError(f"plan '{self.pipeline}' has no variant for mix '{mix}'")
+            return planned
+        best = max(checked, key=lambda v: v.serves[mix])
+        if planned is not None and mix in planned.serves and \
+                best.serves[mix] <= planned.serves[mix] * (1 + SERVES_TIE):
+            return planned
+        return best
 
     def variant(self, name: str) -> PlanVariant:
         found = next((v for v in self.family if v.name == name), None)

@@ -236,12 +236,12 @@ class _Sim:
                 if not rep.busy and (rep.running or (stage.queue and rep.admits(self.now))):
                     self._ar_iteration(stage, rep)
             return
-        spec = stage.spec
         for rep in stage.replicas:
             if not stage.queue:
                 break
             if rep.busy or not rep.admits(self.now):
                 continue
+            spec = rep.timing(stage)
             if len(stage.queue) < spec.max_batch and spec.max_wait_s > 0 and not stage.fill_ready:
                 if stage.fill_token is None:  # give the batch a moment to fill
                     stage.fill_token = next(self.seq)
@@ -258,7 +258,7 @@ class _Sim:
         stage.jobs += len(jobs)
         stage.batches += 1
         stage.batched += len(jobs)
-        seconds = _timed(stage, "batch_time", stage.spec.batch_time, [j.work for j in jobs])
+        seconds = _timed(stage, "batch_time", rep.timing(stage).batch_time, [j.work for j in jobs])
 
         def done() -> None:
             for job in jobs:
@@ -272,13 +272,13 @@ class _Sim:
 
     def _ar_iteration(self, stage: Stage, rep: Replica) -> None:
         """Admit and prefill what fits, then one decode step for everything running."""
-        room = stage.spec.max_batch - len(rep.running) if rep.admits(self.now) else 0
+        room = rep.timing(stage).max_batch - len(rep.running) if rep.admits(self.now) else 0
         admitted = [stage.queue.popleft() for _ in range(min(room, len(stage.queue)))]
         if admitted:
             for task in admitted:
                 stage.waits += self.now - task.queued_at
             stage.jobs += len(admitted)
-            seconds = _timed(stage, "prefill_time", stage.spec.prefill_time, [t.work for t in admitted])
+            seconds = _timed(stage, "prefill_time", rep.timing(stage).prefill_time, [t.work for t in admitted])
 
             def prefilled() -> None:
                 rep.busy = True  # held through to the decode step of this iteration
@@ -302,7 +302,7 @@ class _Sim:
         context = sum(t.context for t in running) / len(running)
         stage.batches += 1
         stage.batched += len(running)
-        seconds = _timed(stage, "step_time", stage.spec.step_time, len(running), context)
+        seconds = _timed(stage, "step_time", rep.timing(stage).step_time, len(running), context)
 
         def stepped() -> None:
             for task in running:
@@ -344,9 +344,9 @@ class _Sim:
     def _start_run(self, stage: Stage, rep: Replica, seconds: float, on_done: Callable[[], None],
                    requests: tuple[int, ...] = (), what: str = "batch") -> None:
         rep.busy = True
-        if stage.spec.swap_s and rep.devices:  # its weights come onto the device first, unless they are there
+        if rep.timing(stage).swap_s and rep.devices:  # its weights come onto the device first, unless there
             if any(self.swapped.get(d) is not stage for d in rep.devices):
-                seconds += stage.spec.swap_s
+                seconds += rep.timing(stage).swap_s
                 stage.swaps += 1
             for d in rep.devices:
                 self.swapped[d] = stage

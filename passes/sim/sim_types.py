@@ -25,34 +25,38 @@ class SimulationError(OmnigraphError):
 @dataclass(frozen=True)
 class Slo:
     """Latency targets a request must meet to count towards goodput (None: no target):
-    time to first token, time per output token after it (DistServe's pair), end to end."""
+    time to first token, time per output token after it (DistServe's pair), end to end, and
+    time to first audio (a pipeline that speaks its reply: the text can be in time while the
+    speech behind it backs up, which a TTFT target alone never sees)."""
 
     ttft_s: float | None = None
     tpot_s: float | None = None
     e2e_s: float | None = None
+    ttfa_s: float | None = None
 
     def met(self, r: RequestReport) -> bool:
         return ((self.ttft_s is None or (r.ttft_s is not None and r.ttft_s <= self.ttft_s))
                 and (self.tpot_s is None or r.tpot_s is None or r.tpot_s <= self.tpot_s)
-                and (self.e2e_s is None or r.jct_s <= self.e2e_s))
+                and (self.e2e_s is None or r.jct_s <= self.e2e_s)
+                and (self.ttfa_s is None or r.ttfa_s is None or r.ttfa_s <= self.ttfa_s))
 
     @property
     def token_targets(self) -> bool:
         return self.ttft_s is not None or self.tpot_s is not None
 
     def __str__(self) -> str:
-        parts = [f"{k}={v:g}" for k, v in (("ttft", self.ttft_s), ("tpot", self.tpot_s), ("e2e", self.e2e_s))
-                 if v is not None]
+        parts = [f"{k}={v:g}" for k, v in (("ttft", self.ttft_s), ("tpot", self.tpot_s), ("e2e", self.e2e_s),
+                                           ("ttfa", self.ttfa_s)) if v is not None]
         return ",".join(parts)
 
 
 def parse_slo(text: str | float | None) -> Slo | None:
-    """`--slo`: seconds end to end (`5`), or targets by name (`ttft=0.5,tpot=0.05[,e2e=20]`)."""
+    """`--slo`: seconds end to end (`5`), or targets by name (`ttft=0.5,tpot=0.05[,e2e=20][,ttfa=1]`)."""
     if text is None or text == "":
         return None
     if isinstance(text, (int, float)):
         return Slo(e2e_s=_positive(float(text), "e2e"))
-    fields = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
+    fields = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s", "ttfa": "ttfa_s"}
     if "=" not in text:
         return Slo(e2e_s=_positive(_number(text, "e2e"), "e2e"))
     out: dict[str, float] = {}
@@ -60,7 +64,7 @@ def parse_slo(text: str | float | None) -> Slo | None:
         name, _, value = part.partition("=")
         name = name.strip().lower()
         if name not in fields:
-            raise SimulationError(f"--slo: unknown target '{name}' (targets: ttft, tpot, e2e, in seconds)")
+            raise SimulationError(f"--slo: unknown target '{name}' (targets: ttft, tpot, e2e, ttfa, in seconds)")
         out[fields[name]] = _positive(_number(value, name), name)
     return Slo(**out)
 

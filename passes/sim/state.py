@@ -5,9 +5,11 @@ chunk of it); a Run is one timed step on a replica (a batch, a prefill, a decode
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from omnigraph.passes.planner.cost_types import StageWork
 from omnigraph.passes.sim.sim_types import SimRequest, SimStage
@@ -60,10 +62,17 @@ class Replica:
     busy: bool = False
     running: list[Task] = field(default_factory=list)  # ar mode
     ready_at: float = 0.0  # a replica a plan switch added serves from then (it loads first)
-    retired: bool = False  # a switch took it away: it finishes what it runs, takes nothing new
+    # A switch took it away: from then on it finishes what it runs and takes nothing new.
+    retire_at: float = math.inf
+    spec: SimStage | None = None  # its own timing and batch (a switch set another config)
+    config: Any = None  # what a switch must keep for it to stay (None: its stage's own config)
 
     def admits(self, now: float) -> bool:
-        return not self.retired and now >= self.ready_at
+        return self.ready_at <= now < self.retire_at
+
+    def timing(self, stage: Stage) -> SimStage:
+        """What times its runs and bounds its batch: its own config, else its stage's."""
+        return self.spec or stage.spec
 
 
 @dataclass(eq=False)
