@@ -3,13 +3,14 @@
   f32 eager        what the runtime did before the plan chose a dtype: transformers' forward
                    with its DynamicCache, weights in f32 (the GGUF dequantized)
   bf16 eager       the same forward at the dtype the planner picks on a CPU with bf16
-  f32 runtime      the runtime's path at f32: the paged KV pool, linears repacked for oneDNN
+  f32 runtime      the runtime's path at f32: the paged KV pool, q/k/v and gate/up merged,
+                   linears repacked for oneDNN, the lean decode step (lean_decode.py)
   bf16 runtime     the runtime's path at the plan's dtype (what `omnigraph run` does here)
 
 against the weight-bytes roofline: a decode step at batch 1 reads every weight once, so it
 can take no less than weight bytes / memory bandwidth. The bandwidth is measured here
-(reading a buffer much larger than the caches, with torch's threads); the % of roofline
-printed is roofline time / measured time.
+(reading a buffer much larger than the caches, with torch's threads) before every round, and
+the median taken; the % of roofline printed is roofline time / measured time.
 
     python benchmarks/decode_step.py [--steps 64] [--rounds 5] [--context 64]
 
@@ -27,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from omnigraph.runtime.executors.cpu_linear import pack_linears
+from omnigraph.runtime.executors.cpu_linear import optimize_linears
 from omnigraph.runtime.executors.kv_pool import KvPool, Seq
 from omnigraph.runtime.executors.llm_batch import forward_rows
 from omnigraph.runtime.executors.llm_calls import ModuleCalls, cache_kwarg
@@ -126,10 +127,12 @@ def main() -> None:
     bytes_f32, bytes_bf16 = weight_bytes(f32), weight_bytes(bf16)
     f32_packed, _ = load_gguf(MODEL)
     bf16_packed, _ = load_gguf(MODEL, torch.bfloat16)
-    pack_linears(f32_packed), pack_linears(bf16_packed)
-    bandwidth = read_bandwidth()
+    optimize_linears(f32_packed), optimize_linears(bf16_packed)  # what the runtime does on a first step
 
-    rows: list[dict[str, Any]] = []
+    # The bandwidth is read before every round (it moves with what else the host runs: 41-77
+    # GB/s seen on this VM); the roofline uses the median of those readings.
+    bandwidths: list[float] = []
+    measured: list[tuple[int, dict[str, tuple[list[float], int]]]] = []
     for batch in (int(b) for b in args.batches.split(",")):
         variants = {
             "f32 eager": (eager_step(f32, args.context, batch), bytes_f32),
@@ -139,11 +142,16 @@ def main() -> None:
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):  # interleaved, so that machine noise hits all alike
+            bandwidths.append(read_bandwidth(repeats=3))
             for name, (step, _) in variants.items():
                 times[name].append(timed(step, args.steps))
-        base = statistics.median(times["f32 eager"])
-        for name, (_, wbytes) in variants.items():
-            ms = statistics.median(times[name]) * 1000
+        measured.append((batch, {name: (times[name], wbytes) for name, (_, wbytes) in variants.items()}))
+    bandwidth = statistics.median(bandwidths)
+    rows: list[dict[str, Any]] = []
+    for batch, by_name in measured:
+        base = statistics.median(by_name["f32 eager"][0])
+        for name, (name_times, wbytes) in by_name.items():
+            ms = statistics.median(name_times) * 1000
             roofline_ms = wbytes / bandwidth * 1000
             rows.append({"batch": batch, "variant": name, "step_ms": round(ms, 2),
                          "speedup_vs_f32_eager": round(base * 1000 / ms, 2),
@@ -153,13 +161,16 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct (GGUF, dequantized)",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU only",
         "read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "read_bandwidth_range_gb_s": [round(min(bandwidths) / 1e9, 1), round(max(bandwidths) / 1e9, 1)],
         "context": args.context, "steps": args.steps, "rounds": args.rounds,
         "rows": rows,
     }
     out = Path(__file__).parent / "results" / "decode_step.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"read bandwidth {result['read_bandwidth_gb_s']} GB/s; context {args.context}")
+    low, high = result["read_bandwidth_range_gb_s"]
+    print(f"read bandwidth {result['read_bandwidth_gb_s']} GB/s (median of {len(bandwidths)}: {low}-{high}); "
+          f"context {args.context}")
     print(f"{'batch':>5} {'variant':<13} {'step':>9} {'vs f32 eager':>13} {'roofline':>9} {'% roofline':>10}")
     for r in rows:
         print(f"{r['batch']:>5} {r['variant']:<13} {r['step_ms']:>7.2f}ms {r['speedup_vs_f32_eager']:>12.2f}x "

@@ -44,7 +44,7 @@ import torch
 
 from omnigraph.kinds import ArLlmParams
 from omnigraph.runtime.executor import Executor, WorkItem
-from omnigraph.runtime.executors.cpu_linear import pack_linears
+from omnigraph.runtime.executors.cpu_linear import optimize_linears
 from omnigraph.runtime.executors.kv_handoff import model_fingerprint
 from omnigraph.runtime.executors.kv_pool import KvPool, Seq
 from omnigraph.runtime.executors.llm_moves import KvMoves
@@ -139,10 +139,11 @@ class ArLlmExecutor(KvMoves, Executor):
             return bool(arrived or admitted or writable)
 
     def _pack_once(self) -> None:
-        """On a CPU, the linear layers' weights repacked for oneDNN (cpu_linear.py) before the
-        first forward: after any sharding, never for the compiler's own loads."""
+        """On a CPU, q/k/v and gate/up merged and the linear layers' weights repacked for oneDNN
+        (cpu_linear.py) before the first forward: after any sharding, never for the compiler's
+        own loads."""
         if not self._packed and self.ctx.optimize and not isinstance(self.calls, FusedCalls):  # pp ranks too
-            pack_linears(self.model)
+            optimize_linears(self.model)
         self._packed = True
 
     def _drop_ended(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from omnigraph.runtime.executors.lean_decode import LeanDecode
 from omnigraph.runtime.executors.paged_cache import PagedStep
 
 
@@ -49,13 +50,39 @@ class LlmCalls(Protocol):
 
 class ModuleCalls:
     """The transformers module itself: logits only at the last position (prefill would
-    otherwise project every prompt position onto the vocabulary)."""
+    otherwise project every prompt position onto the vocabulary). Decode steps of a model
+    lean_decode.py recognises (after its projections were merged) go the lean way instead."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._cache_kwarg = cache_kwarg(model)
+        self._lean: LeanDecode | None | bool = False  # False: not looked at yet
 
     def forward(self, inputs: torch.Tensor, step: PagedStep, want_hidden: bool) -> Forward:
+        if self._lean is False:  # at the first forward: after the runtime merged and packed the linears
+            self._lean = LeanDecode.build(self.model)
+        lean = self._lean
+        if isinstance(lean, LeanDecode) and not want_hidden and lean.applies(inputs, step):
+            if lean.checked:
+                return Forward(lean.logits(inputs, step), None)
+            return self._first_lean(lean, inputs, step)
+        return self._module(inputs, step, want_hidden)
+
+    def _first_lean(self, lean: LeanDecode, inputs: torch.Tensor, step: PagedStep) -> Forward:
+        """The lean step's first run, checked against the module's forward, whose result it
+        returns (and whose keys and values overwrite the slots the lean step wrote)."""
+        try:
+            logits: torch.Tensor | None = lean.logits(inputs, step)
+        except Exception as exc:  # a model it misread: the module's forward still runs
+            logits, error = None, exc
+        else:
+            error = None
+        out = self._module(inputs, step, False)
+        if not lean.check(logits, out.logits, error):
+            self._lean = None
+        return out
+
+    def _module(self, inputs: torch.Tensor, step: PagedStep, want_hidden: bool) -> Forward:
         name = "input_ids" if inputs.dim() == 2 else "inputs_embeds"
         out = self.model(**{name: inputs}, attention_mask=step.mask, position_ids=step.positions,
                          **{self._cache_kwarg: step.cache()}, use_cache=True, logits_to_keep=1,

@@ -37,9 +37,15 @@ class PagedStep:
             write.append([pool.pad] * (self.new_width - n) + pool.slots(seq, seq.length, seq.length + n))
             mask_rows.append([0] * pad + [1] * seq.length + [0] * (self.new_width - n) + [1] * n)
         self.read = torch.tensor(read, dtype=torch.long, device=device).reshape(len(seqs), self.width)
-        flat_write = torch.tensor(write, dtype=torch.long, device=device).reshape(-1)
-        self.real = flat_write != pool.pad  # new positions that are not padding
-        self.write = flat_write[self.real]
+        # What attention reads once the new keys are stored: the cached slots, then the new ones
+        # (padding: the zero slot, masked), one gather a layer instead of a gather and a concat.
+        self.attend = torch.tensor([r + w for r, w in zip(read, write)], dtype=torch.long,
+                                   device=device).reshape(len(seqs), self.width + self.new_width)
+        flat_write = [slot for row in write for slot in row]
+        real = [i for i, slot in enumerate(flat_write) if slot != pool.pad]  # new positions not padding
+        # None when every new position is real (a decode step): no selection a layer.
+        self.real = None if len(real) == len(flat_write) else torch.tensor(real, dtype=torch.long, device=device)
+        self.write = torch.tensor([flat_write[i] for i in real], dtype=torch.long, device=device)
         self.mask = torch.tensor(mask_rows, dtype=torch.long, device=device)
         # Each row's positions: its own, whatever the padding around it.
         self.positions = torch.tensor([[max(0, s.length + i - (self.new_width - n)) for i in range(self.new_width)]
@@ -53,16 +59,24 @@ class PagedStep:
         """Write the new positions' keys and values [rows, heads, new, dim] into their slots."""
         heads, dim = keys.shape[1], keys.shape[-1]
         pool_k, pool_v = self.pool.layer(layer, heads, dim)
-        k = keys.transpose(1, 2).reshape(-1, heads, dim)[self.real]
-        v = values.transpose(1, 2).reshape(-1, heads, values.shape[-1])[self.real]
-        pool_k.index_copy_(0, self.write, k.to(pool_k.dtype))
-        pool_v.index_copy_(0, self.write, v.to(pool_v.dtype))
+        k = keys.transpose(1, 2).reshape(-1, heads, dim)
+        v = values.transpose(1, 2).reshape(-1, heads, values.shape[-1])
+        if self.real is not None:
+            k, v = k.index_select(0, self.real), v.index_select(0, self.real)
+        pool_k.index_copy_(0, self.write, k if k.dtype == pool_k.dtype else k.to(pool_k.dtype))
+        pool_v.index_copy_(0, self.write, v if v.dtype == pool_v.dtype else v.to(pool_v.dtype))
 
     def cached(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' cached keys and values [rows, heads, width, dim], gathered from the pool."""
         pool_k, pool_v = self.pool.keys[layer], self.pool.values[layer]
         assert pool_k is not None and pool_v is not None, "a layer read before it was written"
         return pool_k[self.read].transpose(1, 2), pool_v[self.read].transpose(1, 2)
+
+    def attended(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """After `store`: the rows' cached and new keys and values [rows, heads, width + new, dim]."""
+        pool_k, pool_v = self.pool.keys[layer], self.pool.values[layer]
+        assert pool_k is not None and pool_v is not None, "a layer read before it was written"
+        return pool_k[self.attend].transpose(1, 2), pool_v[self.attend].transpose(1, 2)
 
     def gather(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [self.cached(layer) for layer in range(len(self.pool.keys))]
@@ -91,6 +105,8 @@ class PagedLayer(CacheLayerMixin):
         self.step.store(self.layer, key_states, value_states)
         if self.step.width == 0:
             return key_states, value_states
+        if key_states.dtype == value_states.dtype == self.step.pool.dtype:  # the pool holds them exactly
+            return self.step.attended(self.layer)
         k, v = self.step.cached(self.layer)
         return torch.cat([k.to(key_states.dtype), key_states], dim=2), torch.cat([v.to(value_states.dtype),
                                                                                  value_states], dim=2)
