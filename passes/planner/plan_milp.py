@@ -160,7 +160,8 @@ def solve(problem: PlanProblem, time_limit: float = TIME_LIMIT_S, pools_per_type
             members = [(g, i) for g, i in of_type if (g, i, k) in z]
             if k == 0 and rides:  # riding on a host's replicas: no devices of its own
                 m += S[t, k] <= pool.count * (1 - riding)
-                m += pulp.lpSum(w[g, i, k] for g, i in members) <= S[t, k] + _work_bound(members, classes, per_req, x_ub) * riding
+                bound = _work_bound(members, classes, per_req, x_ub)
+                m += pulp.lpSum(w[g, i, k] for g, i in members) <= S[t, k] + bound * riding
             else:
                 m += pulp.lpSum(w[g, i, k] for g, i in members) <= S[t, k]
             if t in problem.swap:  # swapped weights in host memory: the device holds one stage's at a time
