@@ -67,10 +67,10 @@ def check_family(family: list[PlanVariant], plans: list[RuntimePlan], target: st
     from omnigraph.target import load_target
 
     tgt = load_target(target)
+    mixes = {m: parse_mix(m) for m in dict.fromkeys(f.mix for f in family)}
     for v, plan in zip(family, plans):
         v.serves = {}
-        for m in dict.fromkeys(v.mix for v in family):
-            mix = parse_mix(m)
+        for m, mix in mixes.items():
             if 0 < modelled_capacity(plan, tgt, mix) < float("inf"):  # else nothing to saturate
                 v.serves[m] = round(simulated_capacity(plan, tgt, mix), 6)
         v.simulated_rate = v.serves.get(v.mix)
